@@ -1,0 +1,431 @@
+/*-------------------------------------------------------------------------
+ *
+ * freshportal.c
+ *	  FreshPortal API client (contract section 8), wire format in one place.
+ *
+ * Owns: the /v1/auth token flow (cached in shared memory per
+ * administration, refreshed once on 401), the "changed since" list calls
+ * with their data/meta envelope and 204-as-empty quirk, and the mapping of
+ * FreshPortal's JSON onto FpCustomer/FpInvoice.  Money arrives as JSON
+ * strings and is converted to numeric without ever being a double.
+ *
+ * Must not: touch tables (sync.c does), print secrets or tokens, or keep a
+ * json-c object past the function that parsed it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "jsonconv.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "freshportal.h"
+#include "http.h"
+#include "shared.h"
+
+#define SERVICE "FreshPortal"
+
+/* FreshPortal does not say how long a token lives; a 401 refreshes it. */
+#define FP_TOKEN_LIFETIME_MS (12 * 3600 * 1000L)
+
+static const char *const invoice_types[] = {"invoice", "credit_note", NULL};
+static const char *const invoice_statuses[] = {
+	"concept", "open", "partially_paid", "paid", "credited", NULL
+};
+
+const char *
+freshportal_stream_name(FpStream stream)
+{
+	return stream == FP_STREAM_CUSTOMERS ? "customers" : "invoices";
+}
+
+TimestampTz
+freshportal_item_mutation_time(FpStream stream, void *item)
+{
+	return stream == FP_STREAM_CUSTOMERS ?
+		((FpCustomer *) item)->mutation_time : ((FpInvoice *) item)->mutation_time;
+}
+
+int64
+freshportal_item_id(FpStream stream, void *item)
+{
+	return stream == FP_STREAM_CUSTOMERS ?
+		((FpCustomer *) item)->id : ((FpInvoice *) item)->id;
+}
+
+/*
+ * The "message" of a JSON error body (FreshPortal's 422/404 shape), or NULL.
+ * Only that field is ever quoted back: a raw body is not shown to users.
+ */
+static char *
+error_message_of(const HttpResponse *response)
+{
+	char		error[128];
+	json_object *root = jsonconv_parse(response->body, response->body_len, error, sizeof(error));
+	char	   *message = NULL;
+
+	if (root == NULL)
+		return NULL;
+	PG_TRY();
+	{
+		json_object *value = jsonconv_member(root, "message");
+
+		if (value != NULL && json_object_is_type(value, json_type_string))
+			message = pstrdup(json_object_get_string(value));
+	}
+	PG_FINALLY();
+	{
+		json_object_put(root);
+	}
+	PG_END_TRY();
+	return message;
+}
+
+static void
+report_unexpected_status(const Administration *admin, const char *call,
+						 const HttpResponse *response)
+{
+	char	   *message = error_message_of(response);
+
+	ereport(ERROR,
+			(errcode(response->status >= 500 ? ERRCODE_CONNECTION_FAILURE :
+					 response->status == 404 ? ERRCODE_NO_DATA_FOUND :
+					 ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("FreshPortal answered %s with HTTP %ld for administration \"%s\"",
+					call, response->status, admin->name),
+			 message ? errdetail("FreshPortal said: %s", message) : 0,
+			 response->status >= 500 ?
+			 errhint("Nothing was written and the sync cursor did not move; run the sync again later.") :
+			 errhint("Check the administration's freshportal_url and the request.")));
+}
+
+static void
+report_malformed(const Administration *admin, const char *call, const char *error)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_JSON_TEXT),
+			 errmsg("FreshPortal sent malformed JSON in answer to %s for administration \"%s\"",
+					call, admin->name),
+			 errdetail("%s.", error),
+			 errhint("Nothing was written and the sync cursor did not move; run the sync again. If it persists, report it to FreshPortal.")));
+}
+
+/* POST /v1/auth: trade the API key for a bearer token. */
+static char *
+fp_authenticate(const Administration *admin, uint32 credential_hash)
+{
+	StringInfoData body;
+	HttpRequest request = {0};
+	HttpResponse response;
+	char	   *url = psprintf("%s/v1/auth", admin->freshportal_url);
+	char		error[128];
+	json_object *root;
+	char	   *token = NULL;
+
+	initStringInfo(&body);
+	appendStringInfoString(&body, "{\"username\":");
+	escape_json(&body, admin->freshportal_api_key);
+	appendStringInfoString(&body, ",\"type\":\"api\"}");
+
+	request.service = SERVICE;
+	request.administration = admin->name;
+	request.call = "POST /v1/auth";
+	request.method = "POST";
+	request.url = url;
+	request.content_type = "application/json";
+	request.body = body.data;
+	http_perform(&request, &response);
+	explicit_bzero(body.data, body.len);
+
+	if (response.transport != HTTP_TRANSPORT_OK)
+		http_report_transport_error(&request, &response);
+	if (response.status == 401 || response.status == 403)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("FreshPortal rejected the API key of administration \"%s\"", admin->name),
+				 errdetail("POST /v1/auth answered HTTP %ld.", response.status),
+				 errhint("Check freshportal_api_key: keys belong to one FreshPortal tenant.")));
+	if (response.status != 200)
+		report_unexpected_status(admin, request.call, &response);
+
+	root = jsonconv_parse(response.body, response.body_len, error, sizeof(error));
+	if (root == NULL)
+		report_malformed(admin, request.call, error);
+	PG_TRY();
+	{
+		json_object *value = jsonconv_member(root, "token");
+
+		if (value != NULL && json_object_is_type(value, json_type_string) &&
+			json_object_get_string_len(value) > 0)
+			token = pstrdup(json_object_get_string(value));
+	}
+	PG_FINALLY();
+	{
+		json_object_put(root);
+	}
+	PG_END_TRY();
+	explicit_bzero(response.body, response.body_len);
+
+	if (token == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("FreshPortal sent no token in answer to POST /v1/auth for administration \"%s\"",
+						admin->name)));
+
+	token_cache_store(admin->name, REMOTE_FRESHPORTAL, credential_hash, token,
+					  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), FP_TOKEN_LIFETIME_MS));
+	return token;
+}
+
+/*
+ * Perform an authenticated call.  A 401 means the cached token expired or was
+ * revoked: forget it, authenticate once more and retry once.  Transport
+ * failures are raised (list and lookup calls are safe to repeat).
+ */
+static void
+fp_call(const Administration *admin, const char *method, const char *path,
+		const char *call, HttpResponse *response)
+{
+	uint32		credential_hash = administration_credential_hash(admin->freshportal_url,
+																 admin->freshportal_api_key);
+	char	   *url = psprintf("%s%s", admin->freshportal_url, path);
+
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		char		cached[FRESHPAY_TOKEN_MAX + 1];
+		char	   *token;
+		HttpRequest request = {0};
+
+		if (attempt == 0 &&
+			token_cache_lookup(admin->name, REMOTE_FRESHPORTAL, credential_hash,
+							   cached, sizeof(cached)))
+			token = cached;
+		else
+			token = fp_authenticate(admin, credential_hash);
+
+		request.service = SERVICE;
+		request.administration = admin->name;
+		request.call = call;
+		request.method = method;
+		request.url = url;
+		request.bearer_token = token;
+		http_perform(&request, response);
+		if (response->transport != HTTP_TRANSPORT_OK)
+			http_report_transport_error(&request, response);
+		if (response->status != 401)
+			return;
+		token_cache_forget(admin->name, REMOTE_FRESHPORTAL, token);
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+			 errmsg("FreshPortal rejected a fresh token of administration \"%s\" for %s",
+					admin->name, call),
+			 errhint("The API key authenticates but may lack access to this call; check its permissions in FreshPortal.")));
+}
+
+static bool
+in_vocabulary(const char *value, const char *const *words)
+{
+	for (; *words; words++)
+		if (strcmp(value, *words) == 0)
+			return true;
+	return false;
+}
+
+static FpCustomer *
+customer_from_json(json_object *item)
+{
+	FpCustomer *c = palloc0(sizeof(FpCustomer));
+	int64		term;
+
+	c->id = jsonconv_int64(item, "id");
+	c->code = jsonconv_string(item, "code");
+	c->name = jsonconv_string(item, "name");
+	c->email = jsonconv_string_opt(item, "email");
+	c->currency = jsonconv_string_opt(item, "currency");
+	if (jsonconv_int64_opt(item, "payment_term_days", &term))
+	{
+		c->has_payment_term_days = true;
+		c->payment_term_days = (int32) term;
+	}
+	c->blocked = jsonconv_bool_opt(item, "blocked", false);
+	c->mutation_time = jsonconv_timestamp(item, "mutation_date_time");
+	c->raw = jsonconv_jsonb(item);
+	return c;
+}
+
+static FpInvoice *
+invoice_from_json(json_object *item)
+{
+	FpInvoice  *inv = palloc0(sizeof(FpInvoice));
+
+	inv->id = jsonconv_int64(item, "id");
+	inv->number = jsonconv_string(item, "number");
+	inv->type = jsonconv_string(item, "type");
+	if (!in_vocabulary(inv->type, invoice_types))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("field \"type\" is \"%s\", not invoice or credit_note", inv->type)));
+	inv->customer_id = jsonconv_int64(item, "customer_id");
+	inv->invoice_date = jsonconv_date(item, "invoice_date");
+	inv->has_due_date = jsonconv_date_opt(item, "due_date", &inv->due_date);
+	inv->currency = jsonconv_string(item, "currency");
+	inv->amount_excl_vat = jsonconv_money(item, "amount_excl_vat");
+	inv->vat_amount = jsonconv_money(item, "vat_amount");
+	inv->amount_incl_vat = jsonconv_money(item, "amount_incl_vat");
+	inv->amount_paid = jsonconv_money(item, "amount_paid");
+	inv->open_amount = jsonconv_money(item, "open_amount");
+	inv->status = jsonconv_string(item, "status");
+	if (!in_vocabulary(inv->status, invoice_statuses))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("field \"status\" is \"%s\", not one of concept, open, partially_paid, paid, credited",
+						inv->status)));
+	inv->mutation_time = jsonconv_timestamp(item, "mutation_date_time");
+	inv->raw = jsonconv_jsonb(item);
+	return inv;
+}
+
+/*
+ * Convert one list element.  A malformed field is re-raised as an error
+ * that names FreshPortal, the administration and the object; any other
+ * error (a cancel, out of memory) passes through untouched.
+ */
+static void *
+item_from_json(const Administration *admin, FpStream stream, json_object *item, int index)
+{
+	MemoryContext context = CurrentMemoryContext;
+	void	   *result = NULL;
+	const char *kind = stream == FP_STREAM_CUSTOMERS ? "customer" : "invoice";
+
+	PG_TRY();
+	{
+		if (!json_object_is_type(item, json_type_object))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("list element %d is not an object", index)));
+		result = stream == FP_STREAM_CUSTOMERS ?
+			(void *) customer_from_json(item) : (void *) invoice_from_json(item);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		int64		id = 0;
+		volatile bool has_id;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION &&
+			edata->sqlerrcode != ERRCODE_NULL_VALUE_NOT_ALLOWED)
+			PG_RE_THROW();
+		FlushErrorState();
+
+		/* The id may itself be the broken field. */
+		PG_TRY();
+		{
+			has_id = jsonconv_int64_opt(item, "id", &id);
+		}
+		PG_CATCH();
+		{
+			FlushErrorState();
+			has_id = false;
+		}
+		PG_END_TRY();
+
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 errmsg("FreshPortal sent an invalid %s for administration \"%s\"", kind, admin->name),
+				 has_id ? errdetail("In %s %lld: %s.", kind, (long long) id, edata->message) :
+				 errdetail("In %s number %d of the page: %s.", kind, index + 1, edata->message),
+				 errhint("Nothing was written and the sync cursor did not move. Correct the %s in FreshPortal, or report it to FreshPortal, then sync again.",
+						 kind)));
+	}
+	PG_END_TRY();
+	return result;
+}
+
+static FpPage *
+page_from_json(const Administration *admin, FpStream stream, const char *call,
+			   const HttpResponse *response)
+{
+	char		error[128];
+	json_object *root;
+	FpPage	   *page = palloc0(sizeof(FpPage));
+
+	root = jsonconv_parse(response->body, response->body_len, error, sizeof(error));
+	if (root == NULL)
+		report_malformed(admin, call, error);
+
+	PG_TRY();
+	{
+		json_object *data = jsonconv_member(root, "data");
+		json_object *meta = jsonconv_member(root, "meta");
+		int64		value;
+		size_t		n;
+
+		if (data == NULL || !json_object_is_type(data, json_type_array))
+			report_malformed(admin, call, "the answer has no \"data\" array");
+
+		page->current_page = 1;
+		page->last_page = 1;
+		if (meta != NULL && json_object_is_type(meta, json_type_object))
+		{
+			if (jsonconv_int64_opt(meta, "current_page", &value))
+				page->current_page = (int) value;
+			if (jsonconv_int64_opt(meta, "last_page", &value))
+				page->last_page = (int) value;
+			if (jsonconv_int64_opt(meta, "total", &value))
+				page->total = value;
+			if (!jsonconv_is_null(jsonconv_member(meta, "server_time")))
+			{
+				page->server_time = jsonconv_timestamp(meta, "server_time");
+				page->has_server_time = true;
+			}
+		}
+
+		n = json_object_array_length(data);
+		for (size_t i = 0; i < n; i++)
+			page->items = lappend(page->items,
+								  item_from_json(admin, stream,
+												 json_object_array_get_idx(data, i), (int) i));
+	}
+	PG_FINALLY();
+	{
+		json_object_put(root);
+	}
+	PG_END_TRY();
+	return page;
+}
+
+/*
+ * GET /v1/customers or /v1/invoices changed since "since" (inclusive), one
+ * page, ordered by mutation time and id.  An empty result may come as 204.
+ */
+FpPage *
+freshportal_list(const Administration *admin, FpStream stream,
+				 TimestampTz since, int page, int per_page)
+{
+	const char *resource = freshportal_stream_name(stream);
+	char	   *call = psprintf("GET /v1/%s", resource);
+	char	   *path = psprintf("/v1/%s?mutation_datetime=%s&page=%d&per_page=%d",
+								resource,
+								http_url_escape(jsonconv_format_timestamp(since)),
+								page, per_page);
+	HttpResponse response;
+
+	fp_call(admin, "GET", path, call, &response);
+
+	if (response.status == 204)
+	{
+		FpPage	   *empty = palloc0(sizeof(FpPage));
+
+		empty->current_page = page;
+		empty->last_page = 0;
+		return empty;
+	}
+	if (response.status != 200)
+		report_unexpected_status(admin, call, &response);
+	return page_from_json(admin, stream, call, &response);
+}

@@ -1,0 +1,79 @@
+/*-------------------------------------------------------------------------
+ *
+ * freshportal.h
+ *	  FreshPortal API client: the only code that knows FreshPortal's paths,
+ *	  JSON field names and conventions.
+ *
+ * The rest of freshpay sees these structs, never JSON.  When a tenant's
+ * real API differs from the model in the contract (section 8), this file
+ * and freshportal.c change, nothing else.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FRESHPAY_FRESHPORTAL_H
+#define FRESHPAY_FRESHPORTAL_H
+
+#include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
+#include "utils/date.h"
+
+#include "administration.h"
+
+typedef enum FpStream
+{
+	FP_STREAM_CUSTOMERS,
+	FP_STREAM_INVOICES
+} FpStream;
+
+typedef struct FpCustomer
+{
+	int64		id;
+	char	   *code;
+	char	   *name;
+	char	   *email;			/* NULL when absent */
+	char	   *currency;		/* NULL when absent */
+	bool		has_payment_term_days;
+	int32		payment_term_days;
+	bool		blocked;
+	TimestampTz mutation_time;
+	Datum		raw;			/* jsonb of the whole object */
+} FpCustomer;
+
+typedef struct FpInvoice
+{
+	int64		id;
+	char	   *number;
+	char	   *type;			/* "invoice" or "credit_note" */
+	int64		customer_id;	/* FreshPortal's customer id */
+	DateADT		invoice_date;
+	bool		has_due_date;
+	DateADT		due_date;
+	char	   *currency;
+	Datum		amount_excl_vat;	/* numeric(12,2) */
+	Datum		vat_amount;
+	Datum		amount_incl_vat;
+	Datum		amount_paid;
+	Datum		open_amount;
+	char	   *status;			/* concept, open, partially_paid, paid, credited */
+	TimestampTz mutation_time;
+	Datum		raw;			/* jsonb of the whole object, lines included */
+} FpInvoice;
+
+/* One page of a "changed since" list. */
+typedef struct FpPage
+{
+	int			current_page;
+	int			last_page;
+	int64		total;
+	bool		has_server_time;
+	TimestampTz server_time;
+	List	   *items;			/* FpCustomer * or FpInvoice * */
+} FpPage;
+
+extern const char *freshportal_stream_name(FpStream stream);
+extern TimestampTz freshportal_item_mutation_time(FpStream stream, void *item);
+extern int64 freshportal_item_id(FpStream stream, void *item);
+extern FpPage *freshportal_list(const Administration *admin, FpStream stream,
+								TimestampTz since, int page, int per_page);
+
+#endif							/* FRESHPAY_FRESHPORTAL_H */

@@ -1,0 +1,55 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.h
+ *	  freshpay's one HTTP layer over libcurl.
+ *
+ * Every request to a remote API goes through http_perform(): timeouts from
+ * the settings, TLS verification always on, plain http only to loopback when
+ * allowed, a response size cap, cancel and termination honoured within about
+ * a second, keep-alive reuse, and no libcurl memory left behind on any path.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FRESHPAY_HTTP_H
+#define FRESHPAY_HTTP_H
+
+#include <curl/curl.h>
+
+typedef struct HttpRequest
+{
+	const char *service;		/* "FreshPortal" or "PayTrace", for messages */
+	const char *administration; /* for messages */
+	const char *call;			/* e.g. "GET /v1/invoices", for messages */
+	const char *method;			/* "GET" or "POST" */
+	const char *url;			/* base URL + path + query */
+	const char *content_type;	/* of body; NULL when there is no body */
+	const char *body;			/* NULL for none */
+	const char *bearer_token;	/* sent as "Authorization: Bearer ..." */
+} HttpRequest;
+
+typedef enum HttpTransport
+{
+	HTTP_TRANSPORT_OK,			/* an HTTP answer arrived */
+	HTTP_TRANSPORT_NOT_SENT,	/* failed before the request left: safe to retry */
+	HTTP_TRANSPORT_LOST,		/* request (maybe) sent, answer lost */
+	HTTP_TRANSPORT_TOO_LARGE	/* answer exceeded freshpay.max_response_size */
+} HttpTransport;
+
+typedef struct HttpResponse
+{
+	HttpTransport transport;
+	CURLcode	curl_code;
+	long		status;			/* HTTP status when transport is OK */
+	char	   *body;			/* palloc'd, NUL-terminated */
+	size_t		body_len;
+	int			retry_after;	/* seconds from Retry-After, or -1 */
+	char		error[CURL_ERROR_SIZE]; /* libcurl's explanation */
+} HttpResponse;
+
+extern void http_perform(const HttpRequest *request, HttpResponse *response);
+extern void http_report_transport_error(const HttpRequest *request,
+										const HttpResponse *response) pg_attribute_noreturn();
+extern void http_check_base_url(const char *url, const char *field);
+extern char *http_url_escape(const char *text);
+
+#endif							/* FRESHPAY_HTTP_H */
