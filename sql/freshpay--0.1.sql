@@ -294,7 +294,8 @@ BEGIN
 	END IF;
 	IF paytrace_username IS NULL OR paytrace_username OPERATOR(pg_catalog.=) '' THEN
 		RAISE EXCEPTION 'paytrace_username must not be empty'
-			USING ERRCODE = 'invalid_parameter_value';
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give the name of the PayTrace user of type API User.';
 	END IF;
 	IF paytrace_integrator_id IS NULL OR paytrace_integrator_id OPERATOR(pg_catalog.=) '' THEN
 		RAISE EXCEPTION 'paytrace_integrator_id must not be empty'

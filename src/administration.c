@@ -215,7 +215,7 @@ freshpay_check_url(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be null", field)));
-	http_check_base_url(text_to_cstring(PG_GETARG_TEXT_PP(0)), field);
+	http_check_url(text_to_cstring(PG_GETARG_TEXT_PP(0)), field);
 	PG_RETURN_VOID();
 }
 
@@ -257,7 +257,8 @@ freshpay_check_secret(PG_FUNCTION_ARGS)
 	if (strncmp(stored, "file:", 5) == 0 && !is_absolute_path(stored + 5))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("file: reference of %s must be an absolute path", field)));
+				 errmsg("file: reference of %s must be an absolute path", field),
+				 errhint("Write file:/path/to/secret, a path the PostgreSQL server can read.")));
 
 	value = secret_resolve(stored, field, administration);
 	explicit_bzero(value, strlen(value));

@@ -158,25 +158,26 @@ host_is_loopback(const char *host)
 }
 
 /*
- * Raise an ERROR unless url is one freshpay may connect to.  field names the
- * setting or argument the URL came from (e.g. "freshportal_url").  URLs are
- * not secret (credentials inside a URL are refused), so they may be printed.
+ * Raise an ERROR unless url is one freshpay may connect to.  what names the
+ * URL for the message: an argument at definition time ("freshportal_url"),
+ * or "the FreshPortal URL of administration "main"" at request time.  Only
+ * the host is printed: a full URL carries query strings.
  */
 void
-http_check_base_url(const char *url, const char *field)
+http_check_url(const char *url, const char *what)
 {
 	UrlParts	parts;
 
 	if (url == NULL || !url_parse(url, &parts))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid %s: \"%s\"", field, url ? url : ""),
+				 errmsg("invalid %s: \"%s\"", what, url ? url : ""),
 				 errhint("Give an absolute URL such as https://850255-api.freshportal.com.")));
 
 	if (parts.has_credentials)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not contain credentials", field),
+				 errmsg("%s must not contain credentials", what),
 				 errhint("Pass secrets in their own arguments, preferably as env: or file: references.")));
 
 	if (pg_strcasecmp(parts.scheme, "https") == 0)
@@ -185,21 +186,20 @@ http_check_base_url(const char *url, const char *field)
 	if (pg_strcasecmp(parts.scheme, "http") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unsupported URL scheme \"%s\" in %s", parts.scheme, field),
+				 errmsg("unsupported URL scheme \"%s\" in %s", parts.scheme, what),
 				 errhint("Use an https:// URL.")));
 
 	if (!freshpay_allow_plain_http)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("plain http is not allowed for %s", field),
-				 errdetail("The URL is \"%s\".", url),
+				 errmsg("plain http is not allowed for %s", what),
 				 errhint("Use an https:// URL. freshpay.allow_plain_http permits http:// to loopback addresses only, for tests and local stand-ins.")));
 
 	if (!host_is_loopback(parts.host))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("plain http is allowed only to loopback addresses"),
-				 errdetail("%s points at host \"%s\".", field, parts.host),
+				 errdetail("%s points at host \"%s\".", what, parts.host),
 				 errhint("Use an https:// URL for any host other than 127.0.0.1, ::1 or localhost.")));
 }
 
@@ -292,7 +292,9 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 	memset(response, 0, sizeof(HttpResponse));
 	response->retry_after = -1;
 
-	http_check_base_url(request->url, request->call);
+	http_check_url(request->url,
+				   psprintf("the %s URL of administration \"%s\"",
+							request->service, request->administration));
 	url_parse(request->url, &parts);
 	handle = http_handle();
 	buf.limit = (size_t) freshpay_max_response_size * 1024;

@@ -49,7 +49,7 @@ typedef struct HttpResponse
 extern void http_perform(const HttpRequest *request, HttpResponse *response);
 extern void http_report_transport_error(const HttpRequest *request,
 										const HttpResponse *response) pg_attribute_noreturn();
-extern void http_check_base_url(const char *url, const char *field);
+extern void http_check_url(const char *url, const char *what);
 extern char *http_url_escape(const char *text);
 
 #endif							/* FRESHPAY_HTTP_H */

@@ -248,7 +248,7 @@ cursor_store(const char *administration, const char *stream,
 	/* A pull that saw no server time (only empty answers) keeps its cursor. */
 	rc = SPI_execute_with_args(
 		"UPDATE freshpay.sync_state"
-		"   SET cursor = pg_catalog.coalesce($3, cursor),"
+		"   SET cursor = COALESCE($3, cursor),"
 		"       last_synced_at = pg_catalog.now(),"
 		"       last_fetched = $4, last_inserted = $5, last_updated = $6"
 		" WHERE administration OPERATOR(pg_catalog.=) $1"

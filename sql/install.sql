@@ -1,0 +1,97 @@
+--
+-- Installing freshpay: the configured database only, versions, roles,
+-- comments and privileges.
+--
+\set SHOW_CONTEXT never
+
+-- The worker's database is the one the extension may live in.
+SHOW freshpay.database_name;
+
+-- Another database is refused, with the setting to change in the hint.
+CREATE DATABASE freshpay_elsewhere;
+\c freshpay_elsewhere
+CREATE EXTENSION freshpay;
+SELECT count(*) AS freshpay_schemas FROM pg_namespace WHERE nspname = 'freshpay';
+\c contrib_regression
+DROP DATABASE freshpay_elsewhere;
+
+-- The update path: install the first version, update to the current one.
+CREATE EXTENSION freshpay VERSION '0.1';
+SELECT extversion FROM pg_extension WHERE extname = 'freshpay';
+SELECT to_regclass('freshpay.payments') IS NULL AS no_payments_in_0_1;
+ALTER EXTENSION freshpay UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'freshpay';
+
+-- An updated installation has exactly the objects of a fresh one.
+CREATE TEMP TABLE updated_objects AS
+	SELECT pg_describe_object(classid, objid, objsubid) AS object
+	  FROM pg_depend
+	 WHERE refclassid = 'pg_extension'::regclass
+	   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'freshpay');
+CREATE TEMP TABLE updated_columns AS
+	SELECT table_name, column_name, data_type, numeric_precision, numeric_scale, is_nullable
+	  FROM information_schema.columns WHERE table_schema = 'freshpay';
+DROP EXTENSION freshpay;
+CREATE EXTENSION freshpay;
+SELECT extversion FROM pg_extension WHERE extname = 'freshpay';
+(SELECT object FROM updated_objects
+ EXCEPT
+ SELECT pg_describe_object(classid, objid, objsubid) FROM pg_depend
+  WHERE refclassid = 'pg_extension'::regclass
+	AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'freshpay'))
+UNION ALL
+(SELECT pg_describe_object(classid, objid, objsubid) FROM pg_depend
+  WHERE refclassid = 'pg_extension'::regclass
+	AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'freshpay')
+ EXCEPT
+ SELECT object FROM updated_objects);
+(SELECT * FROM updated_columns
+ EXCEPT
+ SELECT table_name, column_name, data_type, numeric_precision, numeric_scale, is_nullable
+   FROM information_schema.columns WHERE table_schema = 'freshpay')
+UNION ALL
+(SELECT table_name, column_name, data_type, numeric_precision, numeric_scale, is_nullable
+   FROM information_schema.columns WHERE table_schema = 'freshpay'
+ EXCEPT
+ SELECT * FROM updated_columns);
+
+-- The three roles exist, nested admin ⊃ operator ⊃ reader.
+SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'freshpay\_%' ORDER BY 1;
+SELECT pg_has_role('freshpay_admin', 'freshpay_reader', 'USAGE') AS admin_reads,
+	   pg_has_role('freshpay_operator', 'freshpay_reader', 'USAGE') AS operator_reads,
+	   pg_has_role('freshpay_reader', 'freshpay_operator', 'USAGE') AS reader_operates;
+
+-- The tables and views of the contract, each with a comment.
+SELECT c.relname, c.relkind, obj_description(c.oid, 'pg_class') IS NOT NULL AS commented
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'freshpay' AND c.relkind IN ('r', 'v')
+ ORDER BY 1;
+-- Every column of every table and view is commented too (no rows expected).
+SELECT c.relname, a.attname
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE n.nspname = 'freshpay' AND c.relkind IN ('r', 'v')
+   AND col_description(c.oid, a.attnum) IS NULL;
+
+-- Money is numeric(12,2) everywhere, never a float.
+SELECT table_name, column_name, data_type, numeric_precision, numeric_scale
+  FROM information_schema.columns
+ WHERE table_schema = 'freshpay'
+   AND (column_name ~ 'amount' OR data_type IN ('real', 'double precision', 'money'))
+ ORDER BY 1, 2;
+
+-- Nothing of freshpay's is granted to PUBLIC (no rows expected).
+SELECT table_name, privilege_type FROM information_schema.role_table_grants
+ WHERE table_schema = 'freshpay' AND grantee = 'PUBLIC';
+SELECT p.oid::regprocedure
+  FROM pg_proc p
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+ WHERE d.refclassid = 'pg_extension'::regclass
+   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'freshpay')
+   AND (p.proacl IS NULL OR EXISTS (SELECT FROM aclexplode(p.proacl) WHERE grantee = 0));
+
+-- The settings of the contract, with their defaults and contexts.
+SELECT name, setting, unit, context FROM pg_settings WHERE name LIKE 'freshpay.%' ORDER BY 1;
+-- The prefix is reserved: a misspelt setting is an error, not a silent placeholder.
+SET freshpay.request_timout = '5s';
