@@ -1,0 +1,846 @@
+#!/usr/bin/env python3
+"""Self-test of the FreshPortal and PayTrace stand-ins; prints TAP, exits 1 on failure.
+
+Starts each stand-in in a subprocess on an ephemeral port (and once more over
+TLS with a throwaway certificate if `openssl` is on PATH), then checks the
+main behaviours through http.client: auth, paging, 204, every fault action,
+the PayTrace state machine and error codes, exports, batches, replay of the
+recorded fixtures byte for byte, chunked framing, and clean shutdown.
+Standard library only. Usage: python3 test/standin/selftest.py
+"""
+
+import datetime
+import http.client
+import json
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from decimal import Decimal
+
+HERE = pathlib.Path(__file__).resolve().parent
+FIXTURES = HERE.parent / "fixtures" / "paytrace-recorded"
+CASSETTES = pathlib.Path("/work/shared/research/paytrace-recorded")
+US_DATETIME = re.compile(r"^[1-9]\d?/[1-9]\d?/\d{4} [1-9]\d?:\d{2}:\d{2} (AM|PM)$")
+
+
+# --------------------------------------------------------------------------
+# TAP
+# --------------------------------------------------------------------------
+
+class Tap:
+    def __init__(self):
+        self.count = 0
+        self.failed = 0
+
+    def ok(self, condition, name, detail=None):
+        self.count += 1
+        print(f"{'ok' if condition else 'not ok'} {self.count} - {name}", flush=True)
+        if not condition:
+            self.failed += 1
+            if detail is not None:
+                for line in str(detail).splitlines() or [""]:
+                    print(f"#   {line}")
+        return condition
+
+    def eq(self, got, expected, name):
+        return self.ok(got == expected, name, f"got:      {got!r}\nexpected: {expected!r}")
+
+    def skip(self, name, reason):
+        self.count += 1
+        print(f"ok {self.count} - {name} # SKIP {reason}")
+
+    def finish(self):
+        print(f"1..{self.count}")
+        if self.failed:
+            print(f"# {self.failed} of {self.count} failed")
+        return 1 if self.failed else 0
+
+
+T = Tap()
+
+
+# --------------------------------------------------------------------------
+# Servers and clients
+# --------------------------------------------------------------------------
+
+class Server:
+    """One stand-in subprocess on an ephemeral port."""
+
+    def __init__(self, script, *extra, tls=None):
+        self.workdir = tempfile.mkdtemp(prefix="standin-selftest-")
+        self.port_file = pathlib.Path(self.workdir, "port")
+        self.log = open(pathlib.Path(self.workdir, "log"), "w+")
+        args = [sys.executable, "-B", str(HERE / script), "--port", "0",
+                "--port-file", str(self.port_file), *extra]
+        if tls:
+            args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while not self.port_file.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{script} did not start:\n{self.log_text()}")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+
+    def log_text(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        """SIGTERM; returns the exit code (None if it had to be killed)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                return None
+        self.log.close()
+        return self.process.returncode
+
+    def cleanup(self):
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Reply:
+    def __init__(self, response, raw):
+        self.status = response.status
+        self.headers = response.headers
+        self.raw = raw
+        self.chunked = response.chunked
+
+    @property
+    def json(self):
+        return json.loads(self.raw, parse_float=Decimal) if self.raw else None
+
+
+class Client:
+    """A keep-alive http.client connection that reconnects after a drop."""
+
+    def __init__(self, port, context=None, token=None):
+        self.port, self.context, self.token = port, context, token
+        self.conn = None
+
+    def connection(self):
+        if self.conn is None:
+            if self.context:
+                self.conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30,
+                                                        context=self.context)
+            else:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        return self.conn
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def call(self, method, path, body=None, headers=None, token=None):
+        headers = dict(headers or {})
+        token = self.token if token is None else token
+        if token and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {token}"
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        conn = self.connection()
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            return Reply(response, response.read())
+        except (http.client.HTTPException, ConnectionError, ssl.SSLError):
+            self.close()
+            raise
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.call("POST", path, body if body is not None else {}, **kw)
+
+
+def dropped(client, method, path, body=None):
+    """True if the server closed the connection without any answer."""
+    try:
+        client.call(method, path, body)
+    except (http.client.RemoteDisconnected, ConnectionError, http.client.BadStatusLine):
+        return True
+    return False
+
+
+def admin(client, path, body=None):
+    reply = client.call("POST" if body is not None else "GET", "/_standin/" + path, body,
+                        token="")
+    assert reply.status == 200, (path, reply.status, reply.raw)
+    return reply.json
+
+
+# --------------------------------------------------------------------------
+# FreshPortal
+# --------------------------------------------------------------------------
+
+PAYMENT = {"amount": "590.00", "currency": "USD", "payment_date": "2026-09-25",
+           "method": "card", "provider": "paytrace", "provider_transaction_id": "125391271",
+           "provider_status": "captured"}
+
+
+def freshportal_auth(c):
+    ok = c.post("/v1/auth", {"username": "fp-test-key", "type": "api"})
+    T.eq(ok.status, 200, "fp: auth with the API key answers 200")
+    token = ok.json["token"]
+    T.ok(re.fullmatch(r"fptok_[0-9a-f]{32}", token), "fp: token looks like fptok_<32 hex>")
+    bad = c.post("/v1/auth", {"username": "wrong", "type": "api"})
+    T.eq((bad.status, bad.json), (401, {"message": "Unauthenticated."}), "fp: wrong key -> 401")
+    T.eq(c.post("/v1/auth", {"username": "fp-test-key", "type": "user"}).status, 401,
+         "fp: wrong type -> 401")
+    T.eq(c.get("/v1/customers").status, 401, "fp: no bearer token -> 401")
+    T.eq(c.get("/v1/customers", headers={"Authorization": f"bearer {token}"}).status, 401,
+         "fp: lowercase 'bearer' -> 401")
+    return token
+
+
+def freshportal_paging(c):
+    admin(c, "seed", {"customers": [{"id": i} for i in (1, 2, 3)],
+                      "invoices": [{"id": 100 + i, "customer_id": 1,
+                                    "amount_excl_vat": "1000.00", "vat_amount": "90.00"}
+                                   for i in range(5)]})
+    page1 = c.get("/v1/invoices?per_page=2&page=1")
+    meta = page1.json["meta"]
+    T.eq((page1.status, meta["total"], meta["last_page"], len(page1.json["data"])),
+         (200, 5, 3, 2), "fp: page 1 of 3 with per_page=2")
+    T.ok(page1.headers["Content-Length"] and not page1.chunked,
+         "fp: answers carry Content-Length, not chunked")
+    T.ok(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", meta["server_time"]),
+         "fp: server_time has the [C] timestamp format")
+    ids = [row["id"] for p in (1, 2, 3)
+           for row in c.get(f"/v1/invoices?per_page=2&page={p}").json["data"]]
+    T.eq(ids, [100, 101, 102, 103, 104], "fp: pages ordered by (mutation_date_time, id)")
+    beyond = c.get("/v1/invoices?per_page=2&page=4")
+    T.eq((beyond.status, beyond.raw), (204, b""), "fp: page beyond last_page -> 204 no body")
+    admin(c, "config", {"empty_as_204": False})
+    beyond = c.get("/v1/invoices?per_page=2&page=4")
+    T.eq((beyond.status, beyond.json["data"]), (200, []), "fp: empty_as_204 off -> 200 data []")
+    admin(c, "config", {"empty_as_204": True})
+    third = c.get("/v1/invoices?per_page=2&page=2").json["data"][0]
+    cursor = third["mutation_date_time"]
+    since = c.get("/v1/invoices?mutation_datetime=" + cursor)
+    T.eq([r["id"] for r in since.json["data"]], [102, 103, 104],
+         "fp: mutation_datetime cursor is inclusive")
+    T.eq(c.get("/v1/invoices?mutation_datetime=2999-01-01").status, 204,
+         "fp: nothing changed since the cursor -> 204")
+    T.eq(len(c.get("/v1/invoices?mutation_datetime=2000-01-01").json["data"]), 5,
+         "fp: date-only cursor accepted")
+    offset = c.get("/v1/invoices?mutation_datetime=2000-01-01T00:00:00.5%2B00:00")
+    T.eq(offset.status, 200, "fp: ISO cursor with fraction and +00:00 accepted")
+    bad = c.get("/v1/invoices?mutation_datetime=2026-13-45")
+    T.ok(bad.status == 422 and "mutation_datetime" in bad.json["errors"],
+         "fp: invalid cursor -> 422 errors.mutation_datetime", bad.raw)
+    T.eq(c.get("/v1/invoices?mutation_datetime=2026-01-01T00:00:00+00:00").status, 422,
+         "fp: unescaped '+' in the cursor -> 422")
+    T.eq(c.get("/v1/invoices?per_page=1001").status, 422, "fp: per_page above max -> 422")
+    T.eq([r["id"] for r in c.get("/v1/invoices?number=INV-000103").json["data"]], [103],
+         "fp: ?number= filter")
+    T.eq(c.get("/v1/invoices/999").json, {"message": "Not found"}, "fp: unknown invoice 404")
+    invoice = c.get("/v1/invoices/100").json
+    T.eq((invoice["amount_incl_vat"], invoice["open_amount"], invoice["status"],
+          invoice["currency"]), ("1090.00", "1090.00", "open", "USD"),
+         "fp: seeded invoice amounts derived as 2-decimal strings")
+    sock = c.conn.sock
+    c.get("/v1/customers/1")
+    T.ok(sock is not None and c.conn.sock is sock, "fp: keep-alive connection reused")
+
+
+def freshportal_seeding(c):
+    stored = admin(c, "seed", {"invoices": [{"id": 200, "raw": True,
+                                             "amount_incl_vat": "12,50"}]})
+    T.eq(stored["invoices"][0]["amount_incl_vat"], "12,50", "fp: raw seed stored verbatim")
+    T.eq(c.get("/v1/invoices/200").json["amount_incl_vat"], "12,50",
+         "fp: raw value served verbatim")
+    before = c.get("/v1/invoices/101").json
+    after = admin(c, "invoices/101", {"amount_paid": "1090.00"})
+    T.eq((after["open_amount"], after["status"]), ("0.00", "paid"),
+         "fp: admin modify recomputes open_amount and status")
+    T.ok(after["mutation_date_time"] > before["mutation_date_time"],
+         "fp: admin modify bumps mutation_date_time")
+    generated = admin(c, "generate", {"customers": 3, "invoices": 250,
+                                      "start_customer_id": 1000, "start_invoice_id": 5000})
+    T.eq(generated["invoice_ids"], [5000, 5249], "fp: generate reports the id range")
+    ids = set()
+    for page in (1, 2, 3):
+        rows = c.get(f"/v1/invoices?customer_id=1001&per_page=40&page={page}").json["data"]
+        ids.update(r["id"] for r in rows)
+    T.eq(len(ids), 83, "fp: generated invoices filter by customer_id across pages")
+
+
+def freshportal_payments(c):
+    admin(c, "seed", {"invoices": [
+        {"id": 300, "customer_id": 1, "amount_excl_vat": "1000.00", "vat_amount": "90.00",
+         "amount_paid": "500.00"},
+        {"id": 301, "type": "credit_note", "amount_incl_vat": "-50.00"},
+        {"id": 302, "status": "concept"},
+        {"id": 303, "currency": "EUR"}]})
+    paid = c.post("/v1/invoices/300/payments", PAYMENT)
+    T.eq(paid.status, 201, "fp: register payment -> 201")
+    T.eq((paid.json["payment"]["id"], paid.json["payment"]["status"],
+          paid.json["invoice"]["open_amount"], paid.json["invoice"]["status"]),
+         (7001, "registered", "0.00", "paid"), "fp: payment 7001 pays the invoice off")
+    for invoice_id, body, field, name in (
+            (300, PAYMENT, "amount", "overpayment"),
+            (303, PAYMENT, "currency", "currency mismatch"),
+            (301, PAYMENT, "invoice", "credit note"),
+            (302, PAYMENT, "invoice", "concept invoice"),
+            (303, {**PAYMENT, "currency": "EUR", "provider_status": "authorized"},
+             "provider_status", "provider_status not captured"),
+            (303, {**PAYMENT, "currency": "EUR", "amount": "0"}, "amount", "zero amount")):
+        reply = c.post(f"/v1/invoices/{invoice_id}/payments", body)
+        T.ok(reply.status == 422 and field in reply.json["errors"],
+             f"fp: {name} -> 422 errors.{field}", reply.raw)
+    T.eq(c.post("/v1/invoices/9999/payments", PAYMENT).status, 404, "fp: unknown invoice 404")
+    found = c.get("/v1/payments?provider_transaction_id=125391271").json["data"]
+    T.eq([p["id"] for p in found], [7001], "fp: payments findable by provider_transaction_id")
+    T.eq(c.get("/v1/invoices/300/payments").json["data"][0]["id"], 7001,
+         "fp: invoice payments list")
+    reverse = {"reason": "voided", "provider_transaction_id": "125391271", "date": "2026-09-26"}
+    reversed_ = c.post("/v1/payments/7001/reverse", reverse)
+    T.eq((reversed_.status, reversed_.json["payment"]["status"],
+          reversed_.json["invoice"]["open_amount"], reversed_.json["invoice"]["status"]),
+         (200, "reversed", "590.00", "partially_paid"), "fp: reverse restores the open amount")
+    T.eq(c.post("/v1/payments/7001/reverse", reverse).status, 422, "fp: reversing twice -> 422")
+    first = c.post("/v1/invoices/303/payments", {**PAYMENT, "currency": "EUR", "amount": "10"})
+    second = c.post("/v1/invoices/303/payments", {**PAYMENT, "currency": "EUR", "amount": "10"})
+    T.eq((first.status, second.status), (201, 201), "fp: duplicates accepted by default")
+    admin(c, "config", {"dedupe_payments": True})
+    third = c.post("/v1/invoices/303/payments", {**PAYMENT, "currency": "EUR", "amount": "10"})
+    T.ok(third.status == 409 and third.json["payment"]["id"] == first.json["payment"]["id"],
+         "fp: dedupe_payments -> 409 with the existing payment", third.raw)
+
+
+def fault_checks(c, prefix, path, body, state_probe, method="POST"):
+    """Each fault action on one endpoint; state_probe() tells whether it processed."""
+    def rules(*specs):
+        admin(c, "faults", {"rules": list(specs)})
+
+    rules({"path": path, "action": "status", "status": 503, "body": '{"message":"down"}',
+           "headers": {"Retry-After": "2"}})
+    reply = c.call(method, path, body)
+    T.eq((reply.status, reply.headers["Retry-After"], reply.raw),
+         (503, "2", b'{"message":"down"}'), f"{prefix}: status fault 503 with Retry-After")
+    T.ok(c.call(method, path, body).status < 300, f"{prefix}: fault spent after times=1")
+    rules({"path": path, "action": "malformed"})
+    reply = c.call(method, path, body)
+    try:
+        json.loads(reply.raw)
+        parsed = True
+    except ValueError:
+        parsed = False
+    T.ok(reply.status == 200 and not parsed, f"{prefix}: malformed JSON body")
+    rules({"path_prefix": path[:4], "action": "oversize", "bytes": 300000})
+    reply = c.call(method, path, body)
+    T.ok(len(reply.raw) >= 300000 and json.loads(reply.raw)["data"],
+         f"{prefix}: oversize body is valid JSON of >= 300000 bytes")
+    rules({"path": path, "action": "delay", "seconds": 0.6})
+    started = time.monotonic()
+    reply = c.call(method, path, body)
+    T.ok(time.monotonic() - started >= 0.55 and reply.status < 300,
+         f"{prefix}: delay fault then normal answer")
+    rules({"path": path, "action": "close_before"})
+    before = state_probe()
+    T.ok(dropped(c, method, path, body), f"{prefix}: close_before drops the connection")
+    T.eq(state_probe(), before, f"{prefix}: close_before did not process the request")
+    rules({"path": path, "action": "close_after", "delay": 0.1})
+    T.ok(dropped(c, method, path, body), f"{prefix}: close_after drops the connection")
+    T.ok(state_probe() != before, f"{prefix}: close_after processed the request")
+    rules({"method": method, "path": path, "action": "status", "status": 500, "skip": 1,
+           "times": 2})
+    statuses = [c.call(method, path, body).status for _ in range(4)]
+    T.eq([s >= 500 for s in statuses], [False, True, True, False],
+         f"{prefix}: skip=1 times=2 hits the 2nd and 3rd request")
+    described = admin(c, "faults")["rules"][0]
+    T.eq((described["matched"], described["applied"], described["spent"]), (3, 2, True),
+         f"{prefix}: GET faults shows the counters")
+    rules()
+    log = admin(c, "requests")["requests"]
+    faults = [entry["fault"] for entry in log if entry["path"] == path]
+    T.ok({"status", "malformed", "delay", "close_before", "close_after"} <= set(faults),
+         f"{prefix}: request log names the injected faults")
+    drops = [entry["status"] for entry in log if entry["fault"] in ("close_before",
+                                                                     "close_after")]
+    T.eq(drops, [None, None], f"{prefix}: dropped requests are logged with status null")
+    T.ok(all(not e["path"].startswith("/_standin/") for e in log),
+         f"{prefix}: admin requests are not logged")
+
+
+def concurrency_check(c):
+    """A delayed request holds no lock: another connection is answered meanwhile."""
+    admin(c, "faults", {"rules": [{"path": "/v1/customers/1", "action": "delay",
+                                   "seconds": 1.0}]})
+    slow = Client(c.port, c.context, c.token)
+    worker = threading.Thread(target=slow.get, args=("/v1/customers/1",))
+    worker.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    fast = c.get("/v1/customers/2")
+    elapsed = time.monotonic() - started
+    worker.join()
+    slow.close()
+    admin(c, "faults", {"rules": []})
+    T.ok(fast.status == 200 and elapsed < 0.5, "fp: a delayed request does not block others",
+         f"took {elapsed:.2f}s")
+
+
+def freshportal_faults_and_tokens(c, token):
+    admin(c, "config", {"dedupe_payments": False})
+    admin(c, "seed", {"invoices": [{"id": 400, "amount_excl_vat": "100000.00"}]})
+    payment = {**PAYMENT, "amount": "1.00"}
+    fault_checks(c, "fp", "/v1/invoices/400/payments", payment,
+                 lambda: c.get("/v1/invoices/400").json["amount_paid"])
+    log = admin(c, "requests")["requests"]
+    T.ok(any(e["headers"].get("Authorization") == f"Bearer {token}" for e in log),
+         "fp: request log keeps the Authorization header as sent")
+    T.ok(token in admin(c, "tokens")["issued"], "fp: /_standin/tokens lists issued tokens")
+    admin(c, "expire_tokens", {})
+    T.eq(c.get("/v1/customers/1").status, 401, "fp: expired token -> 401")
+
+
+def test_freshportal(tls=None, context=None):
+    server = Server("freshportal.py", "--quiet", tls=tls)
+    c = Client(server.port, context)
+    try:
+        if tls:
+            tls_checks("fp", server, c)
+            return
+        c.token = freshportal_auth(c)
+        freshportal_paging(c)
+        freshportal_seeding(c)
+        freshportal_payments(c)
+        concurrency_check(c)
+        freshportal_faults_and_tokens(c, c.token)
+        admin(c, "reset", {})
+        T.eq(admin(c, "state")["invoices"], [], "fp: reset clears the data")
+    finally:
+        c.close()
+        T.eq(server.stop(), 0, f"fp{' tls' if tls else ''}: SIGTERM -> clean exit 0")
+        T.ok(not server.port_file.exists(), "fp: port file removed on shutdown")
+        server.cleanup()
+
+
+# --------------------------------------------------------------------------
+# PayTrace
+# --------------------------------------------------------------------------
+
+INTEGRATOR = {"integrator_id": "pt-integrator"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"}
+
+
+def pt(c, path, body):
+    return c.post("/v1/" + path, {**INTEGRATOR, **body})
+
+
+def paytrace_auth(c):
+    reply = c.post("/oauth/token", "grant_type=password&username=pt-user&password=pt-pass",
+                   headers=FORM)
+    body = reply.json
+    T.eq(list(body), ["access_token", "token_type", "expires_in", "created_at"],
+         "pt: token answer fields in [C] order")
+    T.eq((reply.status, body["token_type"], body["expires_in"]), (200, "Bearer", 7200),
+         "pt: form-encoded token call -> Bearer, 7200 s")
+    T.ok(re.fullmatch(r"pttok[0-9a-f]+:[0-9a-f]+:[0-9a-f]+", body["access_token"]),
+         "pt: token is pttok<hex>:<hex>:<hex>")
+    as_json = c.post("/oauth/token", {"grant_type": "password", "username": "pt-user",
+                                      "password": "pt-pass"})
+    T.eq(as_json.status, 200, "pt: JSON token call accepted too")
+    wrong = c.post("/oauth/token", "grant_type=password&username=pt-user&password=nope",
+                   headers=FORM)
+    T.eq(wrong.raw, b'{"error":"invalid_grant","error_description":"The provided authorization'
+                    b' grant is invalid, expired, revoked, does not match the redirection URI '
+                    b'used in the authorization request, or was issued to another client."}',
+         "pt: invalid_grant body byte for byte")
+    T.eq(wrong.status, 400, "pt: invalid credentials -> 400")
+    token = body["access_token"]
+    lower = c.post("/v1/transactions/export/by_id", {**INTEGRATOR, "transaction_id": 1},
+                   headers={"Authorization": f"bearer {token}"})
+    T.eq((lower.status, lower.json["error"]), (401, "invalid_token"),
+         "pt: lowercase 'bearer' -> 401 invalid_token")
+    unknown = c.post("/v1/transactions/export/by_id", {**INTEGRATOR, "transaction_id": 1},
+                     token="pttok0:0:0")
+    T.eq(unknown.json, {"error": "invalid_token", "error_description":
+                        "The access token provided is expired, revoked, malformed or invalid "
+                        "for other reasons."}, "pt: unknown token -> invalid_token body")
+    return token
+
+
+def check_export_row(row, name):
+    expected_keys = ["transaction_id", "credit_card", "transaction_type", "description",
+                     "amount", "invoice_id", "shipping_address", "billing_address",
+                     "receipt_emailed_to", "tax_amount", "customer_reference_id",
+                     "approval_code", "approval_message", "avs_response", "csc_response",
+                     "status_code", "status_message", "created", "settled", "customer_id"]
+    T.eq(list(row), expected_keys, f"{name}: export row fields in [C] order")
+    T.ok(US_DATETIME.match(row["created"]["at"]), f"{name}: created.at is M/D/YYYY h:mm:ss AM",
+         row["created"])
+
+
+def export_one(c, txn_id):
+    return pt(c, "transactions/export/by_id", {"transaction_id": txn_id}).json["transactions"][0]
+
+
+def paytrace_money(c):
+    admin(c, "customers", {"customers": [
+        {"customer_id": "C100", "method": "card", "masked_number": "xxxxxxxxxxxx5439"},
+        {"customer_id": "A200", "method": "ach", "masked_number": "xxxxx1234"}]})
+    missing = c.post("/v1/transactions/sale/by_customer", {"customer_id": "C100",
+                                                           "amount": "1.00"})
+    T.ok(missing.status == 400 and missing.json["response_code"] == 1
+         and missing.json["errors"], "pt: missing integrator_id -> 400, code 1, errors",
+         missing.raw)
+    sale = pt(c, "transactions/sale/by_customer",
+              {"customer_id": "C100", "amount": 25.5, "invoice_id": "INV-000300"})
+    T.eq(list(sale.json), ["success", "response_code", "status_message", "transaction_id",
+                           "approval_code", "approval_message", "avs_response",
+                           "csc_response", "external_transaction_id"],
+         "pt: by_customer sale fields in recorded order, no masked_card_number")
+    T.eq((sale.status, sale.json["response_code"], sale.json["status_message"],
+          sale.json["approval_message"]),
+         (200, 101, "Your transaction was successfully approved.",
+          "  NO  MATCH - Approved and completed"), "pt: sale approved 101")
+    T.ok(re.fullmatch(r"TAS\d{3}", sale.json["approval_code"]), "pt: approval code TAS###")
+    T.ok(sale.chunked and sale.headers["Transfer-Encoding"] == "chunked"
+         and sale.headers["Connection"] == "keep-alive",
+         "pt: answers are chunked on a keep-alive connection")
+    T.ok(b'"success":true,"response_code":101' in sale.raw, "pt: compact JSON separators")
+    sale_id = sale.json["transaction_id"]
+    T.eq(sale_id, 125391300, "pt: transaction ids start at start_transaction_id")
+    row = export_one(c, sale_id)
+    check_export_row(row, "pt")
+    T.eq((row["status_code"], row["status_message"], row["invoice_id"], row["settled"]),
+         ("Y", "Pending Settlement", "INV-000300", ""), "pt: sale is Y Pending Settlement")
+    T.ok(b'"amount":25.5,' in pt(c, "transactions/export/by_id",
+                                 {"transaction_id": sale_id}).raw,
+         "pt: export amount is a JSON number")
+    T.eq(row["credit_card"]["masked_number"], "************5439", "pt: export masks with *")
+
+    decline = pt(c, "transactions/sale/by_customer", {"customer_id": "C100", "amount": "0.29"})
+    T.eq((decline.status, decline.json["success"], decline.json["response_code"],
+          decline.json["approval_message"], decline.json["approval_code"]),
+         (200, False, 102, "  EXPIRED CARD - Expired card", ""), "pt: 0.29 declines with 102")
+    T.eq(export_one(c, decline.json["transaction_id"])["status_message"], "Declined",
+         "pt: declined transaction exported as N Declined")
+    unknown = pt(c, "transactions/sale/by_customer", {"customer_id": "NOPE", "amount": "1.00"})
+    T.eq((unknown.status, unknown.json["errors"]),
+         (400, {"30": ["Customer ID, NOPE, was not found or is incomplete."]}),
+         "pt: unknown vault customer -> 400 error 30")
+    T.eq(pt(c, "transactions/void", {"transaction_id": 1}).json["errors"],
+         {"811": ["The Transaction ID that you provided was not found."]},
+         "pt: unknown transaction -> 811")
+    T.eq(list(pt(c, "transactions/void", {"transaction_id": ""}).json["errors"]), ["58"],
+         "pt: empty transaction id -> 58")
+
+    auth = pt(c, "transactions/authorization/by_customer",
+              {"customer_id": "C100", "amount": "5.00", "invoice_id": "INV-AUTH"})
+    auth_id = auth.json["transaction_id"]
+    T.eq(export_one(c, auth_id)["status_message"], "Authorization Only",
+         "pt: authorization is N Authorization Only")
+    T.eq(pt(c, "transactions/authorization/capture",
+            {"transaction_id": auth_id, "amount": "6.00"}).status, 400,
+         "pt: capture above the authorized amount -> 400")
+    capture = pt(c, "transactions/authorization/capture",
+                 {"transaction_id": auth_id, "amount": "2.00"})
+    T.eq(capture.json, {"success": True, "response_code": 112, "status_message":
+                        "Your transaction was successfully captured.",
+                        "transaction_id": auth_id, "external_transaction_id": ""},
+         "pt: partial capture -> 112 keeping the transaction id")
+    T.eq(list(pt(c, "transactions/authorization/capture",
+                 {"transaction_id": auth_id}).json["errors"]), ["816"],
+         "pt: second capture -> 816")
+    row = export_one(c, auth_id)
+    T.eq((row["status_code"], row["amount"]), ("Y", Decimal(2)),
+         "pt: captured authorization is Y with the captured amount")
+
+    refund = pt(c, "transactions/refund/for_transaction", {"transaction_id": sale_id})
+    T.eq(refund.json["errors"], {"817": [
+        "The Transaction ID that you provided could not be refunded. Only settled transactions "
+        "can be refunded.  Please try to void the transaction instead."]},
+        "pt: refund of an unsettled sale -> 817 (two spaces)")
+    voided = pt(c, "transactions/sale/by_customer", {"customer_id": "C100", "amount": "3.00"})
+    void = pt(c, "transactions/void", {"transaction_id": voided.json["transaction_id"]})
+    T.eq((void.json["response_code"], void.json["status_message"]),
+         (109, "Your transaction was successfully voided."), "pt: void of a pending sale 109")
+    T.eq(export_one(c, voided.json["transaction_id"])["status_message"], "Voided",
+         "pt: voided sale exported as N Voided")
+
+    settled = admin(c, "settle", {})
+    T.eq(settled["batch"]["number"], 571, "pt: first batch is 571")
+    T.ok(sale_id in settled["transaction_ids"] and auth_id in settled["transaction_ids"],
+         "pt: settle batches every pending transaction")
+    row = export_one(c, sale_id)
+    T.eq((row["status_code"], row["status_message"]), ("GB571", "GB571"),
+         "pt: settled transaction is GB571")
+    T.ok(US_DATETIME.match(row["settled"]), "pt: settled date in M/D/YYYY h:mm:ss AM form")
+    T.eq(list(pt(c, "transactions/void", {"transaction_id": sale_id}).json["errors"]),
+         ["818"], "pt: void of a settled sale -> 818")
+    partial = pt(c, "transactions/refund/for_transaction",
+                 {"transaction_id": sale_id, "amount": "10.00"})
+    T.ok(partial.json["response_code"] == 106 and partial.json["transaction_id"] != sale_id,
+         "pt: partial refund of a settled sale -> 106 with a new id", partial.raw)
+    T.eq(pt(c, "transactions/refund/for_transaction",
+            {"transaction_id": sale_id, "amount": "20.00"}).status, 400,
+         "pt: refunding more than remains -> 400")
+    refund_row = export_one(c, partial.json["transaction_id"])
+    T.eq((refund_row["transaction_type"], refund_row["invoice_id"], refund_row["status_code"]),
+         ("REFUND", "INV-000300", "Y"), "pt: refund exported as REFUND for the same invoice")
+    T.eq(list(pt(c, "level_three/visa", {"transaction_id": sale_id}).json["errors"]),
+         ["9007"], "pt: level 3 on a settled sale -> 400")
+    return sale_id
+
+
+def paytrace_exports_and_batches(c):
+    today = datetime.date.today().strftime("%m/%d/%Y")
+    everything = pt(c, "transactions/export/by_date_range",
+                    {"start_date": today, "end_date": today})
+    T.eq((everything.json["success"], everything.json["status_message"]),
+         (True, "Your request has been successfully completed."), "pt: export envelope")
+    T.eq(len(everything.json["transactions"]), 5, "pt: date range export lists today's rows")
+    by_text = pt(c, "transactions/export/by_date_range",
+                 {"start_date": today, "end_date": today, "including_text": "inv-auth"})
+    T.eq([r["invoice_id"] for r in by_text.json["transactions"]], ["INV-AUTH"],
+         "pt: including_text matches the invoice_id")
+    settled = pt(c, "transactions/export/by_date_range",
+                 {"start_date": today, "end_date": today, "transaction_type": "SETTLED"})
+    T.ok(all(r["status_code"].startswith("GB") for r in settled.json["transactions"]),
+         "pt: transaction_type SETTLED filter")
+    bad = pt(c, "transactions/export/by_date_range",
+             {"start_date": datetime.date.today().isoformat(), "end_date": today})
+    T.ok(bad.status == 400 and bad.json["response_code"] == 1, "pt: ISO start_date -> 400")
+    batches = pt(c, "batches/export", {"start_date": today, "end_date": today})
+    batch = batches.json["batches"][0]
+    T.eq((batch["number"], batch["sales_count"], batch["sales_amount"], batch["refund_count"]),
+         (571, 2, Decimal("27.5"), 0), "pt: batches/export summarises batch 571")
+    T.ok(US_DATETIME.match(batch["created"]), "pt: batch created date format")
+    listed = pt(c, "batches/transaction_list", {"batch_number": 571})
+    T.eq(sorted(r["transaction_type"] for r in listed.json["transactions"]),
+         ["AUTHORIZATION", "SALE"], "pt: batches/transaction_list rows")
+    sale = pt(c, "transactions/sale/by_customer", {"customer_id": "C100", "amount": "7.00"})
+    level3 = pt(c, "level_three/mastercard", {"transaction_id": sale.json["transaction_id"],
+                                              "line_items": [{"description": "Roses"}]})
+    T.eq(level3.json["response_code"], 170, "pt: level 3 on a pending sale -> 170")
+    helper = pt(c, "transactions/settle", {})
+    T.eq(helper.json["batch_number"], 572, "pt: /v1/transactions/settle makes batch 572")
+
+
+def paytrace_ach_keyed_autovoid(c):
+    check = pt(c, "checks/sale/by_customer", {"customer_id": "A200", "amount": "40.00"})
+    T.eq((check.json["response_code"], list(check.json)),
+         (120, ["success", "response_code", "status_message", "check_transaction_id"]),
+         "pt: ACH check sale -> 120 with check_transaction_id")
+    declined = pt(c, "checks/sale/by_customer", {"customer_id": "A200", "amount": "0.29"})
+    T.eq((declined.status, declined.json["success"], declined.json["response_code"]),
+         (200, False, 125), "pt: ACH decline -> HTTP 200, 125")
+    T.eq(list(pt(c, "checks/sale/by_customer",
+                 {"customer_id": "C100", "amount": "1.00"}).json["errors"]), ["30"],
+         "pt: ACH against a card profile -> 30")
+    card = {"number": "4012000098765439", "expiration_month": "12", "expiration_year": "2030"}
+    keyed = pt(c, "transactions/sale/keyed", {"amount": "9.99", "credit_card": card})
+    T.eq(keyed.json.get("masked_card_number"), "xxxxxxxxxxxx5439",
+         "pt: keyed sale returns masked_card_number")
+    bad = pt(c, "transactions/sale/keyed", {"amount": "9.99", "credit_card": {
+        "number": "4012000098765430", "expiration_month": "14", "expiration_year": "2030"}})
+    T.eq(sorted(bad.json["errors"]), ["35", "43"], "pt: bad card -> errors 35 and 43")
+    created = pt(c, "customer/create", {"customer_id": "NEW1", "credit_card": card,
+                                        "billing_address": {"name": "Ann Lee"}})
+    T.eq(created.json["status_message"],
+         "The customer profile for NEW1/Ann Lee was successfully created.",
+         "pt: customer/create -> 160")
+    T.eq(list(pt(c, "customer/create", {"customer_id": "NEW1", "credit_card": card})
+              .json["errors"]), ["171"], "pt: duplicate customer id -> 171")
+    admin(c, "config", {"auto_void": True})
+    auto = pt(c, "transactions/sale/by_customer", {"customer_id": "NEW1", "amount": "8.00"})
+    T.eq(auto.json["response_code"], 103, "pt: auto_void -> 103")
+    T.eq(export_one(c, auto.json["transaction_id"])["status_message"], "Voided",
+         "pt: auto-voided sale exported as N Voided")
+    admin(c, "config", {"auto_void": False, "approval_delay": 0.4})
+    started = time.monotonic()
+    pt(c, "transactions/sale/by_customer", {"customer_id": "NEW1", "amount": "8.00"})
+    T.ok(time.monotonic() - started >= 0.35, "pt: approval_delay slows money calls")
+    admin(c, "config", {"approval_delay": 0.0})
+
+
+def paytrace_faults(c):
+    today = datetime.date.today().strftime("%m/%d/%Y")
+
+    def count():
+        return len(pt(c, "transactions/export/by_date_range",
+                      {"start_date": today, "end_date": today}).json["transactions"])
+    fault_checks(c, "pt", "/v1/transactions/sale/by_customer",
+                 {**INTEGRATOR, "customer_id": "C100", "amount": "1.00"}, count)
+    admin(c, "expire_tokens", {})
+    T.eq(pt(c, "transactions/export/by_id", {"transaction_id": 1}).status, 401,
+         "pt: expired token -> 401")
+
+
+def replay_checks(c):
+    fixtures = {p.stem: json.loads(p.read_text()) for p in sorted(FIXTURES.glob("*.json"))}
+    T.eq(len(fixtures), 5, "replay: five fixtures present")
+    enabled = admin(c, "replay", {"enabled": True})
+    T.eq(len(enabled["fixtures"]), 5, "replay: enabled with the five fixtures")
+    token_fixture = fixtures.pop("create_access_token")
+    reply = c.post("/oauth/token", token_fixture["request"]["body"].replace(
+        "<PASSWORD>", "anything"), headers=FORM)
+    token = reply.json["access_token"]
+    expected = token_fixture["response"]["body"].replace("<ACCESS_TOKEN>", token)
+    T.eq(reply.raw, expected.encode(), "replay: token body is the recording with a real token")
+    for name, fixture in fixtures.items():
+        body = fixture["request"]["body"].replace("<INTEGRATOR_ID>", "whatever-id")
+        reply = c.post(fixture["request"]["path"], body, token=token,
+                       headers={"Content-Type": "application/json"})
+        recorded = fixture["response"]
+        T.eq((reply.status, reply.raw), (recorded["status"], recorded["body"].encode()),
+             f"replay: {name} body byte for byte")
+        wanted = ("content-type", "cache-control", "x-request-id", "etag", "x-runtime")
+        T.eq({h: reply.headers[h] for h in wanted}, {h: recorded["headers"][h] for h in wanted},
+             f"replay: {name} recorded headers")
+        T.ok(reply.chunked, f"replay: {name} chunked")
+    fixture = fixtures["create_sale_by_customer"]
+    denied = c.post(fixture["request"]["path"], fixture["request"]["body"], token="pttok1:2:3",
+                    headers={"Content-Type": "application/json"})
+    T.eq(denied.status, 401, "replay: still needs a valid bearer token")
+    admin(c, "replay", {"enabled": False})
+
+
+def raw_chunked_check(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        body = b"grant_type=password&username=pt-user&password=pt-pass"
+        sock.sendall(b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/"
+                     b"x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    T.ok(b"Transfer-Encoding: chunked" in head and b"Content-Length" not in head
+         and rest.endswith(b"}\r\n0\r\n\r\n"), "pt: raw wire shows chunked framing", data[:300])
+
+
+def test_paytrace(tls=None, context=None):
+    server = Server("paytrace.py", "--quiet", tls=tls)
+    c = Client(server.port, context)
+    try:
+        if tls:
+            tls_checks("pt", server, c)
+            return
+        c.token = paytrace_auth(c)
+        paytrace_money(c)
+        paytrace_exports_and_batches(c)
+        paytrace_ach_keyed_autovoid(c)
+        raw_chunked_check(server.port)
+        replay_checks(c)
+        paytrace_faults(c)
+    finally:
+        c.close()
+        T.eq(server.stop(), 0, f"pt{' tls' if tls else ''}: SIGTERM -> clean exit 0")
+        server.cleanup()
+
+
+def test_replay_cli():
+    server = Server("paytrace.py", "--quiet", "--replay", str(FIXTURES))
+    c = Client(server.port)
+    try:
+        fixture = json.loads((FIXTURES / "create_access_token.json").read_text())
+        reply = c.post("/oauth/token", fixture["request"]["body"], headers=FORM)
+        T.ok(reply.status == 200 and b'"created_at":1733511471' in reply.raw,
+             "replay: --replay DIR enables replay at startup")
+        admin(c, "reset", {})
+        T.eq(admin(c, "config")["replay"], True, "replay: reset keeps the --replay setting")
+    finally:
+        c.close()
+        server.stop()
+        server.cleanup()
+
+
+# --------------------------------------------------------------------------
+# TLS, CLI, fixtures
+# --------------------------------------------------------------------------
+
+def tls_checks(prefix, server, c):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")      # plain HTTP to the TLS port
+        try:
+            sock.recv(100)
+        except OSError:
+            pass
+    if prefix == "fp":
+        reply = c.post("/v1/auth", {"username": "fp-test-key", "type": "api"})
+    else:
+        reply = c.post("/oauth/token", "grant_type=password&username=pt-user&password=pt-pass",
+                       headers=FORM)
+    T.eq(reply.status, 200, f"{prefix} tls: https works after a failed handshake")
+
+
+def test_tls():
+    if not shutil.which("openssl"):
+        T.skip("tls", "openssl not on PATH")
+        return
+    workdir = tempfile.mkdtemp(prefix="standin-tls-")
+    cert, key = f"{workdir}/cert.pem", f"{workdir}/key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    context = ssl.create_default_context(cafile=cert)
+    try:
+        test_freshportal((cert, key), context)
+        test_paytrace((cert, key), context)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_cli():
+    for script in ("freshportal.py", "paytrace.py"):
+        result = subprocess.run([sys.executable, "-B", str(HERE / script), "--host", "0.0.0.0",
+                                 "--port", "0"], capture_output=True, text=True, timeout=20)
+        T.ok(result.returncode == 2 and "loopback" in result.stderr,
+             f"{script}: --host 0.0.0.0 refused", result.stderr)
+
+
+def test_fixtures_reproducible():
+    if not CASSETTES.is_dir():
+        T.skip("fixtures reproducible", f"{CASSETTES} not present")
+        return
+    sys.path.insert(0, str(HERE))
+    sys.dont_write_bytecode = True
+    import convert_cassettes
+    with tempfile.TemporaryDirectory() as target:
+        convert_cassettes.convert(CASSETTES, pathlib.Path(target))
+        same = all((FIXTURES / p.name).read_bytes() == p.read_bytes()
+                   for p in pathlib.Path(target).glob("*.json"))
+    T.ok(same, "fixtures: convert_cassettes.py reproduces the committed fixtures")
+
+
+def main():
+    for test in (test_fixtures_reproducible, test_cli, test_freshportal, test_paytrace,
+                 test_replay_cli, test_tls):
+        try:
+            test()
+        except Exception as exc:  # report and go on with the next group
+            T.ok(False, f"{test.__name__} crashed: {exc!r}", _traceback())
+    return T.finish()
+
+
+def _traceback():
+    import traceback
+    return traceback.format_exc()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
