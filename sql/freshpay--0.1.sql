@@ -7,14 +7,13 @@
 
 \echo Use "CREATE EXTENSION freshpay" to load this file. \quit
 
+-- freshpay needs shared_preload_libraries; loading it here makes _PG_init
+-- say so (with its hint) when it is missing, whatever the configuration.
+LOAD 'freshpay';
+
 -- Like pg_cron: the worker serves one database, so the extension lives there.
 DO $$
 BEGIN
-	IF pg_catalog.current_setting('freshpay.database_name', true) IS NULL THEN
-		RAISE EXCEPTION 'freshpay is not loaded'
-			USING ERRCODE = 'object_not_in_prerequisite_state',
-				  HINT = 'Add freshpay to shared_preload_libraries in postgresql.conf and restart the server.';
-	END IF;
 	IF pg_catalog.current_database() OPERATOR(pg_catalog.<>) pg_catalog.current_setting('freshpay.database_name')
 	   AND pg_catalog.current_database() OPERATOR(pg_catalog.<>) 'contrib_regression' THEN
 		RAISE EXCEPTION 'can only create extension freshpay in database "%"',
