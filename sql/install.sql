@@ -56,7 +56,7 @@ UNION ALL
  SELECT * FROM updated_columns);
 
 -- The three roles exist, nested admin ⊃ operator ⊃ reader.
-SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'freshpay\_%' ORDER BY 1;
+SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'freshpay\_%' AND NOT rolsuper ORDER BY 1;
 SELECT pg_has_role('freshpay_admin', 'freshpay_reader', 'USAGE') AS admin_reads,
 	   pg_has_role('freshpay_operator', 'freshpay_reader', 'USAGE') AS operator_reads,
 	   pg_has_role('freshpay_reader', 'freshpay_operator', 'USAGE') AS reader_operates;

@@ -1,0 +1,601 @@
+
+=pod
+
+=head1 NAME
+
+FreshpayTest - helpers for freshpay's TAP tests
+
+=head1 SYNOPSIS
+
+  use PostgreSQL::Test::Utils;
+  use Test::More;
+  use FreshpayTest;
+
+  my $fp   = FreshpayTest::standin('fp');      # the shared FreshPortal stand-in
+  my $pt   = FreshpayTest::standin('pt');      # the shared PayTrace stand-in
+  $fp->reset;
+  $pt->reset;
+  $fp->seed({ customers => [...], invoices => [...] });
+
+  my $node = FreshpayTest::new_node('main');   # preloaded, database "freshpay"
+  FreshpayTest::add_administration($node);
+  my ($out, $err, $rc) = FreshpayTest::psql_result($node, 'freshpay',
+      'SELECT * FROM freshpay_sync()');
+
+=head1 DESCRIPTION
+
+test/run-suites starts one FreshPortal and one PayTrace stand-in for the
+whole run and exports FRESHPAY_TEST_FP_URL, FRESHPAY_TEST_PT_URL and
+FRESHPAY_STANDIN_DIR; it also exports the secrets the servers resolve through
+C<env:> references: FRESHPAY_TEST_SECRET (the FreshPortal API key) and
+FRESHPAY_TEST_PT_PASSWORD (the PayTrace password).  Nodes started by a test
+inherit that environment.
+
+Tests run one after another and share the two stand-ins: call C<reset> on
+both at the start of a test.  A test that needs a stand-in of its own (TLS,
+a crash, a restart) starts one with C<start_standin>.
+
+Only Perl core modules and what PostgreSQL's test framework provides
+(PostgreSQL::Test::Cluster, PostgreSQL::Test::Utils, IPC::Run) are used.
+
+=cut
+
+package FreshpayTest;
+
+use strict;
+use warnings;
+
+use Carp;
+use File::Path qw(make_path);
+use HTTP::Tiny;
+use IPC::Run;
+use JSON::PP;
+use POSIX ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+# Credentials the stand-ins accept by default (see their CONFIG_DEFAULTS).
+our $FP_API_KEY_REF      = 'env:FRESHPAY_TEST_SECRET';
+our $PT_USERNAME         = 'pt-user';
+our $PT_PASSWORD_REF     = 'env:FRESHPAY_TEST_PT_PASSWORD';
+our $PT_INTEGRATOR_ID    = 'pt-integrator';
+
+my %SCRIPT = (fp => 'freshportal.py', pt => 'paytrace.py');
+my @started;    # stand-ins started by start_standin, stopped in END
+my $started_count = 0;
+
+=pod
+
+=head1 FUNCTIONS
+
+=over
+
+=item new_node($name, %opts)
+
+Create, configure and start a PostgreSQL node for freshpay and return it
+(a PostgreSQL::Test::Cluster).  The configuration added:
+
+  shared_preload_libraries = 'freshpay'     (unless preload => 0)
+  freshpay.database_name = 'freshpay'       (or $opts{database})
+  freshpay.allow_plain_http = on
+  freshpay.sync_interval = 0
+  $opts{conf}                               (extra text, verbatim)
+
+Options: C<start =E<gt> 0> leaves the node stopped; C<create_db =E<gt> 0>
+skips CREATE DATABASE (also skipped when C<preload =E<gt> 0> or not started);
+C<extension =E<gt> 1> also runs CREATE EXTENSION freshpay in the database;
+C<init =E<gt> {...}> is passed to C<< $node->init >> (e.g. allows_streaming).
+
+=cut
+
+sub new_node
+{
+	my ($name, %opts) = @_;
+	my $db      = $opts{database} // 'freshpay';
+	my $preload = $opts{preload}  // 1;
+	my $start   = $opts{start}    // 1;
+
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opts{init} // {} });
+
+	my $conf = "\n# Added by FreshpayTest::new_node\n";
+	$conf .= "shared_preload_libraries = 'freshpay'\n" if $preload;
+	$conf .= "freshpay.database_name = '$db'\n";
+	$conf .= "freshpay.allow_plain_http = on\n";
+	$conf .= "freshpay.sync_interval = 0\n";
+	$conf .= "$opts{conf}\n" if defined $opts{conf};
+	$node->append_conf('postgresql.conf', $conf);
+
+	return $node unless $start;
+	$node->start;
+	if ($preload && ($opts{create_db} // 1))
+	{
+		$node->safe_psql('postgres', 'CREATE DATABASE ' . quote_ident($db));
+		$node->safe_psql($db, 'CREATE EXTENSION freshpay') if $opts{extension};
+	}
+	return $node;
+}
+
+=pod
+
+=item psql_result($node, $db, $sql)
+
+Run $sql with psql (ON_ERROR_STOP) and return (stdout, stderr, exit code);
+never dies.  Exit code 0 means every statement succeeded, 3 that one failed.
+
+=cut
+
+sub psql_result
+{
+	my ($node, $db, $sql) = @_;
+	my ($stdout, $stderr) = ('', '');
+	my $rc = $node->psql(
+		$db, $sql,
+		stdout        => \$stdout,
+		stderr        => \$stderr,
+		on_error_stop => 1);
+	return ($stdout, $stderr, $rc);
+}
+
+=pod
+
+=item add_administration($node, %opts)
+
+Run freshpay_add_administration() in database C<$opts{database}> (default
+"freshpay") with the shared stand-ins' URLs and the secrets as C<env:>
+references; any argument can be overridden by name (C<name>,
+C<freshportal_url>, C<freshportal_api_key>, C<paytrace_url>,
+C<paytrace_username>, C<paytrace_password>, C<paytrace_integrator_id>).
+Dies when the call fails; returns psql's output.
+
+=cut
+
+sub add_administration
+{
+	my ($node, %opts) = @_;
+	my $db = delete $opts{database} // 'freshpay';
+	my %args = (
+		name                   => 'main',
+		freshportal_url        => $ENV{FRESHPAY_TEST_FP_URL},
+		freshportal_api_key    => $FP_API_KEY_REF,
+		paytrace_url           => $ENV{FRESHPAY_TEST_PT_URL},
+		paytrace_username      => $PT_USERNAME,
+		paytrace_password      => $PT_PASSWORD_REF,
+		paytrace_integrator_id => $PT_INTEGRATOR_ID,
+		%opts);
+	my @order = qw(name freshportal_url freshportal_api_key paytrace_url
+	  paytrace_username paytrace_password paytrace_integrator_id);
+	my %known = map { $_ => 1 } @order;
+	push @order, sort grep { !$known{$_} } keys %args;
+	my $call = join(",\n  ",
+		map { "$_ => " . quote_literal($args{$_}) } grep { defined $args{$_} } @order);
+	return $node->safe_psql($db, "SELECT freshpay_add_administration(\n  $call)");
+}
+
+=pod
+
+=item standin($kind)
+
+The shared stand-in of this test run: C<'fp'> (FreshPortal, at
+$FRESHPAY_TEST_FP_URL) or C<'pt'> (PayTrace, at $FRESHPAY_TEST_PT_URL).
+Returns a FreshpayTest::Standin (methods below).
+
+=cut
+
+sub standin
+{
+	my ($kind) = @_;
+	croak "standin: kind must be 'fp' or 'pt'" unless $kind && $SCRIPT{$kind};
+	my $var = $kind eq 'fp' ? 'FRESHPAY_TEST_FP_URL' : 'FRESHPAY_TEST_PT_URL';
+	my $url = $ENV{$var}
+	  or croak "$var is not set: run the TAP tests through test/run (or test/run-suites)";
+	return FreshpayTest::Standin->_new(kind => $kind, url => $url);
+}
+
+=pod
+
+=item start_standin($kind, %opts)
+
+Start a new stand-in process of its own (C<'fp'> or C<'pt'>) on a free port
+and return a FreshpayTest::Standin for it, which also has C<stop>.  Options:
+
+  tls_cert, tls_key   serve https with this certificate and key
+  host_name           host name to put in url() (default 127.0.0.1), e.g.
+                      "localhost" to match a certificate's DNS name
+  args                arrayref of extra command-line arguments (e.g. ['--replay'])
+
+Admin calls to an https stand-in go through the curl command line
+(certificate checks off); url() and stop() work in every case.  The output
+of the process goes to tmp_check/log/standin_<kind>_<n>.log.  Every
+stand-in started this way is stopped when the test script ends.
+
+=cut
+
+sub start_standin
+{
+	my ($kind, %opts) = @_;
+	croak "start_standin: kind must be 'fp' or 'pt'" unless $kind && $SCRIPT{$kind};
+	my $dir = $ENV{FRESHPAY_STANDIN_DIR}
+	  or croak "FRESHPAY_STANDIN_DIR is not set: run the TAP tests through test/run";
+	my $tls = defined $opts{tls_cert};
+
+	$started_count++;
+	my $portfile = PostgreSQL::Test::Utils::tempdir() . "/$kind.port";
+	my $log = "$PostgreSQL::Test::Utils::log_path/standin_${kind}_$started_count.log";
+	my @cmd = ('python3', "$dir/$SCRIPT{$kind}", '--port', '0', '--port-file', $portfile);
+	push @cmd, '--tls-cert', $opts{tls_cert} if $tls;
+	push @cmd, '--tls-key', $opts{tls_key} if defined $opts{tls_key};
+	push @cmd, @{ $opts{args} } if $opts{args};
+
+	note "starting stand-in: @cmd";
+	my $pid = fork() // croak "fork failed: $!";
+	if ($pid == 0)
+	{
+		# The child: output to the log, then become the stand-in.  Never
+		# return into the test script (no END blocks, no TAP output).
+		open(STDIN, '<', '/dev/null');
+		open(STDOUT, '>', $log) or POSIX::_exit(126);
+		open(STDERR, '>&', \*STDOUT) or POSIX::_exit(126);
+		exec({ $cmd[0] } @cmd) or POSIX::_exit(127);
+	}
+
+	my $port;
+	my $deadline = time + 15;
+	while (time < $deadline)
+	{
+		if (-s $portfile && open(my $fh, '<', $portfile))
+		{
+			my $text = <$fh> // '';
+			close $fh;
+			if ($text =~ /^\s*(\d+)\s*$/) { $port = $1; last; }
+		}
+		if (waitpid($pid, POSIX::WNOHANG()) == $pid)
+		{
+			my $output = -f $log ? PostgreSQL::Test::Utils::slurp_file($log) : '';
+			croak "stand-in @cmd exited (status $?) before it was ready:\n$output";
+		}
+		sleep 0.05;
+	}
+	if (!defined $port)
+	{
+		kill 'KILL', $pid;
+		waitpid($pid, 0);
+		croak "stand-in @cmd wrote no port file within 15 s";
+	}
+
+	my $host = $opts{host_name} // '127.0.0.1';
+	my $self = FreshpayTest::Standin->_new(
+		kind    => $kind,
+		url     => ($tls ? 'https' : 'http') . "://$host:$port",
+		pid     => $pid,
+		port    => $port,
+		log     => $log,
+		ca_cert => $opts{ca_cert});
+	push @started, $self;
+	note "stand-in $kind listening at " . $self->url . " (pid $pid)";
+	return $self;
+}
+
+=pod
+
+=item make_test_ca($dir)
+
+With the openssl command line, create in $dir (made if missing) a test CA and
+two server certificates signed by it: one for C<IP:127.0.0.1, DNS:localhost>
+and one for the wrong host (C<DNS:wrong.example.test> only).  Returns a
+hashref of file names: C<ca_cert>, C<ca_key>, C<server_cert>, C<server_key>,
+C<wrong_cert>, C<wrong_key>.  Keys are EC P-256 (quick to make).
+
+=cut
+
+sub make_test_ca
+{
+	my ($dir) = @_;
+	make_path($dir);
+	my %f = (
+		ca_cert     => "$dir/ca.crt",
+		ca_key      => "$dir/ca.key",
+		server_cert => "$dir/server.crt",
+		server_key  => "$dir/server.key",
+		wrong_cert  => "$dir/wrong.crt",
+		wrong_key   => "$dir/wrong.key");
+	my @ec = ('-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes');
+
+	_openssl('req', '-x509', @ec, '-keyout', $f{ca_key}, '-out', $f{ca_cert},
+		'-days', '3650', '-subj', '/CN=freshpay test CA',
+		'-addext', 'basicConstraints=critical,CA:TRUE',
+		'-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+
+	for my $leaf (['server', 'localhost', 'IP:127.0.0.1,DNS:localhost'],
+		['wrong', 'wrong.example.test', 'DNS:wrong.example.test'])
+	{
+		my ($name, $cn, $san) = @$leaf;
+		my $csr = "$dir/$name.csr";
+		my $ext = "$dir/$name.ext";
+		open(my $fh, '>', $ext) or croak "cannot write $ext: $!";
+		print $fh "basicConstraints = CA:FALSE\n",
+		  "keyUsage = critical, digitalSignature, keyEncipherment\n",
+		  "extendedKeyUsage = serverAuth\n",
+		  "subjectAltName = $san\n";
+		close $fh;
+		_openssl('req', '-new', @ec, '-keyout', $f{"${name}_key"}, '-out', $csr,
+			'-subj', "/CN=$cn");
+		_openssl('x509', '-req', '-in', $csr, '-CA', $f{ca_cert}, '-CAkey', $f{ca_key},
+			'-CAcreateserial', '-out', $f{"${name}_cert"}, '-days', '3650',
+			'-sha256', '-extfile', $ext);
+	}
+	chmod 0600, $f{ca_key}, $f{server_key}, $f{wrong_key};
+	return \%f;
+}
+
+sub _openssl
+{
+	my @cmd = ('openssl', @_);
+	my ($out, $err) = ('', '');
+	IPC::Run::run(\@cmd, '<', \undef, '>', \$out, '2>', \$err)
+	  or croak "command failed: @cmd\n$err$out";
+	return;
+}
+
+=pod
+
+=item wait_for($code, $timeout, $what)
+
+Call $code every 0.1 s until it returns true or $timeout seconds (default:
+the framework's timeout, 180 s) pass; returns the true value, or undef after
+a diag naming $what.  For "the worker has sent the request" checks.
+
+=cut
+
+sub wait_for
+{
+	my ($code, $timeout, $what) = @_;
+	$timeout //= $PostgreSQL::Test::Utils::timeout_default;
+	my $deadline = time + $timeout;
+	while (1)
+	{
+		my $value = $code->();
+		return $value if $value;
+		last if time > $deadline;
+		sleep 0.1;
+	}
+	diag('timed out after ' . $timeout . ' s waiting for ' . ($what // 'a condition'));
+	return undef;
+}
+
+=pod
+
+=item quote_literal($text), quote_ident($name)
+
+SQL quoting, as PostgreSQL's functions of the same names do.
+
+=back
+
+=cut
+
+sub quote_literal
+{
+	my ($text) = @_;
+	return 'NULL' unless defined $text;
+	(my $quoted = $text) =~ s/'/''/g;
+	return $quoted =~ /\\/ ? "E'" . ($quoted =~ s/\\/\\\\/gr) . "'" : "'$quoted'";
+}
+
+sub quote_ident
+{
+	my ($name) = @_;
+	return $name if $name =~ /^[a-z_][a-z0-9_]*$/;
+	(my $quoted = $name) =~ s/"/""/g;
+	return "\"$quoted\"";
+}
+
+END
+{
+	local $?;
+	$_->stop for grep { $_->{pid} } @started;
+}
+
+package FreshpayTest::Standin;
+
+=pod
+
+=head1 FreshpayTest::Standin METHODS
+
+Admin calls die (croak) when the stand-in answers anything but 2xx; they
+return the decoded JSON answer.
+
+=over
+
+=item url()
+
+The base URL, e.g. C<http://127.0.0.1:41234>, to give freshpay.
+
+=item reset()
+
+Back to the start: no data, no faults, default config, empty request log,
+no tokens.
+
+=item seed(\%data)
+
+FreshPortal only: create or replace customers and invoices
+(C<< { customers => [...], invoices => [...] } >>, money as strings).
+
+=item customers(\@profiles), settle()
+
+PayTrace only: add vault profiles (C<< [{ customer_id => 'C-BLOOM', method => 'card' }] >>);
+settle pending transactions into a batch.
+
+=item admin_post($path, \%json), admin_get($path)
+
+Any admin endpoint, e.g. C<< admin_post('/_standin/invoices/5', {...}) >>.
+
+=item requests(%filter), clear_requests()
+
+The request log (arrayref of {seq, method, path, query, headers, body,
+status, fault}); C<since =E<gt> $seq> and C<path_prefix =E<gt> '/v1/invoices'>
+filter it.
+
+=item faults(\@rules), config(\%settings), state()
+
+Replace the fault rules; change config keys (returns the config; without an
+argument just returns it); the whole stand-in state.
+
+=item expire_tokens(), tokens()
+
+Expire every issued OAuth token; the list of all tokens ever issued
+(arrayref), e.g. to check that none appears in a log.
+
+=item stop()
+
+Stand-ins from start_standin only: stop the process (TERM, then KILL).
+
+=back
+
+=cut
+
+use Carp;
+use HTTP::Tiny;
+use IPC::Run;
+use JSON::PP;
+use POSIX ();
+use Time::HiRes qw(sleep time);
+
+my $json = JSON::PP->new->utf8->canonical->allow_nonref;
+
+sub _new
+{
+	my ($class, %fields) = @_;
+	return bless {%fields}, $class;
+}
+
+sub url  { return $_[0]{url}; }
+sub kind { return $_[0]{kind}; }
+sub log_file { return $_[0]{log}; }
+
+sub admin_get
+{
+	my ($self, $path) = @_;
+	return $self->_admin('GET', $path);
+}
+
+sub admin_post
+{
+	my ($self, $path, $body) = @_;
+	return $self->_admin('POST', $path, $body // {});
+}
+
+sub _admin
+{
+	my ($self, $method, $path, $body) = @_;
+	my $url = $self->{url} . $path;
+	my $content = defined $body ? $json->encode($body) : undef;
+	my ($status, $answer);
+	if ($url =~ /^https:/)
+	{
+		# HTTP::Tiny needs IO::Socket::SSL for https, which is not a core
+		# module; curl is installed with the test dependencies.
+		my @cmd = ('curl', '-sS', '-k', '-X', $method, '-w', '\n%{http_code}',
+			'-H', 'Content-Type: application/json');
+		push @cmd, '--data-binary', '@-' if defined $content;
+		push @cmd, $url;
+		my ($out, $err) = ('', '');
+		IPC::Run::run(\@cmd, '<', \($content // ''), '>', \$out, '2>', \$err)
+		  or croak "admin $method $url failed: $err";
+		($answer, $status) = $out =~ /\A(.*)\n(\d+)\z/s
+		  or croak "admin $method $url: unexpected curl output: $out";
+	}
+	else
+	{
+		my $http = HTTP::Tiny->new(timeout => 60, keep_alive => 0);
+		my $res = $http->request($method, $url,
+			defined $content
+			? { content => $content, headers => { 'Content-Type' => 'application/json' } }
+			: {});
+		($status, $answer) = ($res->{status}, $res->{content} // '');
+		croak "admin $method $url failed: $answer" if $status == 599;
+	}
+	croak "admin $method $url answered $status: $answer" unless $status =~ /^2/;
+	return length($answer) ? $json->decode($answer) : undef;
+}
+
+sub reset { return $_[0]->admin_post('/_standin/reset'); }
+
+sub seed
+{
+	my ($self, $data) = @_;
+	croak 'seed() is for the FreshPortal stand-in' unless $self->{kind} eq 'fp';
+	return $self->admin_post('/_standin/seed', $data);
+}
+
+sub customers
+{
+	my ($self, $profiles) = @_;
+	croak 'customers() is for the PayTrace stand-in' unless $self->{kind} eq 'pt';
+	return $self->admin_post('/_standin/customers', { customers => $profiles });
+}
+
+sub settle
+{
+	my ($self) = @_;
+	croak 'settle() is for the PayTrace stand-in' unless $self->{kind} eq 'pt';
+	return $self->admin_post('/_standin/settle');
+}
+
+sub requests
+{
+	my ($self, %filter) = @_;
+	my @query;
+	push @query, 'since=' . int($filter{since}) if defined $filter{since};
+	push @query, 'path_prefix=' . _uri_escape($filter{path_prefix})
+	  if defined $filter{path_prefix};
+	my $path = '/_standin/requests' . (@query ? '?' . join('&', @query) : '');
+	return $self->admin_get($path)->{requests};
+}
+
+sub clear_requests { return $_[0]->admin_post('/_standin/requests/clear'); }
+
+sub faults
+{
+	my ($self, $rules) = @_;
+	return $self->admin_post('/_standin/faults', { rules => $rules // [] });
+}
+
+sub config
+{
+	my ($self, $settings) = @_;
+	return $self->admin_get('/_standin/config') unless defined $settings;
+	return $self->admin_post('/_standin/config', $settings);
+}
+
+sub state { return $_[0]->admin_get('/_standin/state'); }
+
+sub expire_tokens { return $_[0]->admin_post('/_standin/expire_tokens'); }
+
+sub tokens { return $_[0]->admin_get('/_standin/tokens')->{issued}; }
+
+sub stop
+{
+	my ($self) = @_;
+	my $pid = delete $self->{pid} or return;
+	kill 'TERM', $pid;
+	my $deadline = time + 10;
+	while (time < $deadline)
+	{
+		return if waitpid($pid, POSIX::WNOHANG()) == $pid;
+		sleep 0.05;
+	}
+	kill 'KILL', $pid;
+	waitpid($pid, 0);
+	return;
+}
+
+sub _uri_escape
+{
+	my ($text) = @_;
+	$text =~ s/([^A-Za-z0-9\-._~\/])/sprintf('%%%02X', ord($1))/ge;
+	return $text;
+}
+
+1;
