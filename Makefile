@@ -14,7 +14,7 @@ OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
 DATA         = $(wildcard sql/$(EXTENSION)--*.sql)
 
 # pg_regress tests (sql/<name>.sql → expected/<name>.out), in this order.
-REGRESS      = install administrations sync_errors
+REGRESS      = install administrations sync_errors paytrace_parse
 
 PG_CONFIG   ?= pg_config
 

@@ -119,13 +119,17 @@ secret_resolve(const char *stored, const char *field, const char *administration
 	return value;
 }
 
+/*
+ * The administration called name, its secrets resolved, allocated in
+ * context (inside a transaction; SPI may be connected already).
+ */
 Administration *
-administration_load(const char *name)
+administration_load(const char *name, MemoryContext context)
 {
 	Administration *admin;
 	Datum		arg = CStringGetTextDatum(name);
 	Oid			argtype = TEXTOID;
-	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext caller = MemoryContextSwitchTo(context);
 	char	   *stored_key;
 	char	   *stored_password;
 	int			rc;
@@ -148,7 +152,7 @@ administration_load(const char *name)
 				 errhint("Add it with freshpay_add_administration().")));
 
 	{
-		MemoryContext spi = MemoryContextSwitchTo(caller);
+		MemoryContext spi = MemoryContextSwitchTo(context);
 		HeapTuple	tuple = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 
@@ -166,6 +170,7 @@ administration_load(const char *name)
 
 	admin->freshportal_api_key = secret_resolve(stored_key, "freshportal_api_key", name);
 	admin->paytrace_password = secret_resolve(stored_password, "paytrace_password", name);
+	MemoryContextSwitchTo(caller);
 	return admin;
 }
 

@@ -14,6 +14,7 @@
 #define FRESHPAY_ADMINISTRATION_H
 
 #include "nodes/pg_list.h"
+#include "utils/palloc.h"
 
 typedef struct Administration
 {
@@ -26,7 +27,7 @@ typedef struct Administration
 	char	   *paytrace_integrator_id;
 } Administration;
 
-extern Administration *administration_load(const char *name);
+extern Administration *administration_load(const char *name, MemoryContext context);
 extern List *administration_names(void);
 extern uint32 administration_credential_hash(const char *url, const char *secret);
 

@@ -17,6 +17,7 @@
 #include "postgres.h"
 
 #include "jsonconv.h"
+#include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -186,7 +187,7 @@ fp_authenticate(const Administration *admin, uint32 credential_hash)
  */
 static void
 fp_call(const Administration *admin, const char *method, const char *path,
-		const char *call, HttpResponse *response)
+		const char *body, const char *call, HttpResponse *response)
 {
 	uint32		credential_hash = administration_credential_hash(admin->freshportal_url,
 																 admin->freshportal_api_key);
@@ -211,6 +212,11 @@ fp_call(const Administration *admin, const char *method, const char *path,
 		request.method = method;
 		request.url = url;
 		request.bearer_token = token;
+		if (body != NULL)
+		{
+			request.content_type = "application/json";
+			request.body = body;
+		}
 		http_perform(&request, response);
 		if (response->transport != HTTP_TRANSPORT_OK)
 			http_report_transport_error(&request, response);
@@ -415,7 +421,7 @@ freshportal_list(const Administration *admin, FpStream stream,
 								page, per_page);
 	HttpResponse response;
 
-	fp_call(admin, "GET", path, call, &response);
+	fp_call(admin, "GET", path, NULL, call, &response);
 
 	if (response.status == 204)
 	{
@@ -428,4 +434,194 @@ freshportal_list(const Administration *admin, FpStream stream,
 	if (response.status != 200)
 		report_unexpected_status(admin, call, &response);
 	return page_from_json(admin, stream, call, &response);
+}
+
+/* Parse a JSON answer and hand its root to convert(); json-c freed on every path. */
+static void *
+with_json(const Administration *admin, const char *call, const HttpResponse *response,
+		  void *(*convert) (json_object *root, void *arg), void *arg)
+{
+	char		error[128];
+	json_object *root = jsonconv_parse(response->body, response->body_len, error, sizeof(error));
+	void	   *result = NULL;
+
+	if (root == NULL)
+		report_malformed(admin, call, error);
+	PG_TRY();
+	{
+		result = convert(root, arg);
+	}
+	PG_FINALLY();
+	{
+		json_object_put(root);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+static void *
+convert_invoice(json_object *root, void *arg)
+{
+	const Administration *admin = arg;
+	json_object *item = jsonconv_member(root, "data");
+
+	/* One object, bare or in a "data" envelope. */
+	return item_from_json(admin, FP_STREAM_INVOICES,
+						  item && json_object_is_type(item, json_type_object) ? item : root, 0);
+}
+
+/* GET /v1/invoices/{id}: the invoice as FreshPortal has it now. */
+FpInvoice *
+freshportal_get_invoice(const Administration *admin, int64 invoice_id)
+{
+	char	   *path = psprintf("/v1/invoices/" INT64_FORMAT, invoice_id);
+	char	   *call = psprintf("GET %s", path);
+	HttpResponse response;
+
+	fp_call(admin, "GET", path, NULL, call, &response);
+	if (response.status == 404)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("invoice " INT64_FORMAT " does not exist in FreshPortal (administration \"%s\")",
+						invoice_id, admin->name),
+				 errhint("It may have been removed in FreshPortal; run freshpay_sync() and check the invoice.")));
+	if (response.status != 200)
+		report_unexpected_status(admin, call, &response);
+	return with_json(admin, call, &response, convert_invoice, (void *) admin);
+}
+
+static FpPayment *
+payment_from_json(json_object *item)
+{
+	FpPayment  *payment = palloc0(sizeof(FpPayment));
+
+	payment->id = jsonconv_int64(item, "id");
+	jsonconv_int64_opt(item, "invoice_id", &payment->invoice_id);
+	payment->status = jsonconv_string_opt(item, "status");
+	payment->provider_transaction_id = jsonconv_string_opt(item, "provider_transaction_id");
+	if (payment->status == NULL)
+		payment->status = "";
+	return payment;
+}
+
+static void *
+convert_payment_list(json_object *root, void *arg)
+{
+	json_object *data = jsonconv_member(root, "data");
+	List	   *payments = NIL;
+
+	if (data == NULL || !json_object_is_type(data, json_type_array))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_JSON_TEXT),
+				 errmsg("FreshPortal's payment list has no \"data\" array")));
+	for (size_t i = 0; i < json_object_array_length(data); i++)
+		payments = lappend(payments, payment_from_json(json_object_array_get_idx(data, i)));
+	return payments;
+}
+
+static void *
+convert_payment(json_object *root, void *arg)
+{
+	json_object *payment = jsonconv_member(root, "payment");
+	json_object *data = jsonconv_member(root, "data");
+
+	if (payment != NULL && json_object_is_type(payment, json_type_object))
+		return payment_from_json(payment);
+	if (data != NULL && json_object_is_type(data, json_type_object))
+		return payment_from_json(data);
+	return payment_from_json(root);
+}
+
+/*
+ * GET /v1/payments?provider_transaction_id=: FreshPortal does not reject
+ * duplicates, so every write is preceded by this lookup.
+ */
+List *
+freshportal_find_payments(const Administration *admin, const char *provider_transaction_id)
+{
+	char	   *path = psprintf("/v1/payments?provider_transaction_id=%s",
+								http_url_escape(provider_transaction_id));
+	HttpResponse response;
+
+	fp_call(admin, "GET", path, NULL, "GET /v1/payments", &response);
+	if (response.status == 204)
+		return NIL;
+	if (response.status != 200)
+		report_unexpected_status(admin, "GET /v1/payments", &response);
+	return with_json(admin, "GET /v1/payments", &response, convert_payment_list, NULL);
+}
+
+FpPayment *
+freshportal_get_payment(const Administration *admin, int64 payment_id)
+{
+	char	   *path = psprintf("/v1/payments/" INT64_FORMAT, payment_id);
+	char	   *call = psprintf("GET %s", path);
+	HttpResponse response;
+
+	fp_call(admin, "GET", path, NULL, call, &response);
+	if (response.status != 200)
+		report_unexpected_status(admin, call, &response);
+	return with_json(admin, call, &response, convert_payment, NULL);
+}
+
+/* YYYY-MM-DD whatever DateStyle says. */
+static char *
+iso_date(DateADT date)
+{
+	int			year,
+				month,
+				day;
+
+	j2date(date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
+	return psprintf("%04d-%02d-%02d", year, month, day);
+}
+
+/* POST /v1/invoices/{id}/payments: register captured money. */
+int64
+freshportal_register_payment(const Administration *admin, const FpRegistration *r)
+{
+	char	   *path = psprintf("/v1/invoices/" INT64_FORMAT "/payments", r->invoice_id);
+	char	   *call = psprintf("POST %s", path);
+	StringInfoData body;
+	HttpResponse response;
+	FpPayment  *payment;
+
+	initStringInfo(&body);
+	appendStringInfoString(&body, "{\"amount\":");
+	escape_json(&body, r->amount);
+	appendStringInfoString(&body, ",\"currency\":");
+	escape_json(&body, r->currency);
+	appendStringInfo(&body, ",\"payment_date\":\"%s\",\"method\":", iso_date(r->payment_date));
+	escape_json(&body, r->method);
+	appendStringInfoString(&body, ",\"provider\":\"paytrace\",\"provider_transaction_id\":");
+	escape_json(&body, r->provider_transaction_id);
+	appendStringInfoString(&body, ",\"provider_status\":\"captured\"}");
+
+	fp_call(admin, "POST", path, body.data, call, &response);
+	if (response.status != 201 && response.status != 200)
+		report_unexpected_status(admin, call, &response);
+	payment = with_json(admin, call, &response, convert_payment, NULL);
+	return payment->id;
+}
+
+/* POST /v1/payments/{id}/reverse */
+void
+freshportal_reverse_payment(const Administration *admin, int64 payment_id, const char *reason,
+							const char *provider_transaction_id, DateADT date)
+{
+	char	   *path = psprintf("/v1/payments/" INT64_FORMAT "/reverse", payment_id);
+	char	   *call = psprintf("POST %s", path);
+	StringInfoData body;
+	HttpResponse response;
+
+	initStringInfo(&body);
+	appendStringInfoString(&body, "{\"reason\":");
+	escape_json(&body, reason);
+	appendStringInfoString(&body, ",\"provider_transaction_id\":");
+	escape_json(&body, provider_transaction_id);
+	appendStringInfo(&body, ",\"date\":\"%s\"}", iso_date(date));
+
+	fp_call(admin, "POST", path, body.data, call, &response);
+	if (response.status != 200 && response.status != 201)
+		report_unexpected_status(admin, call, &response);
 }

@@ -70,10 +70,39 @@ typedef struct FpPage
 	List	   *items;			/* FpCustomer * or FpInvoice * */
 } FpPage;
 
+/* A payment registration in FreshPortal. */
+typedef struct FpPayment
+{
+	int64		id;
+	int64		invoice_id;
+	char	   *status;			/* "registered" or "reversed" */
+	char	   *provider_transaction_id;
+} FpPayment;
+
+/* What freshpay registers against an invoice. */
+typedef struct FpRegistration
+{
+	int64		invoice_id;		/* FreshPortal's invoice id */
+	const char *amount;			/* numeric text */
+	const char *currency;
+	const char *method;			/* card or ach */
+	const char *provider_transaction_id;
+	DateADT		payment_date;
+} FpRegistration;
+
 extern const char *freshportal_stream_name(FpStream stream);
 extern TimestampTz freshportal_item_mutation_time(FpStream stream, void *item);
 extern int64 freshportal_item_id(FpStream stream, void *item);
 extern FpPage *freshportal_list(const Administration *admin, FpStream stream,
 								TimestampTz since, int page, int per_page);
+extern FpInvoice *freshportal_get_invoice(const Administration *admin, int64 invoice_id);
+extern List *freshportal_find_payments(const Administration *admin,
+									   const char *provider_transaction_id);
+extern FpPayment *freshportal_get_payment(const Administration *admin, int64 payment_id);
+extern int64 freshportal_register_payment(const Administration *admin,
+										  const FpRegistration *registration);
+extern void freshportal_reverse_payment(const Administration *admin, int64 payment_id,
+										const char *reason, const char *provider_transaction_id,
+										DateADT date);
 
 #endif							/* FRESHPAY_FRESHPORTAL_H */

@@ -28,6 +28,8 @@ bool		freshpay_allow_plain_http = false;
 int			freshpay_max_response_size = 32 * 1024;
 int			freshpay_sync_page_size = 100;
 int			freshpay_sync_overlap = 120;
+int			freshpay_history_retention = 400;
+char	   *freshpay_debug_pause_at = NULL;
 
 void
 FreshpaySettingsInit(void)
@@ -139,6 +141,29 @@ FreshpaySettingsInit(void)
 							PGC_SUSET,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("freshpay.history_retention",
+							"Days payment history and finished jobs are kept.",
+							"Payments themselves are never deleted.",
+							&freshpay_history_retention,
+							400, 1, 100 * 365,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	/*
+	 * A test hook, hidden from SHOW ALL: the worker pauses at the named point
+	 * of an attempt ("before_send", "after_answer") so that the crash tests
+	 * can kill it exactly there.  Empty in production.
+	 */
+	DefineCustomStringVariable("freshpay.debug_pause_at",
+							   "Test hook: point of an attempt where the worker pauses.",
+							   NULL,
+							   &freshpay_debug_pause_at,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("freshpay");
 }

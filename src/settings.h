@@ -23,6 +23,8 @@ extern bool freshpay_allow_plain_http;
 extern int	freshpay_max_response_size;	/* kilobytes */
 extern int	freshpay_sync_page_size;
 extern int	freshpay_sync_overlap;		/* seconds */
+extern int	freshpay_history_retention;	/* days */
+extern char *freshpay_debug_pause_at;
 
 extern void FreshpaySettingsInit(void);
 

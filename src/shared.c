@@ -20,6 +20,7 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
+#include "mailbox.h"
 #include "shared.h"
 
 #define TOKEN_SLOTS		64
@@ -52,6 +53,7 @@ typedef struct FreshpayShared
 	LWLock	   *lock;
 	TokenSlot	tokens[TOKEN_SLOTS];
 	ProgressSlot progress[PROGRESS_SLOTS];
+	Mailbox		mailbox;
 } FreshpayShared;
 
 static FreshpayShared *shared = NULL;
@@ -84,6 +86,7 @@ freshpay_shmem_startup(void)
 	{
 		memset(shared, 0, sizeof(FreshpayShared));
 		shared->lock = &(GetNamedLWLockTranche("freshpay"))->lock;
+		mailbox_init(&shared->mailbox);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -105,6 +108,13 @@ check_shared(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("freshpay shared memory is not initialized"),
 				 errhint("Add freshpay to shared_preload_libraries and restart the server.")));
+}
+
+Mailbox *
+freshpay_mailbox(void)
+{
+	check_shared();
+	return &shared->mailbox;
 }
 
 static TokenSlot *

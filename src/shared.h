@@ -24,6 +24,7 @@ typedef enum RemoteApi
 #define FRESHPAY_TOKEN_MAX 1024
 
 extern void FreshpaySharedInit(void);
+extern struct Mailbox *freshpay_mailbox(void);
 
 extern bool token_cache_lookup(const char *administration, RemoteApi api,
 							   uint32 credential_hash,

@@ -428,7 +428,7 @@ freshpay_sync(PG_FUNCTION_ARGS)
 
 	foreach(lc, names)
 	{
-		Administration *admin = administration_load(lfirst(lc));
+		Administration *admin = administration_load(lfirst(lc), CurrentMemoryContext);
 		static const FpStream streams[] = {FP_STREAM_CUSTOMERS, FP_STREAM_INVOICES};
 
 		for (size_t i = 0; i < lengthof(streams); i++)

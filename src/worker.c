@@ -1,36 +1,59 @@
 /*-------------------------------------------------------------------------
  *
  * worker.c
- *	  Lifecycle of the freshpay background worker.
+ *	  The freshpay background worker: lifecycle, main loop, job queue.
  *
  * One static worker, started once recovery has finished (so it never runs
  * on a hot standby), connected to freshpay.database_name, restarted by the
  * postmaster after a crash.  It follows worker_spi: signal handlers before
  * unblocking signals, latch waits with WL_EXIT_ON_PM_DEATH (never sleep()),
- * SIGHUP re-reads the configuration, SIGTERM ends it through die().
+ * SIGHUP re-reads the configuration, SIGTERM ends it through die(), and a
+ * memory context reset on every loop.
  *
- * In this version the worker only keeps its place: queue processing and
- * scheduled syncs arrive with the job protocol.  It must not touch
- * freshpay's tables before the extension exists.
+ * Each loop: money calls handed over by backends (mailbox.c, run by
+ * attempt.c), then due jobs of freshpay.jobs (write-back to FreshPortal,
+ * lookups of unknown outcomes).  No transaction is ever open across a
+ * network wait.  On start, before serving anything new, every attempt left
+ * in flight is looked up at PayTrace (attempt_recover + due resolve jobs).
+ *
+ * The worker touches freshpay's tables only once the extension exists.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
+#include "attempt.h"
+#include "mailbox.h"
 #include "settings.h"
 #include "worker.h"
+#include "writeback.h"
 
-/* How often the idle worker looks at its settings without being woken. */
-#define WORKER_IDLE_TIMEOUT_MS (60 * 1000L)
+/* Longest idle wait: settings and the extension's existence are rechecked. */
+#define WORKER_IDLE_TIMEOUT_MS (10 * 1000L)
+
+/* Backoff of failing jobs: 1 s doubling up to 5 min, with jitter. */
+#define JOB_BACKOFF_BASE_MS 1000L
+#define JOB_BACKOFF_MAX_MS (300 * 1000L)
 
 void
 FreshpayWorkerRegister(void)
@@ -39,7 +62,7 @@ FreshpayWorkerRegister(void)
 
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 10;
+	worker.bgw_restart_time = 5;
 	strlcpy(worker.bgw_library_name, "freshpay", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "freshpay_worker_main", BGW_MAXLEN);
 	strlcpy(worker.bgw_name, "freshpay worker", BGW_MAXLEN);
@@ -47,9 +70,329 @@ FreshpayWorkerRegister(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/*
+ * Start a transaction with SPI connected and a snapshot, as worker_spi does.
+ * Returns the caller's memory context, which worker_commit restores.
+ */
+MemoryContext
+worker_begin(void)
+{
+	MemoryContext caller = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	return caller;
+}
+
+void
+worker_commit(MemoryContext caller)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
+}
+
+/*
+ * Run one statement with SPI; raise unless it returns expected.  Returns
+ * the number of rows processed.
+ */
+int64
+spi_run(const char *sql, int nargs, const Oid *types, const Datum *values,
+		const char *nulls, int expected)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, (Oid *) types, (Datum *) values,
+										   nulls, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "freshpay: statement failed (%s): %s", SPI_result_code_string(rc), sql);
+	return (int64) SPI_processed;
+}
+
+/* Queue a job (run_at 0 = now); a job of that kind already queued stays. */
+void
+job_queue(const char *kind, int64 payment_id, TimestampTz run_at)
+{
+	Oid			types[] = {TEXTOID, INT8OID, TIMESTAMPTZOID};
+	Datum		values[] = {CStringGetTextDatum(kind), Int64GetDatum(payment_id),
+	TimestampTzGetDatum(run_at)};
+	char		nulls[] = {' ', ' ', run_at ? ' ' : 'n'};
+
+	spi_run("INSERT INTO freshpay.jobs (kind, payment_id, next_run_at)"
+			" VALUES ($1, $2, COALESCE($3, pg_catalog.now()))"
+			" ON CONFLICT (kind, payment_id) WHERE state OPERATOR(pg_catalog.=) 'queued'"
+			" DO UPDATE SET next_run_at = LEAST(jobs.next_run_at, EXCLUDED.next_run_at),"
+			"               updated_at = pg_catalog.now()",
+			3, types, values, nulls, SPI_OK_INSERT);
+	mailbox_wake_worker();
+}
+
+void
+job_finish(const char *kind, int64 payment_id)
+{
+	Oid			types[] = {TEXTOID, INT8OID};
+	Datum		values[] = {CStringGetTextDatum(kind), Int64GetDatum(payment_id)};
+
+	spi_run("UPDATE freshpay.jobs SET state = 'done', updated_at = pg_catalog.now()"
+			" WHERE kind OPERATOR(pg_catalog.=) $1 AND payment_id OPERATOR(pg_catalog.=) $2"
+			"   AND state OPERATOR(pg_catalog.=) 'queued'",
+			2, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/* The date of ts in the session's time zone. */
+DateADT
+date_of_timestamp(TimestampTz ts)
+{
+	return DatumGetDateADT(DirectFunctionCall1(timestamptz_date, TimestampTzGetDatum(ts)));
+}
+
+/*
+ * Test hook: with freshpay.debug_pause_at naming this point, stop here
+ * (interruptibly, up to five minutes) so that a test can kill the worker at
+ * an exact point of an attempt.  Resetting the setting and reloading ends
+ * the pause.
+ */
+void
+worker_pause_point(const char *point, int64 payment_id)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 300 * 1000L);
+
+	if (freshpay_debug_pause_at == NULL || strcmp(freshpay_debug_pause_at, point) != 0)
+		return;
+	elog(LOG, "freshpay worker: pausing at %s for payment " INT64_FORMAT, point, payment_id);
+	while (strcmp(freshpay_debug_pause_at, point) == 0 && GetCurrentTimestamp() < until)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}
+
+/* Does freshpay exist (and is it not being created or dropped) here? */
+static bool
+extension_ready(void)
+{
+	bool		ready;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	ready = OidIsValid(get_extension_oid("freshpay", true)) && !creating_extension;
+	if (ready)
+	{
+		/* The extension's newest tables may not exist at an older version. */
+		ready = OidIsValid(RangeVarGetRelid(makeRangeVar("freshpay", "jobs", -1), NoLock, true));
+	}
+	CommitTransactionCommand();
+	return ready;
+}
+
+static long
+job_backoff_ms(int attempts)
+{
+	long		delay = JOB_BACKOFF_BASE_MS << Min(attempts, 20);
+
+	delay = Min(delay, JOB_BACKOFF_MAX_MS);
+	/* Jitter: between half and all of the delay. */
+	return delay / 2 + (long) (pg_prng_double(&pg_global_prng_state) * (delay / 2));
+}
+
+typedef struct Job
+{
+	int64		id;
+	char		kind[32];
+	int64		payment_id;
+	int			attempts;
+} Job;
+
+/* Claim the next due job, if any, in a short transaction of its own. */
+static bool
+job_next(Job *job)
+{
+	MemoryContext caller = worker_begin();
+	bool		found;
+
+	found = spi_run("SELECT id, kind, payment_id, attempts FROM freshpay.jobs"
+					" WHERE state OPERATOR(pg_catalog.=) 'queued'"
+					"   AND next_run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+					" ORDER BY next_run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+					0, NULL, NULL, NULL, SPI_OK_SELECT) == 1;
+	if (found)
+	{
+		bool		isnull;
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		job->id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+		strlcpy(job->kind, SPI_getvalue(row, desc, 2), sizeof(job->kind));
+		job->payment_id = DatumGetInt64(SPI_getbinval(row, desc, 3, &isnull));
+		job->attempts = DatumGetInt32(SPI_getbinval(row, desc, 4, &isnull));
+	}
+	worker_commit(caller);
+	return found;
+}
+
+/* Record a job's result: done, due again at next_run_at, or failed with error. */
+static void
+job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error)
+{
+	MemoryContext caller = worker_begin();
+	int			attempts = job->attempts + (error ? 1 : 0);
+	bool		dead = error != NULL && attempts >= freshpay_max_attempts;
+	Oid			types[] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
+	Datum		values[] = {
+		Int64GetDatum(job->id),
+		CStringGetTextDatum(done ? "done" : dead ? "dead" : "queued"),
+		Int32GetDatum(attempts),
+		TimestampTzGetDatum(error ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																 job_backoff_ms(attempts - 1))
+							: next_run_at),
+		error ? CStringGetTextDatum(error) : (Datum) 0
+	};
+	char		nulls[] = {' ', ' ', ' ', ' ', error ? ' ' : 'n'};
+
+	spi_run("UPDATE freshpay.jobs SET state = $2, attempts = $3, next_run_at = $4,"
+			"       last_error = COALESCE($5, last_error), updated_at = pg_catalog.now()"
+			" WHERE id OPERATOR(pg_catalog.=) $1",
+			5, types, values, nulls, SPI_OK_UPDATE);
+	worker_commit(caller);
+	if (dead)
+		elog(WARNING, "freshpay worker: gave up job " INT64_FORMAT " (%s of payment " INT64_FORMAT ") after %d attempts: %s",
+			 job->id, job->kind, job->payment_id, attempts, error);
+}
+
+/* Run one job; errors become a retry with backoff, never the worker's end. */
+static void
+job_run(const Job *job)
+{
+	MemoryContext context = CurrentMemoryContext;
+	volatile TimestampTz again = 0;
+	char	   *volatile error = NULL;
+
+	pgstat_report_activity(STATE_RUNNING, job->kind);
+	PG_TRY();
+	{
+		if (strcmp(job->kind, "resolve_payment") == 0)
+			again = attempt_resolve(job->payment_id);
+		else if (strcmp(job->kind, "register_payment") == 0)
+			writeback_register(job->payment_id);
+		else if (strcmp(job->kind, "reverse_payment") == 0)
+			writeback_reverse(job->payment_id);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
+			edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			PG_RE_THROW();
+		FlushErrorState();
+		if (IsTransactionState())
+			AbortCurrentTransaction();
+		MemoryContextSwitchTo(context);
+		error = edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
+			: pstrdup(edata->message);
+	}
+	PG_END_TRY();
+	job_update(job, error == NULL && again == 0, again, error);
+}
+
+/* When the next queued job is due, or 0 if none is queued. */
+static TimestampTz
+job_next_due(void)
+{
+	MemoryContext caller = worker_begin();
+	TimestampTz due = 0;
+
+	if (spi_run("SELECT pg_catalog.min(next_run_at) FROM freshpay.jobs"
+				" WHERE state OPERATOR(pg_catalog.=) 'queued'",
+				0, NULL, NULL, NULL, SPI_OK_SELECT) == 1)
+	{
+		bool		isnull;
+		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			due = DatumGetTimestampTz(value);
+	}
+	worker_commit(caller);
+	return due;
+}
+
+/* Drop history and finished jobs older than freshpay.history_retention. */
+static void
+prune_history(void)
+{
+	MemoryContext caller = worker_begin();
+	Oid			types[] = {INT4OID};
+	Datum		values[] = {Int32GetDatum(freshpay_history_retention)};
+
+	spi_run("DELETE FROM freshpay.payment_history"
+			" WHERE at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
+			"       pg_catalog.make_interval(days => $1))",
+			1, types, values, NULL, SPI_OK_DELETE);
+	spi_run("DELETE FROM freshpay.jobs WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['done', 'dead'])"
+			"   AND updated_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
+			"       pg_catalog.make_interval(days => $1))",
+			1, types, values, NULL, SPI_OK_DELETE);
+	worker_commit(caller);
+}
+
+static void
+reload_settings_if_asked(void)
+{
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/* Run every due job; calls from the mailbox go first, between jobs too. */
+static void
+serve(MemoryContext loop_context)
+{
+	int			slot;
+	MoneyCall	call;
+	Job			job;
+
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		reload_settings_if_asked();
+		MemoryContextReset(loop_context);
+		MemoryContextSwitchTo(loop_context);
+		if (mailbox_take(&slot, &call))
+		{
+			pgstat_report_activity(STATE_RUNNING, "money call");
+			attempt_run_call(slot, &call);
+			continue;
+		}
+		if (job_next(&job))
+		{
+			job_run(&job);
+			continue;
+		}
+		break;
+	}
+}
+
 void
 freshpay_worker_main(Datum main_arg)
 {
+	MemoryContext loop_context;
+	TimestampTz last_prune = 0;
+	bool		recovered = false;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -58,20 +401,61 @@ freshpay_worker_main(Datum main_arg)
 	pgstat_report_appname("freshpay worker");
 	elog(LOG, "freshpay worker started in database \"%s\"", freshpay_database_name);
 
+	loop_context = AllocSetContextCreate(TopMemoryContext, "freshpay worker loop",
+										 ALLOCSET_DEFAULT_SIZES);
+	mailbox_register_worker();
+
 	for (;;)
 	{
-		pgstat_report_activity(STATE_IDLE, NULL);
-		(void) WaitLatch(MyLatch,
-						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 WORKER_IDLE_TIMEOUT_MS,
-						 PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
+		long		timeout = WORKER_IDLE_TIMEOUT_MS;
 
-		if (ConfigReloadPending)
+		CHECK_FOR_INTERRUPTS();
+		reload_settings_if_asked();
+
+		if (freshpay_worker_enabled && extension_ready())
 		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
+			if (!recovered)
+			{
+				/* In-flight attempts are looked up before anything new is sent. */
+				MemoryContextSwitchTo(loop_context);
+				attempt_recover();
+				for (;;)
+				{
+					Job			job;
+
+					MemoryContextReset(loop_context);
+					if (!job_next(&job))
+						break;
+					job_run(&job);
+				}
+				mailbox_attach_worker();
+				recovered = true;
+			}
+			serve(loop_context);
+
+			if (GetCurrentTimestamp() - last_prune > USECS_PER_SEC * 3600)
+			{
+				prune_history();
+				last_prune = GetCurrentTimestamp();
+			}
+			{
+				TimestampTz due = job_next_due();
+
+				if (due != 0)
+					timeout = Max(Min(timeout, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), due)), 10);
+			}
 		}
+		else if (recovered)
+		{
+			/* Disabled, or the extension was dropped: stop taking calls. */
+			mailbox_detach_worker();
+			recovered = false;
+		}
+		MemoryContextSwitchTo(TopMemoryContext);
+
+		pgstat_report_activity(STATE_IDLE, NULL);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
 	}
 }

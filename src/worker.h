@@ -8,7 +8,21 @@
 #ifndef FRESHPAY_WORKER_H
 #define FRESHPAY_WORKER_H
 
+#include "datatype/timestamp.h"
+#include "utils/date.h"
+#include "utils/palloc.h"
+
 extern void FreshpayWorkerRegister(void);
+
+/* Transactions of the worker, with SPI connected and a snapshot pushed. */
+extern MemoryContext worker_begin(void);
+extern void worker_commit(MemoryContext caller);
+extern void worker_pause_point(const char *point, int64 payment_id);
+extern int64 spi_run(const char *sql, int nargs, const Oid *types,
+					 const Datum *values, const char *nulls, int expected);
+extern void job_queue(const char *kind, int64 payment_id, TimestampTz run_at);
+extern void job_finish(const char *kind, int64 payment_id);
+extern DateADT date_of_timestamp(TimestampTz ts);
 extern PGDLLEXPORT void freshpay_worker_main(Datum main_arg);
 
 #endif							/* FRESHPAY_WORKER_H */

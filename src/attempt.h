@@ -1,0 +1,22 @@
+/*-------------------------------------------------------------------------
+ *
+ * attempt.h
+ *	  The durable attempt protocol: money calls recorded before they are
+ *	  sent, their outcome recorded after, lost outcomes looked up at PayTrace.
+ *
+ * Runs in the background worker only.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FRESHPAY_ATTEMPT_H
+#define FRESHPAY_ATTEMPT_H
+
+#include "datatype/timestamp.h"
+
+#include "mailbox.h"
+
+extern void attempt_run_call(int slot, const MoneyCall *call);
+extern TimestampTz attempt_resolve(int64 payment_id);
+extern void attempt_recover(void);
+
+#endif							/* FRESHPAY_ATTEMPT_H */

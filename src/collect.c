@@ -1,0 +1,276 @@
+/*-------------------------------------------------------------------------
+ *
+ * collect.c
+ *	  The SQL money functions: freshpay_capture, freshpay_authorize,
+ *	  freshpay_void, freshpay_refund, freshpay_reverse.
+ *
+ * They run in the caller's backend but move no money themselves: the call
+ * goes to the background worker (mailbox.c), which records the attempt,
+ * sends it and records the outcome in transactions of its own (attempt.c).
+ * So the record survives whatever happens to the caller's transaction, and
+ * the caller gets the resulting freshpay.payments row, read with a fresh
+ * snapshot since the worker committed it after this statement began.
+ *
+ * Also the parser hooks the regression tests feed PayTrace's recorded
+ * answers to.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/numeric.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "mailbox.h"
+#include "paytrace.h"
+#include "settings.h"
+
+/* The amount argument as numeric text with two decimals, checked. */
+static void
+amount_argument(FunctionCallInfo fcinfo, int argno, MoneyCall *call)
+{
+	Numeric		amount;
+	Datum		rounded;
+
+	if (PG_ARGISNULL(argno))
+		return;
+	amount = PG_GETARG_NUMERIC(argno);
+	if (numeric_is_nan(amount) || numeric_is_inf(amount))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("amount must be a number of dollars"),
+				 errhint("Give an amount such as 590.00, or NULL for the default.")));
+	rounded = DirectFunctionCall2(numeric_round, NumericGetDatum(amount), Int32GetDatum(2));
+	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, rounded, NumericGetDatum(amount))) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("amount %s has more than two decimals",
+						DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(amount)))),
+				 errhint("Amounts are in dollars and cents.")));
+	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, rounded,
+										  DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("amount must be greater than zero"),
+				 errhint("Give a positive amount, or NULL for the default.")));
+	strlcpy(call->amount, DatumGetCString(DirectFunctionCall1(numeric_out, rounded)),
+			sizeof(call->amount));
+	call->has_amount = true;
+}
+
+/* The payments row, as committed by the worker after our snapshot was taken. */
+static Datum
+payment_row(int64 payment_id, char **status)
+{
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(payment_id)};
+	SPIPlanPtr	plan;
+	Datum		row;
+	bool		isnull;
+
+	SPI_connect();
+	plan = SPI_prepare("SELECT p, p.status FROM freshpay.payments p WHERE p.id OPERATOR(pg_catalog.=) $1",
+					   1, types);
+	if (plan == NULL ||
+		SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "payment " INT64_FORMAT " recorded by the worker cannot be read", payment_id);
+	row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	row = SPI_datumTransfer(row, false, -1);
+	{
+		/* SPI_getvalue allocates in SPI's memory: copy out before it goes. */
+		char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+		*status = SPI_palloc(strlen(value) + 1);
+		strcpy(*status, value);
+	}
+	SPI_finish();
+	return row;
+}
+
+static Datum
+money_call(FunctionCallInfo fcinfo, MoneyOp op, const char *what, bool takes_amount)
+{
+	MoneyCall	call = {0};
+	MoneyAnswer answer;
+	char	   *status;
+	Datum		row;
+	int			timeout_ms;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	call.op = op;
+	call.target_id = PG_GETARG_INT64(0);
+	if (takes_amount)
+		amount_argument(fcinfo, 1, &call);
+	strlcpy(call.requested_by, GetUserNameFromId(GetUserId(), false), sizeof(call.requested_by));
+
+	/* The worker re-reads the invoice, then PayTrace answers within the timeout. */
+	timeout_ms = (int) Min((int64) freshpay_request_timeout * 2 + freshpay_connect_timeout * 2 + 30000,
+						   (int64) PG_INT32_MAX);
+	if (!mailbox_call(&call, &answer, timeout_ms))
+	{
+		if (answer.payment_id == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("the freshpay worker did not answer in time"),
+					 errdetail("The call may still be recorded and carried out by the worker."),
+					 errhint("Look at freshpay.payments before trying again.")));
+		answer.sqlerrcode = 0;
+	}
+	if (answer.sqlerrcode != 0)
+		ereport(ERROR,
+				(errcode(answer.sqlerrcode),
+				 errmsg_internal("%s", answer.message),
+				 answer.detail[0] ? errdetail_internal("%s", answer.detail) : 0,
+				 answer.hint[0] ? errhint("%s", answer.hint) : 0));
+
+	row = payment_row(answer.payment_id, &status);
+	if (strcmp(status, "unknown") == 0 || strcmp(status, "pending") == 0)
+		ereport(WARNING,
+				(errmsg("the outcome of payment " INT64_FORMAT " is not known yet", answer.payment_id),
+				 errdetail("The answer of PayTrace was lost or is late; freshpay looks the transaction up at PayTrace and records the outcome. Nothing is sent again before that."),
+				 errhint("Follow it in freshpay.payments and freshpay.payment_history.")));
+	PG_RETURN_DATUM(row);
+}
+
+PG_FUNCTION_INFO_V1(freshpay_capture);
+PG_FUNCTION_INFO_V1(freshpay_authorize);
+PG_FUNCTION_INFO_V1(freshpay_void);
+PG_FUNCTION_INFO_V1(freshpay_refund);
+PG_FUNCTION_INFO_V1(freshpay_reverse);
+
+Datum
+freshpay_capture(PG_FUNCTION_ARGS)
+{
+	return money_call(fcinfo, MONEY_CAPTURE, "invoice_id", true);
+}
+
+Datum
+freshpay_authorize(PG_FUNCTION_ARGS)
+{
+	return money_call(fcinfo, MONEY_AUTHORIZE, "invoice_id", true);
+}
+
+Datum
+freshpay_void(PG_FUNCTION_ARGS)
+{
+	return money_call(fcinfo, MONEY_VOID, "payment_id", false);
+}
+
+Datum
+freshpay_refund(PG_FUNCTION_ARGS)
+{
+	return money_call(fcinfo, MONEY_REFUND, "payment_id", true);
+}
+
+Datum
+freshpay_reverse(PG_FUNCTION_ARGS)
+{
+	return money_call(fcinfo, MONEY_REVERSE, "invoice_id", false);
+}
+
+static const char *
+outcome_name(PtOutcome outcome)
+{
+	static const char *const names[] = {
+		[PT_APPROVED] = "approved",
+		[PT_AUTO_VOIDED] = "auto_voided",
+		[PT_DECLINED] = "declined",
+		[PT_REJECTED] = "rejected",
+		[PT_NOT_SENT] = "not_sent",
+		[PT_RETRY_LATER] = "retry_later",
+		[PT_UNKNOWN] = "unknown",
+	};
+
+	return names[outcome];
+}
+
+static const char *
+state_name(PtState state)
+{
+	static const char *const names[] = {
+		[PT_STATE_PENDING_SETTLEMENT] = "pending_settlement",
+		[PT_STATE_SETTLED] = "settled",
+		[PT_STATE_AUTHORIZED] = "authorized",
+		[PT_STATE_VOIDED] = "voided",
+		[PT_STATE_DECLINED] = "declined",
+		[PT_STATE_OTHER] = "other",
+	};
+
+	return names[state];
+}
+
+PG_FUNCTION_INFO_V1(freshpay_paytrace_parse_result);
+
+/* freshpay._paytrace_parse_result(http_status, body): for parser tests. */
+Datum
+freshpay_paytrace_parse_result(PG_FUNCTION_ARGS)
+{
+	text	   *body = PG_GETARG_TEXT_PP(1);
+	PtResult   *r = paytrace_parse_result(PG_GETARG_INT32(0), VARDATA_ANY(body),
+										  VARSIZE_ANY_EXHDR(body));
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6] = {0};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = CStringGetTextDatum(outcome_name(r->outcome));
+	values[1] = Int32GetDatum(r->response_code);
+	nulls[1] = r->response_code == 0;
+	values[2] = Int64GetDatum(r->transaction_id);
+	nulls[2] = !r->has_transaction_id;
+	values[3] = r->approval_code ? CStringGetTextDatum(r->approval_code) : (Datum) 0;
+	nulls[3] = r->approval_code == NULL;
+	values[4] = r->message ? CStringGetTextDatum(r->message) : (Datum) 0;
+	nulls[4] = r->message == NULL;
+	values[5] = r->error_codes ? CStringGetTextDatum(r->error_codes) : (Datum) 0;
+	nulls[5] = r->error_codes == NULL;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(freshpay_paytrace_parse_export);
+
+/* freshpay._paytrace_parse_export(body): for parser tests. */
+Datum
+freshpay_paytrace_parse_export(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	text	   *body = PG_GETARG_TEXT_PP(0);
+	List	   *transactions;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	transactions = paytrace_parse_export(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body));
+	foreach(lc, transactions)
+	{
+		PtTransaction *t = lfirst(lc);
+		Datum		values[8];
+		bool		nulls[8] = {0};
+
+		values[0] = Int64GetDatum(t->transaction_id);
+		values[1] = t->type ? CStringGetTextDatum(t->type) : (Datum) 0;
+		nulls[1] = t->type == NULL;
+		values[2] = t->amount;
+		values[3] = CStringGetTextDatum(t->invoice_id);
+		values[4] = CStringGetTextDatum(state_name(t->state));
+		values[5] = Int32GetDatum(t->batch_number);
+		nulls[5] = t->batch_number == 0;
+		values[6] = TimestampTzGetDatum(t->settled_at);
+		nulls[6] = !t->has_settled_at;
+		values[7] = TimestampTzGetDatum(t->created_at);
+		nulls[7] = !t->has_created_at;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,329 @@
+/*-------------------------------------------------------------------------
+ *
+ * mailbox.c
+ *	  Slots in shared memory through which backends hand money calls to the
+ *	  worker and get the answers back.
+ *
+ * The mutex guards slot states only; answers are written before the state
+ * says DONE and read after, under the mutex.  Waiting is on a condition
+ * variable, so a waiting backend reacts to cancel and termination at once;
+ * if it leaves, its slot becomes ABANDONED and the worker, which always
+ * finishes what it started, frees it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "utils/timestamp.h"
+
+#include "mailbox.h"
+#include "shared.h"
+
+void
+mailbox_init(Mailbox *mailbox)
+{
+	SpinLockInit(&mailbox->mutex);
+	mailbox->worker_pid = 0;
+	mailbox->worker_latch = NULL;
+	mailbox->serving = false;
+	mailbox->next_serial = 1;
+	for (int i = 0; i < MAILBOX_SLOTS; i++)
+	{
+		mailbox->slots[i].state = SLOT_FREE;
+		ConditionVariableInit(&mailbox->slots[i].answered);
+	}
+}
+
+void
+mailbox_wake_worker(void)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+	Latch	   *latch;
+
+	SpinLockAcquire(&mailbox->mutex);
+	latch = mailbox->worker_latch;
+	SpinLockRelease(&mailbox->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/* Give up a slot the caller no longer waits for. */
+static void
+mailbox_leave(Mailbox *mailbox, int slot, uint64 serial)
+{
+	MailboxSlot *s = &mailbox->slots[slot];
+
+	SpinLockAcquire(&mailbox->mutex);
+	if (s->serial == serial)
+	{
+		if (s->state == SLOT_SUBMITTED || s->state == SLOT_DONE)
+			s->state = SLOT_FREE;	/* not started, or finished: nothing to keep */
+		else if (s->state == SLOT_WORKING)
+			s->state = SLOT_ABANDONED;
+	}
+	SpinLockRelease(&mailbox->mutex);
+}
+
+/*
+ * Put the call in a free slot; returns the slot, or -1 if none is free.
+ * Not inlined: its loop must not share a frame with mailbox_call's PG_TRY.
+ */
+static pg_noinline int
+mailbox_submit(Mailbox *mailbox, const MoneyCall *call, uint64 *serial, Latch **latch)
+{
+	int			slot = -1;
+
+	SpinLockAcquire(&mailbox->mutex);
+	*latch = mailbox->serving ? mailbox->worker_latch : NULL;
+	for (int i = 0; *latch != NULL && i < MAILBOX_SLOTS; i++)
+	{
+		MailboxSlot *s = &mailbox->slots[i];
+
+		if (s->state == SLOT_FREE)
+		{
+			slot = i;
+			*serial = mailbox->next_serial++;
+			s->serial = *serial;
+			s->call = *call;
+			memset(&s->answer, 0, sizeof(MoneyAnswer));
+			s->state = SLOT_SUBMITTED;
+			break;
+		}
+	}
+	SpinLockRelease(&mailbox->mutex);
+	return slot;
+}
+
+/* Sleep until the slot is answered or the deadline passes. */
+static pg_noinline bool
+mailbox_wait(Mailbox *mailbox, int slot, MoneyAnswer *answer, TimestampTz deadline)
+{
+	MailboxSlot *s = &mailbox->slots[slot];
+	bool		done = false;
+
+	ConditionVariablePrepareToSleep(&s->answered);
+	for (;;)
+	{
+		long		remaining;
+
+		SpinLockAcquire(&mailbox->mutex);
+		done = s->state == SLOT_DONE;
+		*answer = s->answer;
+		SpinLockRelease(&mailbox->mutex);
+		if (done)
+			break;
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+		(void) ConditionVariableTimedSleep(&s->answered, Min(remaining, 1000),
+										   PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	return done;
+}
+
+/*
+ * Hand a call to the worker and wait for its answer, at most timeout_ms.
+ * Returns true with the answer filled in, or false on timeout (with
+ * answer->payment_id set if the worker had recorded the attempt by then).
+ * Raises an ERROR if no worker serves the mailbox or every slot is taken;
+ * a cancel while waiting propagates, and the worker carries on.
+ */
+bool
+mailbox_call(const MoneyCall *call, MoneyAnswer *answer, int timeout_ms)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+	uint64		serial = 0;
+	Latch	   *latch;
+	int			slot;
+	bool		done;
+
+	slot = mailbox_submit(mailbox, call, &serial, &latch);
+	for (int waited = 0; latch == NULL && waited < 50; waited++)
+	{
+		/*
+		 * A running worker that does not serve yet (the extension was just
+		 * created, or it is looking up attempts left in flight) is woken and
+		 * given a few seconds.
+		 */
+		Latch	   *worker;
+
+		SpinLockAcquire(&mailbox->mutex);
+		worker = mailbox->worker_latch;
+		SpinLockRelease(&mailbox->mutex);
+		if (worker == NULL)
+			break;
+		SetLatch(worker);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		slot = mailbox_submit(mailbox, call, &serial, &latch);
+	}
+	if (latch == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the freshpay worker is not running"),
+				 errdetail("Money calls are recorded and sent by the worker, so that no transaction of the caller can lose them."),
+				 errhint("Check freshpay.worker_enabled and freshpay.database_name, and the server log.")));
+	if (slot < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many money calls are waiting for the freshpay worker"),
+				 errdetail("%d calls are queued.", MAILBOX_SLOTS),
+				 errhint("Nothing was sent; try again in a moment.")));
+	SetLatch(latch);
+
+	PG_TRY();
+	{
+		done = mailbox_wait(mailbox, slot, answer,
+							TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms));
+	}
+	PG_CATCH();
+	{
+		ConditionVariableCancelSleep();
+		mailbox_leave(mailbox, slot, serial);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	mailbox_leave(mailbox, slot, serial);
+	return done;
+}
+
+static void
+mailbox_worker_exit(int code, Datum arg)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+
+	mailbox_detach_worker();
+	SpinLockAcquire(&mailbox->mutex);
+	if (mailbox->worker_pid == MyProcPid)
+	{
+		mailbox->worker_pid = 0;
+		mailbox->worker_latch = NULL;
+	}
+	SpinLockRelease(&mailbox->mutex);
+}
+
+/* The worker runs: backends can wake it. */
+void
+mailbox_register_worker(void)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+
+	SpinLockAcquire(&mailbox->mutex);
+	mailbox->worker_pid = MyProcPid;
+	mailbox->worker_latch = MyLatch;
+	SpinLockRelease(&mailbox->mutex);
+	before_shmem_exit(mailbox_worker_exit, (Datum) 0);
+}
+
+/* The worker starts taking calls. */
+void
+mailbox_attach_worker(void)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+
+	SpinLockAcquire(&mailbox->mutex);
+	mailbox->serving = true;
+	SpinLockRelease(&mailbox->mutex);
+}
+
+/*
+ * The worker stops serving: callers still waiting learn that their attempt
+ * will be settled by the next worker, and new calls are refused.
+ */
+void
+mailbox_detach_worker(void)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+
+	SpinLockAcquire(&mailbox->mutex);
+	if (mailbox->worker_pid != MyProcPid)
+	{
+		SpinLockRelease(&mailbox->mutex);
+		return;
+	}
+	mailbox->serving = false;
+	for (int i = 0; i < MAILBOX_SLOTS; i++)
+	{
+		MailboxSlot *s = &mailbox->slots[i];
+
+		if (s->state == SLOT_WORKING || s->state == SLOT_SUBMITTED)
+		{
+			s->answer.sqlerrcode = ERRCODE_ADMIN_SHUTDOWN;
+			strlcpy(s->answer.message, "the freshpay worker stopped before the money call was finished",
+					sizeof(s->answer.message));
+			strlcpy(s->answer.detail, "An attempt already recorded stays pending until the worker restarts and looks it up at PayTrace.",
+					sizeof(s->answer.detail));
+			strlcpy(s->answer.hint, "Look at freshpay.payments for the invoice before trying again.",
+					sizeof(s->answer.hint));
+			s->state = SLOT_DONE;
+		}
+		else if (s->state == SLOT_ABANDONED)
+			s->state = SLOT_FREE;
+	}
+	SpinLockRelease(&mailbox->mutex);
+	for (int i = 0; i < MAILBOX_SLOTS; i++)
+		ConditionVariableBroadcast(&mailbox->slots[i].answered);
+}
+
+/* Claim the oldest submitted call. */
+bool
+mailbox_take(int *slot, MoneyCall *call)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+	int			found = -1;
+
+	SpinLockAcquire(&mailbox->mutex);
+	for (int i = 0; i < MAILBOX_SLOTS; i++)
+	{
+		MailboxSlot *s = &mailbox->slots[i];
+
+		if (s->state == SLOT_SUBMITTED &&
+			(found < 0 || s->serial < mailbox->slots[found].serial))
+			found = i;
+	}
+	if (found >= 0)
+	{
+		mailbox->slots[found].state = SLOT_WORKING;
+		*call = mailbox->slots[found].call;
+		*slot = found;
+	}
+	SpinLockRelease(&mailbox->mutex);
+	return found >= 0;
+}
+
+/* The attempt is recorded: a caller that times out can return its row. */
+void
+mailbox_progress(int slot, int64 payment_id)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+
+	SpinLockAcquire(&mailbox->mutex);
+	mailbox->slots[slot].answer.payment_id = payment_id;
+	SpinLockRelease(&mailbox->mutex);
+}
+
+void
+mailbox_answer(int slot, const MoneyAnswer *answer)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+	MailboxSlot *s = &mailbox->slots[slot];
+
+	SpinLockAcquire(&mailbox->mutex);
+	if (s->state == SLOT_ABANDONED)
+		s->state = SLOT_FREE;
+	else if (s->state == SLOT_WORKING)
+	{
+		s->answer = *answer;
+		s->state = SLOT_DONE;
+	}
+	SpinLockRelease(&mailbox->mutex);
+	ConditionVariableBroadcast(&s->answered);
+}

@@ -1,0 +1,102 @@
+/*-------------------------------------------------------------------------
+ *
+ * paytrace.h
+ *	  PayTrace JSON API v1 client: the only code that knows PayTrace's paths,
+ *	  fields, response codes, status codes and date formats.
+ *
+ * The rest of freshpay sees outcomes and transactions with meaning, never
+ * JSON.  PayTrace has announced an API v3; a v3 client would implement the
+ * same functions in a file of its own.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FRESHPAY_PAYTRACE_H
+#define FRESHPAY_PAYTRACE_H
+
+#include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
+#include "utils/date.h"
+
+#include "administration.h"
+
+typedef enum PtOperation
+{
+	PT_SALE,					/* card sale against a vault profile */
+	PT_AUTHORIZE,				/* card authorization against a vault profile */
+	PT_CAPTURE,					/* capture of an authorization */
+	PT_VOID,					/* void of an unsettled transaction */
+	PT_REFUND,					/* refund of a settled transaction */
+	PT_ACH_SALE					/* ACH debit against a vault profile */
+} PtOperation;
+
+/* What a money call did, as far as freshpay can tell. */
+typedef enum PtOutcome
+{
+	PT_APPROVED,				/* it happened */
+	PT_AUTO_VOIDED,				/* 103: approved, then voided by AVS/CSC rules: not paid */
+	PT_DECLINED,				/* a decline: nothing happened, the answer is final */
+	PT_REJECTED,				/* validation or processing error: nothing happened */
+	PT_NOT_SENT,				/* failed before the request left: nothing happened */
+	PT_RETRY_LATER,				/* rate limited: nothing happened, try again later */
+	PT_UNKNOWN					/* the answer was lost or unreadable: it may have happened */
+} PtOutcome;
+
+typedef struct PtRequest
+{
+	PtOperation operation;
+	const char *customer_id;	/* vault profile: sale, authorize, ACH */
+	int64		transaction_id; /* capture, void, refund */
+	const char *amount;			/* numeric text "590.00"; NULL = full (capture, refund) */
+	const char *invoice_number; /* sent as invoice_id, the key of later lookups */
+} PtRequest;
+
+typedef struct PtResult
+{
+	PtOutcome	outcome;
+	long		http_status;
+	int			response_code;	/* 0 when unknown */
+	bool		has_transaction_id;
+	int64		transaction_id;
+	char	   *approval_code;	/* NULL when none */
+	char	   *message;		/* for people: PayTrace's texts, or what went wrong */
+	char	   *error_codes;	/* "817" or "35,43" for PT_REJECTED, else NULL */
+	int			retry_after;	/* seconds, for PT_RETRY_LATER; -1 if not given */
+} PtResult;
+
+/* A transaction as PayTrace's exports describe it. */
+typedef enum PtState
+{
+	PT_STATE_PENDING_SETTLEMENT,	/* status_code Y */
+	PT_STATE_SETTLED,			/* status_code GB<batch> or Settled */
+	PT_STATE_AUTHORIZED,		/* N, "Authorization Only" */
+	PT_STATE_VOIDED,			/* N, voided */
+	PT_STATE_DECLINED,			/* N, declined */
+	PT_STATE_OTHER
+} PtState;
+
+typedef struct PtTransaction
+{
+	int64		transaction_id;
+	char	   *type;			/* SALE, AUTHORIZATION, REFUND, CHECK, ... */
+	Datum		amount;			/* numeric(12,2) */
+	char	   *invoice_id;		/* as sent, "" when none */
+	char	   *customer_id;	/* vault profile, "" when none */
+	char	   *approval_code;
+	PtState		state;
+	char	   *status_message;
+	int			batch_number;	/* 0 unless settled */
+	bool		has_settled_at;
+	TimestampTz settled_at;
+	bool		has_created_at;
+	TimestampTz created_at;
+} PtTransaction;
+
+extern const char *paytrace_operation_name(PtOperation operation);
+extern PtResult *paytrace_execute(const Administration *admin, const PtRequest *request);
+extern PtResult *paytrace_parse_result(long http_status, const char *body, size_t len);
+extern List *paytrace_export_by_id(const Administration *admin, int64 transaction_id);
+extern List *paytrace_export_by_date_range(const Administration *admin, DateADT start,
+										   DateADT end, const char *including_text);
+extern List *paytrace_parse_export(const char *body, size_t len);
+
+#endif							/* FRESHPAY_PAYTRACE_H */

@@ -1,0 +1,271 @@
+/*-------------------------------------------------------------------------
+ *
+ * writeback.c
+ *	  Payment outcomes → FreshPortal, exactly once, retried until done.
+ *
+ * FreshPortal does not reject duplicate registrations, so every write is
+ * preceded by a lookup (GET /v1/payments?provider_transaction_id=): a write
+ * whose answer was lost is found there on the retry instead of being made
+ * twice.  Reversals check the registration's status first for the same
+ * reason.
+ *
+ * A partial refund: FreshPortal registrations cannot be reduced, so the
+ * sale's registration is reversed and the remainder (captured − refunded) is
+ * registered anew, with provider_transaction_id "<sale>-r<refund>"; the sale
+ * then points at that registration, so a later refund reverses it in turn.
+ *
+ * Jobs run in the worker (worker.c); an ERROR here means "retry later with
+ * backoff".  No transaction is open during the HTTP calls.  After each
+ * write the invoice is re-read from FreshPortal so that the local amounts
+ * and status are FreshPortal's.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/timestamp.h"
+
+#include "administration.h"
+#include "freshportal.h"
+#include "worker.h"
+#include "writeback.h"
+
+/* A payment and what writing it back needs. */
+typedef struct Written
+{
+	int64		payment_id;
+	char	   *administration;
+	char	   *kind;
+	char	   *status;
+	char	   *remaining;		/* amount − refunded_amount */
+	char	   *transaction_id; /* as text */
+	bool		registered;
+	int64		freshportal_payment_id;
+	int64		freshportal_invoice_id;
+	char	   *currency;
+	char	   *method;
+	bool		has_parent;
+	int64		parent_id;
+} Written;
+
+static bool
+int64_at(int col, int64 *result)
+{
+	bool		isnull;
+	Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
+
+	if (!isnull)
+		*result = DatumGetInt64(value);
+	return !isnull;
+}
+
+static char *
+text_at(MemoryContext context, int col)
+{
+	MemoryContext old = MemoryContextSwitchTo(context);
+	char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col);
+
+	MemoryContextSwitchTo(old);
+	return value;
+}
+
+static Written *
+written_load(int64 payment_id, MemoryContext context)
+{
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(payment_id)};
+	Written    *w = MemoryContextAllocZero(context, sizeof(Written));
+
+	if (spi_run("SELECT p.administration, p.kind, p.status,"
+				"       p.amount OPERATOR(pg_catalog.-) p.refunded_amount,"
+				"       p.paytrace_transaction_id::text, p.freshportal_payment_id,"
+				"       i.freshportal_id, i.currency, c.payment_method, p.parent_id"
+				"  FROM freshpay.payments p"
+				"  LEFT JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) p.invoice_id"
+				"  LEFT JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) p.customer_id"
+				" WHERE p.id OPERATOR(pg_catalog.=) $1",
+				1, types, values, NULL, SPI_OK_SELECT) == 0)
+		elog(ERROR, "payment " INT64_FORMAT " does not exist", payment_id);
+	w->payment_id = payment_id;
+	w->administration = text_at(context, 1);
+	w->kind = text_at(context, 2);
+	w->status = text_at(context, 3);
+	w->remaining = text_at(context, 4);
+	w->transaction_id = text_at(context, 5);
+	w->registered = int64_at(6, &w->freshportal_payment_id);
+	int64_at(7, &w->freshportal_invoice_id);
+	w->currency = text_at(context, 8);
+	w->method = text_at(context, 9);
+	w->has_parent = int64_at(10, &w->parent_id);
+	if (w->method == NULL || strcmp(w->kind, "ach_sale") == 0)
+		w->method = strcmp(w->kind, "ach_sale") == 0 ? "ach" : "card";
+	return w;
+}
+
+static void
+note(int64 payment_id, const char *status, const char *event, const char *message)
+{
+	Oid			types[] = {INT8OID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[] = {Int64GetDatum(payment_id), CStringGetTextDatum(status),
+	CStringGetTextDatum(event), CStringGetTextDatum(message)};
+
+	spi_run("INSERT INTO freshpay.payment_history (payment_id, old_status, new_status, event, message)"
+			" VALUES ($1, $2, $2, $3, $4)", 4, types, values, NULL, SPI_OK_INSERT);
+}
+
+static void
+set_registration(int64 payment_id, bool registered, int64 freshportal_payment_id)
+{
+	Oid			types[] = {INT8OID, INT8OID};
+	Datum		values[] = {Int64GetDatum(payment_id), Int64GetDatum(freshportal_payment_id)};
+	char		nulls[] = {' ', registered ? ' ' : 'n'};
+
+	spi_run("UPDATE freshpay.payments SET freshportal_payment_id = $2, updated_at = pg_catalog.now()"
+			" WHERE id OPERATOR(pg_catalog.=) $1", 2, types, values, nulls, SPI_OK_UPDATE);
+}
+
+/* The local invoice takes FreshPortal's amounts and status. */
+static void
+refresh_invoice(const Administration *admin, int64 freshportal_invoice_id)
+{
+	FpInvoice  *inv = freshportal_get_invoice(admin, freshportal_invoice_id);
+	MemoryContext caller = worker_begin();
+	Oid			types[] = {TEXTOID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID, TIMESTAMPTZOID, JSONBOID};
+	Datum		values[] = {
+		CStringGetTextDatum(admin->name), Int64GetDatum(freshportal_invoice_id),
+		inv->amount_paid, inv->open_amount, CStringGetTextDatum(inv->status),
+		TimestampTzGetDatum(inv->mutation_time), inv->raw
+	};
+
+	spi_run("UPDATE freshpay.invoices"
+			"   SET amount_paid = $3, open_amount = $4, status = $5, mutation_time = $6,"
+			"       raw = $7, synced_at = pg_catalog.now()"
+			" WHERE administration OPERATOR(pg_catalog.=) $1"
+			"   AND freshportal_id OPERATOR(pg_catalog.=) $2"
+			"   AND mutation_time OPERATOR(pg_catalog.<=) $6",
+			7, types, values, NULL, SPI_OK_UPDATE);
+	worker_commit(caller);
+}
+
+/*
+ * Register amount against the invoice under provider_transaction_id,
+ * unless FreshPortal already has it.  Returns FreshPortal's payment id.
+ */
+static int64
+register_once(const Administration *admin, const Written *w, const char *amount,
+			  const char *provider_transaction_id, bool *created)
+{
+	List	   *existing = freshportal_find_payments(admin, provider_transaction_id);
+	ListCell   *lc;
+	FpRegistration r = {0};
+
+	*created = false;
+	foreach(lc, existing)
+	{
+		FpPayment  *p = lfirst(lc);
+
+		if (strcmp(p->status, "reversed") != 0)
+			return p->id;
+	}
+	r.invoice_id = w->freshportal_invoice_id;
+	r.amount = amount;
+	r.currency = w->currency;
+	r.method = w->method;
+	r.provider_transaction_id = provider_transaction_id;
+	r.payment_date = date_of_timestamp(GetCurrentTimestamp());
+	*created = true;
+	return freshportal_register_payment(admin, &r);
+}
+
+/* Job register_payment: captured money → a FreshPortal registration. */
+void
+writeback_register(int64 payment_id)
+{
+	MemoryContext context = CurrentMemoryContext;
+	MemoryContext caller;
+	Written    *w;
+	Administration *admin;
+	int64		freshportal_payment_id;
+	bool		created;
+
+	caller = worker_begin();
+	MemoryContextSwitchTo(context);
+	w = written_load(payment_id, context);
+	admin = administration_load(w->administration, context);
+	worker_commit(caller);
+
+	/* Voided or fully refunded before it was registered: nothing to write. */
+	if (w->registered || strcmp(w->status, "captured") != 0 || w->transaction_id == NULL)
+		return;
+
+	freshportal_payment_id = register_once(admin, w, w->remaining, w->transaction_id, &created);
+
+	caller = worker_begin();
+	set_registration(payment_id, true, freshportal_payment_id);
+	note(payment_id, w->status, "registered",
+		 psprintf("%s in FreshPortal as payment " INT64_FORMAT,
+				  created ? "Registered" : "Found already registered", freshportal_payment_id));
+	worker_commit(caller);
+	refresh_invoice(admin, w->freshportal_invoice_id);
+}
+
+/* Job reverse_payment: a void or refund undoes the sale's registration. */
+void
+writeback_reverse(int64 payment_id)
+{
+	MemoryContext context = CurrentMemoryContext;
+	MemoryContext caller;
+	Written    *w;
+	Written    *sale;
+	Administration *admin;
+	bool		remainder;
+
+	caller = worker_begin();
+	MemoryContextSwitchTo(context);
+	w = written_load(payment_id, context);
+	sale = w->has_parent ? written_load(w->parent_id, context) : NULL;
+	admin = administration_load(w->administration, context);
+	worker_commit(caller);
+
+	/* Never registered: its register job sees the new status (or the remainder). */
+	if (sale == NULL || !sale->registered)
+		return;
+
+	if (strcmp(freshportal_get_payment(admin, sale->freshportal_payment_id)->status, "reversed") != 0)
+		freshportal_reverse_payment(admin, sale->freshportal_payment_id,
+									strcmp(w->kind, "void") == 0 ? "voided" : "refunded",
+									w->transaction_id ? w->transaction_id : "",
+									date_of_timestamp(GetCurrentTimestamp()));
+
+	remainder = strcmp(sale->status, "captured") == 0 && strcmp(sale->remaining, "0.00") != 0;
+	if (remainder)
+	{
+		char	   *provider_id = psprintf("%s-r%s", sale->transaction_id,
+										   w->transaction_id ? w->transaction_id : "");
+		bool		created;
+		int64		again = register_once(admin, sale, sale->remaining, provider_id, &created);
+
+		caller = worker_begin();
+		set_registration(sale->payment_id, true, again);
+		note(sale->payment_id, sale->status, "registered",
+			 psprintf("Remainder %s after a partial refund registered in FreshPortal as payment " INT64_FORMAT,
+					  sale->remaining, again));
+		worker_commit(caller);
+	}
+	else
+	{
+		caller = worker_begin();
+		set_registration(sale->payment_id, true, sale->freshportal_payment_id);
+		worker_commit(caller);
+	}
+
+	caller = worker_begin();
+	note(payment_id, w->status, "reversed",
+		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, sale->freshportal_payment_id));
+	worker_commit(caller);
+	refresh_invoice(admin, sale->freshportal_invoice_id);
+}
