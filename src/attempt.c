@@ -125,28 +125,6 @@ numeric_text(Datum value)
 	return DatumGetCString(DirectFunctionCall1(numeric_out, value));
 }
 
-/* The value of column col of row 0 of the last SPI result, in context. */
-static char *
-value_in(MemoryContext context, int col)
-{
-	MemoryContext old = MemoryContextSwitchTo(context);
-	char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col);
-
-	MemoryContextSwitchTo(old);
-	return value;
-}
-
-static bool
-int64_at(int col, int64 *result)
-{
-	bool		isnull;
-	Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
-
-	if (!isnull)
-		*result = DatumGetInt64(value);
-	return !isnull;
-}
-
 static void
 history(int64 payment_id, const char *old_status, const char *new_status,
 		int response_code, const char *event, const char *message)
@@ -190,15 +168,15 @@ attempt_load(int64 payment_id, MemoryContext context)
 		refuse(ERRCODE_NO_DATA_FOUND, "payment_id is freshpay.payments.id.",
 			  "payment " INT64_FORMAT " does not exist", payment_id);
 	a->payment_id = payment_id;
-	a->administration = value_in(context, 1);
-	a->kind = value_in(context, 2);
-	a->status = value_in(context, 3);
-	a->amount = value_in(context, 4);
-	a->invoice_number = value_in(context, 5);
-	a->has_invoice = int64_at(6, &a->invoice_id);
-	a->has_transaction_id = int64_at(7, &a->transaction_id);
-	a->has_parent = int64_at(8, &a->parent_id);
-	int64_at(9, &a->parent_transaction_id);
+	a->administration = spi_text(context, 1);
+	a->kind = spi_text(context, 2);
+	a->status = spi_text(context, 3);
+	a->amount = spi_text(context, 4);
+	a->invoice_number = spi_text(context, 5);
+	a->has_invoice = spi_int64(6, &a->invoice_id);
+	a->has_transaction_id = spi_int64(7, &a->transaction_id);
+	a->has_parent = spi_int64(8, &a->parent_id);
+	spi_int64(9, &a->parent_transaction_id);
 	a->created_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
 													  SPI_tuptable->tupdesc, 10, &isnull));
 	return a;
@@ -268,8 +246,8 @@ apply_success(const Attempt *a)
 
 		spi_run("SELECT kind, amount OPERATOR(pg_catalog.-) refunded_amount FROM freshpay.payments"
 				" WHERE id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, SPI_OK_SELECT);
-		parent_kind = value_in(CurrentMemoryContext, 1);
-		collected = value_in(CurrentMemoryContext, 2);
+		parent_kind = spi_text(CurrentMemoryContext, 1);
+		collected = spi_text(CurrentMemoryContext, 2);
 		set_parent_status(a->parent_id, "voided");
 		if (strcmp(parent_kind, "authorization") != 0)
 		{
@@ -417,16 +395,16 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 
 	plan->op = call->op;
 	plan->invoice_id = call->target_id;
-	plan->administration = value_in(context, 1);
-	int64_at(2, &plan->freshportal_invoice_id);
-	plan->invoice_number = value_in(context, 3);
-	type = value_in(context, 4);
-	status = value_in(context, 5);
-	currency = value_in(context, 6);
-	int64_at(7, &plan->customer_id);
-	plan->vault_id = value_in(context, 8);
-	plan->payment_method = value_in(context, 9);
-	available = value_in(context, 11);
+	plan->administration = spi_text(context, 1);
+	spi_int64(2, &plan->freshportal_invoice_id);
+	plan->invoice_number = spi_text(context, 3);
+	type = spi_text(context, 4);
+	status = spi_text(context, 5);
+	currency = spi_text(context, 6);
+	spi_int64(7, &plan->customer_id);
+	plan->vault_id = spi_text(context, 8);
+	plan->payment_method = spi_text(context, 9);
+	available = spi_text(context, 11);
 
 	if (strcmp(type, "credit_note") == 0)
 		refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -440,7 +418,7 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 		refuse(ERRCODE_FEATURE_NOT_SUPPORTED,
 			  "PayTrace collects US dollars only.",
 			  "invoice %s is in %s", plan->invoice_number, currency);
-	if (strcmp(value_in(context, 12), "0") != 0)
+	if (strcmp(spi_text(context, 12), "0") != 0)
 		refuse(ERRCODE_OBJECT_IN_USE,
 			  "Wait for it to finish; freshpay.payments shows its status.",
 			  "a collection of invoice %s is already in progress", plan->invoice_number);
@@ -453,7 +431,7 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 		refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 			  "Link the customer to a PayTrace vault profile with freshpay_link_customer().",
 			  "customer %s of invoice %s has no PayTrace vault profile",
-			  value_in(context, 10) ? value_in(context, 10) : "(not synced)", plan->invoice_number);
+			  spi_text(context, 10) ? spi_text(context, 10) : "(not synced)", plan->invoice_number);
 
 	plan->amount = call->has_amount ? MemoryContextStrdup(context, call->amount) : available;
 	if (numeric_compare(plan->amount, available) > 0)
@@ -462,7 +440,7 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 			  "amount %s exceeds the open amount %s of invoice %s",
 			  plan->amount, available, plan->invoice_number);
 
-	plan->has_parent = int64_at(13, &auth_id);
+	plan->has_parent = spi_int64(13, &auth_id);
 	if (call->op == MONEY_AUTHORIZE)
 	{
 		if (strcmp(plan->payment_method, "ach") == 0)
@@ -479,8 +457,8 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 	else if (plan->has_parent)
 	{
 		plan->parent_id = auth_id;
-		auth_amount = value_in(context, 14);
-		int64_at(15, &plan->parent_transaction_id);
+		auth_amount = spi_text(context, 14);
+		spi_int64(15, &plan->parent_transaction_id);
 		if (!call->has_amount && numeric_compare(auth_amount, plan->amount) < 0)
 			plan->amount = auth_amount;
 		if (numeric_compare(plan->amount, auth_amount) > 0)
@@ -524,16 +502,16 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 			  "payment " INT64_FORMAT " does not exist", target_id);
 
 	plan->op = op;
-	plan->administration = value_in(context, 1);
-	kind = value_in(context, 2);
-	status = value_in(context, 3);
-	int64_at(4, &plan->invoice_id);
-	plan->invoice_number = value_in(context, 5);
+	plan->administration = spi_text(context, 1);
+	kind = spi_text(context, 2);
+	status = spi_text(context, 3);
+	spi_int64(4, &plan->invoice_id);
+	plan->invoice_number = spi_text(context, 5);
 	plan->has_parent = true;
 	plan->parent_id = target_id;
-	int64_at(6, &plan->parent_transaction_id);
-	remaining = value_in(context, 7);
-	int64_at(9, &plan->customer_id);
+	spi_int64(6, &plan->parent_transaction_id);
+	remaining = spi_text(context, 7);
+	spi_int64(9, &plan->customer_id);
 
 	if (strcmp(kind, "void") == 0 || strcmp(kind, "refund") == 0)
 		refuse(ERRCODE_WRONG_OBJECT_TYPE, "Void or refund the sale or capture it acted on.",
@@ -542,7 +520,7 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 		refuse(ERRCODE_FEATURE_NOT_SUPPORTED,
 			  "Void or refund ACH payments in PayTrace's Virtual Terminal; the next sync picks the change up.",
 			  "voids and refunds of ACH payments are not supported");
-	if (strcmp(value_in(context, 10), "0") != 0)
+	if (strcmp(spi_text(context, 10), "0") != 0)
 		refuse(ERRCODE_OBJECT_IN_USE, "Wait for it to finish; freshpay.payments shows its status.",
 			  "a void or refund of payment " INT64_FORMAT " is already in progress", target_id);
 
@@ -551,7 +529,7 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 		if (strcmp(status, "captured") != 0 && strcmp(status, "authorized") != 0)
 			refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, NULL,
 				  "payment " INT64_FORMAT " is %s and cannot be voided", target_id, status);
-		if (value_in(context, 8) != NULL)
+		if (spi_text(context, 8) != NULL)
 			refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 				  "Refund it with freshpay_refund() instead.",
 				  "payment " INT64_FORMAT " is settled and cannot be voided", target_id);
@@ -599,7 +577,7 @@ record_attempt(const CallPlan *plan, const char *requested_by)
 			"  requested_by, status)"
 			" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending') RETURNING id",
 			8, types, values, nulls, SPI_OK_INSERT_RETURNING);
-	int64_at(1, &payment_id);
+	spi_int64(1, &payment_id);
 	history(payment_id, NULL, "pending", 0, "recorded",
 			psprintf("%s of %s requested by %s", plan->kind, plan->amount, requested_by));
 	/* If the worker dies from here on, this job looks the attempt up. */
@@ -699,9 +677,9 @@ plan_call(CallPlan *plan, const MoneyCall *call, MemoryContext context)
 					1, types, values, NULL, SPI_OK_SELECT) == 0)
 			refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "Only collected invoices can be reversed.",
 				  "invoice " INT64_FORMAT " has no collected payment to reverse", call->target_id);
-		int64_at(1, &target);
+		spi_int64(1, &target);
 		/* Known settled: refund; otherwise void, unless PayTrace says settled. */
-		plan_reversal(plan, strcmp(value_in(context, 2), "t") == 0 ? MONEY_REFUND : MONEY_VOID,
+		plan_reversal(plan, strcmp(spi_text(context, 2), "t") == 0 ? MONEY_REFUND : MONEY_VOID,
 					  target, NULL, context);
 		plan->op = MONEY_REVERSE;
 	}

@@ -137,6 +137,7 @@ fp_authenticate(const Administration *admin, uint32 credential_hash)
 	request.url = url;
 	request.content_type = "application/json";
 	request.body = body.data;
+	request.idempotent = true;	/* a second token does no harm */
 	http_perform(&request, &response);
 	explicit_bzero(body.data, body.len);
 

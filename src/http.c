@@ -16,6 +16,11 @@
  *	  freshpay.allow_plain_http is on and the host is a loopback address; no
  *	  redirects (a payment POST must not wander off to another host).
  *	- A cap on the response size, enforced while receiving.
+ *	- Requests that are not idempotent (a sale, a payment registration) never
+ *	  go out on a reused connection: when a reused keep-alive connection dies
+ *	  without an answer, libcurl silently sends the request again on a new
+ *	  one, and a sale the server had already committed would be charged
+ *	  twice.  On a fresh connection libcurl does not retry.
  *	- No leaks: libcurl allocates with malloc.  The response is collected in
  *	  a malloc'd buffer (palloc cannot be used inside a libcurl callback: an
  *	  out-of-memory ERROR would longjmp through libcurl's stack) and copied
@@ -318,6 +323,8 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 		curl_easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, (long) freshpay_connect_timeout);
 		curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, (long) freshpay_request_timeout);
 		curl_easy_setopt(handle, CURLOPT_TCP_KEEPALIVE, 1L);
+		if (!request->idempotent && strcmp(request->method, "GET") != 0)
+			curl_easy_setopt(handle, CURLOPT_FRESH_CONNECT, 1L);
 		curl_easy_setopt(handle, CURLOPT_USERAGENT, "freshpay/" FRESHPAY_VERSION);
 		curl_easy_setopt(handle, CURLOPT_ACCEPT_ENCODING, "");
 		curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, response->error);

@@ -25,6 +25,7 @@ typedef struct HttpRequest
 	const char *content_type;	/* of body; NULL when there is no body */
 	const char *body;			/* NULL for none */
 	const char *bearer_token;	/* sent as "Authorization: Bearer ..." */
+	bool		idempotent;		/* safe to repeat (GETs are, always) */
 } HttpRequest;
 
 typedef enum HttpTransport

@@ -146,18 +146,17 @@ mailbox_call(const MoneyCall *call, MoneyAnswer *answer, int timeout_ms)
 	for (int waited = 0; latch == NULL && waited < 50; waited++)
 	{
 		/*
-		 * A running worker that does not serve yet (the extension was just
-		 * created, or it is looking up attempts left in flight) is woken and
-		 * given a few seconds.
+		 * A worker that does not serve yet (it is starting, the extension was
+		 * just created, or it is looking up attempts left in flight) is woken
+		 * and given a few seconds.
 		 */
 		Latch	   *worker;
 
 		SpinLockAcquire(&mailbox->mutex);
 		worker = mailbox->worker_latch;
 		SpinLockRelease(&mailbox->mutex);
-		if (worker == NULL)
-			break;
-		SetLatch(worker);
+		if (worker != NULL)
+			SetLatch(worker);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100L,
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

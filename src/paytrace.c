@@ -153,6 +153,7 @@ pt_authenticate(const Administration *admin, uint32 hash)
 	request.url = psprintf("%s/oauth/token", admin->paytrace_url);
 	request.content_type = "application/x-www-form-urlencoded; charset=UTF-8";
 	request.body = body;
+	request.idempotent = true;	/* a second token does no harm */
 	http_perform(&request, &response);
 	explicit_bzero(body, strlen(body));
 
@@ -189,9 +190,10 @@ pt_authenticate(const Administration *admin, uint32 hash)
 				 errdetail("HTTP status %ld.", response.status),
 				 errhint("Try again later; check PayTrace's status if it persists.")));
 
+	/* Renew early; a token that lives less than twice the margin, at half-life. */
+	expires_in = expires_in > 2 * PT_TOKEN_MARGIN_S ? expires_in - PT_TOKEN_MARGIN_S : expires_in / 2;
 	token_cache_store(admin->name, REMOTE_PAYTRACE, hash, token,
-					  TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												  Max(expires_in - PT_TOKEN_MARGIN_S, 60) * 1000));
+					  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), expires_in * 1000));
 	return token;
 }
 
@@ -202,7 +204,7 @@ pt_authenticate(const Administration *admin, uint32 hash)
  */
 static void
 pt_post(const Administration *admin, const char *path, const char *body_fields,
-		HttpResponse *response)
+		bool idempotent, HttpResponse *response)
 {
 	uint32		hash = credential_hash(admin);
 	StringInfoData body;
@@ -234,6 +236,7 @@ pt_post(const Administration *admin, const char *path, const char *body_fields,
 		request.content_type = "application/json";
 		request.body = body.data;
 		request.bearer_token = token;
+		request.idempotent = idempotent;
 		http_perform(&request, response);
 		if (response->transport != HTTP_TRANSPORT_OK || !is_invalid_token(response))
 			return;
@@ -422,7 +425,7 @@ paytrace_execute(const Administration *admin, const PtRequest *request)
 		escape_json(&fields, request->invoice_number);
 	}
 
-	pt_post(admin, call->path, fields.data, &response);
+	pt_post(admin, call->path, fields.data, false, &response);
 
 	switch (response.transport)
 	{
@@ -592,7 +595,7 @@ pt_export(const Administration *admin, const char *path, const char *fields)
 	HttpResponse response;
 	HttpRequest request = {0};
 
-	pt_post(admin, path, fields, &response);
+	pt_post(admin, path, fields, true, &response);
 	if (response.transport != HTTP_TRANSPORT_OK)
 	{
 		request.service = SERVICE;

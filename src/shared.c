@@ -133,7 +133,8 @@ token_slot_find(const char *administration, RemoteApi api)
 
 /*
  * Copy the cached token of (administration, api) into token[] if there is
- * one for the same credentials that does not expire within a minute.
+ * one for the same credentials that has not expired.  Callers store tokens
+ * with an expiry well before the remote API's own.
  */
 bool
 token_cache_lookup(const char *administration, RemoteApi api,
@@ -147,7 +148,7 @@ token_cache_lookup(const char *administration, RemoteApi api,
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	slot = token_slot_find(administration, api);
 	if (slot != NULL && slot->credential_hash == credential_hash &&
-		slot->expires_at > TimestampTzPlusMilliseconds(now, 60 * 1000) &&
+		slot->expires_at > now &&
 		strlen(slot->token) < token_size)
 	{
 		strlcpy(token, slot->token, token_size);

@@ -62,7 +62,7 @@ FreshpayWorkerRegister(void)
 
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 5;
+	worker.bgw_restart_time = 1;
 	strlcpy(worker.bgw_library_name, "freshpay", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "freshpay_worker_main", BGW_MAXLEN);
 	strlcpy(worker.bgw_name, "freshpay worker", BGW_MAXLEN);
@@ -110,6 +110,29 @@ spi_run(const char *sql, int nargs, const Oid *types, const Datum *values,
 	if (rc != expected)
 		elog(ERROR, "freshpay: statement failed (%s): %s", SPI_result_code_string(rc), sql);
 	return (int64) SPI_processed;
+}
+
+/* Column col of the first row of the last SPI result as text (NULL if null), in context. */
+char *
+spi_text(MemoryContext context, int col)
+{
+	MemoryContext old = MemoryContextSwitchTo(context);
+	char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col);
+
+	MemoryContextSwitchTo(old);
+	return value;
+}
+
+/* Column col of the first row of the last SPI result as int8; false if null. */
+bool
+spi_int64(int col, int64 *result)
+{
+	bool		isnull;
+	Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
+
+	if (!isnull)
+		*result = DatumGetInt64(value);
+	return !isnull;
 }
 
 /* Queue a job (run_at 0 = now); a job of that kind already queued stays. */
@@ -245,7 +268,7 @@ static void
 job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error)
 {
 	MemoryContext caller = worker_begin();
-	int			attempts = job->attempts + (error ? 1 : 0);
+	int			attempts = job->attempts + 1;
 	bool		dead = error != NULL && attempts >= freshpay_max_attempts;
 	Oid			types[] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
 	Datum		values[] = {

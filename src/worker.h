@@ -20,6 +20,8 @@ extern void worker_commit(MemoryContext caller);
 extern void worker_pause_point(const char *point, int64 payment_id);
 extern int64 spi_run(const char *sql, int nargs, const Oid *types,
 					 const Datum *values, const char *nulls, int expected);
+extern char *spi_text(MemoryContext context, int col);
+extern bool spi_int64(int col, int64 *result);
 extern void job_queue(const char *kind, int64 payment_id, TimestampTz run_at);
 extern void job_finish(const char *kind, int64 payment_id);
 extern DateADT date_of_timestamp(TimestampTz ts);

@@ -52,27 +52,6 @@ typedef struct Written
 	int64		parent_id;
 } Written;
 
-static bool
-int64_at(int col, int64 *result)
-{
-	bool		isnull;
-	Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
-
-	if (!isnull)
-		*result = DatumGetInt64(value);
-	return !isnull;
-}
-
-static char *
-text_at(MemoryContext context, int col)
-{
-	MemoryContext old = MemoryContextSwitchTo(context);
-	char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col);
-
-	MemoryContextSwitchTo(old);
-	return value;
-}
-
 static Written *
 written_load(int64 payment_id, MemoryContext context)
 {
@@ -91,16 +70,16 @@ written_load(int64 payment_id, MemoryContext context)
 				1, types, values, NULL, SPI_OK_SELECT) == 0)
 		elog(ERROR, "payment " INT64_FORMAT " does not exist", payment_id);
 	w->payment_id = payment_id;
-	w->administration = text_at(context, 1);
-	w->kind = text_at(context, 2);
-	w->status = text_at(context, 3);
-	w->remaining = text_at(context, 4);
-	w->transaction_id = text_at(context, 5);
-	w->registered = int64_at(6, &w->freshportal_payment_id);
-	int64_at(7, &w->freshportal_invoice_id);
-	w->currency = text_at(context, 8);
-	w->method = text_at(context, 9);
-	w->has_parent = int64_at(10, &w->parent_id);
+	w->administration = spi_text(context, 1);
+	w->kind = spi_text(context, 2);
+	w->status = spi_text(context, 3);
+	w->remaining = spi_text(context, 4);
+	w->transaction_id = spi_text(context, 5);
+	w->registered = spi_int64(6, &w->freshportal_payment_id);
+	spi_int64(7, &w->freshportal_invoice_id);
+	w->currency = spi_text(context, 8);
+	w->method = spi_text(context, 9);
+	w->has_parent = spi_int64(10, &w->parent_id);
 	if (w->method == NULL || strcmp(w->kind, "ach_sale") == 0)
 		w->method = strcmp(w->kind, "ach_sale") == 0 ? "ach" : "card";
 	return w;
