@@ -62,6 +62,11 @@ our $PT_USERNAME         = 'pt-user';
 our $PT_PASSWORD_REF     = 'env:FRESHPAY_TEST_PT_PASSWORD';
 our $PT_INTEGRATOR_ID    = 'pt-integrator';
 
+# An SQL expression matching the stand-ins' token prefixes, spelled in pieces:
+# the test clusters log every statement, and 090_no_secrets_in_logs.pl greps
+# the server logs for those prefixes, so a statement must not contain them.
+our $TOKEN_PATTERN_SQL = q{('(pt' || 'tok|fp' || 'tok_)')};
+
 my %SCRIPT = (fp => 'freshportal.py', pt => 'paytrace.py');
 my @started;    # stand-ins started by start_standin, stopped in END
 my $started_count = 0;
@@ -367,6 +372,27 @@ sub wait_for
 
 =pod
 
+=item poll_true($node, $query, $timeout, $what)
+
+Wait until $query (in database freshpay) returns C<t>.  A failed connection
+counts as "not yet", so polls survive a server restart.  Returns true, or
+undef (with a diagnostic) after $timeout seconds.
+
+=cut
+
+sub poll_true
+{
+	my ($node, $query, $timeout, $what) = @_;
+	return wait_for(
+		sub {
+			my ($out, $err, $rc) = psql_result($node, 'freshpay', $query);
+			return $rc == 0 && $out eq 't';
+		},
+		$timeout, $what);
+}
+
+=pod
+
 =item quote_literal($text), quote_ident($name)
 
 SQL quoting, as PostgreSQL's functions of the same names do.
@@ -570,6 +596,22 @@ sub config
 }
 
 sub state { return $_[0]->admin_get('/_standin/state'); }
+
+# One object of the state by id (e.g. ->item('payments', 7001)), or {}.
+sub item
+{
+	my ($self, $table, $id) = @_;
+	my ($found) = grep { "$_->{id}" eq "$id" } @{ $self->state->{$table} // [] };
+	return $found // {};
+}
+
+# The sequence number of the newest logged request (0 when none).
+sub last_seq
+{
+	my ($self) = @_;
+	my $requests = $self->requests;
+	return @$requests ? $requests->[-1]{seq} : 0;
+}
 
 sub expire_tokens { return $_[0]->admin_post('/_standin/expire_tokens'); }
 
