@@ -41,6 +41,47 @@ SELECT * FROM freshpay_sync('main');
 SELECT administration, stream, last_synced_at IS NOT NULL AS synced, last_fetched, last_inserted, last_updated
   FROM freshpay.sync_state ORDER BY 1, 2;
 
--- 6. Who can see what: readers see the data, never a secret.
+-- 6. Link customers to their PayTrace vault profiles (no card data here).
+SELECT l.code, l.paytrace_customer_id, l.payment_method, l.collection
+  FROM freshpay.customers c,
+	   LATERAL freshpay_link_customer(c.id, 'C-' || c.code, 'manual',
+									  CASE c.code WHEN 'FERN' THEN 'ach' ELSE 'card' END) l
+ WHERE c.code IN ('BLOOM', 'PETAL', 'FERN')
+ ORDER BY l.code;
+
+-- 7. Collect: a card sale, an ACH debit, an authorization captured in part.
+SELECT kind, status, amount, response_code, approval_code IS NOT NULL AS approved
+  FROM freshpay_capture((SELECT id FROM freshpay.invoices WHERE number = 'INV-10421'));
+SELECT kind, status, amount, response_code
+  FROM freshpay_capture((SELECT id FROM freshpay.invoices WHERE number = 'INV-10439'));
+SELECT kind, status, amount
+  FROM freshpay_authorize((SELECT id FROM freshpay.invoices WHERE number = 'INV-10437'));
+SELECT kind, status, amount, parent_id IS NOT NULL AS captures_the_authorization
+  FROM freshpay_capture((SELECT id FROM freshpay.invoices WHERE number = 'INV-10437'), 500.00);
+
+-- 8. Bad input is refused before anything is sent.
+\set ON_ERROR_STOP off
+SELECT freshpay_capture((SELECT id FROM freshpay.invoices WHERE number = 'INV-10421'));
+SELECT freshpay_capture((SELECT id FROM freshpay.invoices WHERE number = 'INV-10425'));
+\set ON_ERROR_STOP on
+
+-- 9. The worker writes every outcome back to FreshPortal; the invoices follow.
+SELECT pg_sleep(2);
+SELECT p.id, i.number, p.kind, p.status, p.amount, p.freshportal_payment_id IS NOT NULL AS in_freshportal
+  FROM freshpay.payments p JOIN freshpay.invoices i ON i.id = p.invoice_id
+ ORDER BY p.id;
+SELECT number, amount_incl_vat, amount_paid, open_amount, status
+  FROM freshpay.invoices WHERE number IN ('INV-10421', 'INV-10437', 'INV-10439') ORDER BY number;
+
+-- 10. Undo one: a void before settlement, reversed in FreshPortal too.
+SELECT kind, status, amount FROM freshpay_reverse((SELECT id FROM freshpay.invoices WHERE number = 'INV-10421'));
+SELECT pg_sleep(1);
+SELECT number, amount_paid, open_amount, status FROM freshpay.invoices WHERE number = 'INV-10421';
+SELECT p.id, h.event, h.old_status, h.new_status
+  FROM freshpay.payment_history h JOIN freshpay.payments p ON p.id = h.payment_id
+  JOIN freshpay.invoices i ON i.id = p.invoice_id
+ WHERE i.number = 'INV-10421' ORDER BY h.id;
+
+-- 11. Who can see what: readers see the data, never a secret.
 SELECT grantee, privilege_type FROM information_schema.role_table_grants
  WHERE table_schema = 'freshpay' AND table_name = 'administration_secrets' ORDER BY 1, 2;
