@@ -695,13 +695,13 @@ plan_call(CallPlan *plan, const MoneyCall *call, MemoryContext context)
  * the answer (the worker loop catches them).  Returns the payment id.
  */
 static int64
-run_call(int slot, const MoneyCall *call, MoneyAnswer *answer)
+run_call(int slot, const MoneyCall *call, MoneyAnswer *answer, PtResult **result_out)
 {
 	MemoryContext context = CurrentMemoryContext;
 	CallPlan		plan = {0};
 	Administration *admin;
 	PtRequest	request;
-	PtResult   *result;
+	PtResult   *volatile result;
 	int64		payment_id;
 	MemoryContext caller;
 
@@ -737,12 +737,23 @@ run_call(int slot, const MoneyCall *call, MoneyAnswer *answer)
 	}
 	payment_id = record_attempt(&plan, call->requested_by);
 	worker_commit(caller);
-	mailbox_progress(slot, payment_id);
+	if (slot >= 0)
+		mailbox_progress(slot, payment_id);
 
 	worker_pause_point("before_send", payment_id);
 	request = request_of(&plan);
-	result = paytrace_execute(admin, &request);
+	worker_status_in_flight(1);
+	PG_TRY();
+	{
+		result = paytrace_execute(admin, &request);
+	}
+	PG_FINALLY();
+	{
+		worker_status_in_flight(-1);
+	}
+	PG_END_TRY();
 	worker_pause_point("after_answer", payment_id);
+	*result_out = result;
 
 	caller = worker_begin();
 	MemoryContextSwitchTo(context);
@@ -774,7 +785,9 @@ attempt_run_call(int slot, const MoneyCall *call)
 
 	PG_TRY();
 	{
-		answer.payment_id = run_call(slot, call, &answer);
+		PtResult   *result;
+
+		answer.payment_id = run_call(slot, call, &answer, &result);
 	}
 	PG_CATCH();
 	{
@@ -988,4 +1001,74 @@ attempt_recover(void)
 	worker_commit(caller);
 	if (n > 0)
 		elog(LOG, "freshpay worker: " INT64_FORMAT " attempts were in flight at restart; looking them up at PayTrace", n);
+}
+
+/*
+ * Worker: collect an invoice queued by its customer's rule (job
+ * collect_invoice).  Returns 0 when the job is done, or when to run it again.
+ * Raises an ERROR when the attempt could not be made (the job retries with
+ * backoff, or gives up); a decline is done: a person looks at it
+ * (freshpay.exceptions), freshpay does not charge a declining card again.
+ */
+TimestampTz
+attempt_collect_queued(int64 invoice_id)
+{
+	MemoryContext context = CurrentMemoryContext;
+	MemoryContext caller = worker_begin();
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(invoice_id)};
+	MoneyCall	call = {0};
+	MoneyAnswer answer = {0};
+	PtResult   *result;
+	int64		in_flight;
+	bool		collectable;
+
+	/* Still due for collection, and not already being or been collected? */
+	collectable = spi_run("SELECT 1 FROM freshpay.invoices i"
+						  "  JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id"
+						  " WHERE i.id OPERATOR(pg_catalog.=) $1"
+						  "   AND i.type OPERATOR(pg_catalog.=) 'invoice'"
+						  "   AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])"
+						  "   AND c.collection OPERATOR(pg_catalog.=) ANY (ARRAY['on_issue', 'on_due_date'])"
+						  "   AND c.paytrace_customer_id IS NOT NULL AND NOT c.blocked"
+						  "   AND NOT EXISTS (SELECT FROM freshpay.payments p"
+						  "        WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
+						  "          AND (p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'authorized', 'refunded', 'voided'])"
+						  "               OR (p.status OPERATOR(pg_catalog.=) 'failed' AND p.response_code IS NOT NULL)))",
+						  1, types, values, NULL, SPI_OK_SELECT) == 1;
+	in_flight = spi_run("SELECT 1 FROM freshpay.payments WHERE invoice_id OPERATOR(pg_catalog.=) $1"
+						"   AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])",
+						1, types, values, NULL, SPI_OK_SELECT);
+	worker_commit(caller);
+	if (!collectable)
+		return 0;
+	if (in_flight > 0)
+		return TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   freshpay_request_timeout + RESOLVE_GRACE_MS);
+
+	call.op = MONEY_CAPTURE;
+	call.target_id = invoice_id;
+	strlcpy(call.requested_by, "freshpay worker", sizeof(call.requested_by));
+	MemoryContextSwitchTo(context);
+	(void) run_call(-1, &call, &answer, &result);
+
+	switch (result->outcome)
+	{
+		case PT_NOT_SENT:
+		case PT_RETRY_LATER:
+			/* Nothing happened: the job tries again (after Retry-After, if given). */
+			worker_retry_after(result->retry_after);
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("collection of invoice " INT64_FORMAT " was not processed by PayTrace", invoice_id),
+					 errdetail("%s", result->message)));
+			break;
+		case PT_UNKNOWN:
+			/* Looked up by its resolve job; this one checks again afterwards. */
+			return TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   freshpay_request_timeout + 2 * RESOLVE_GRACE_MS);
+		default:
+			break;
+	}
+	return 0;
 }

@@ -18,5 +18,6 @@
 extern void attempt_run_call(int slot, const MoneyCall *call);
 extern TimestampTz attempt_resolve(int64 payment_id);
 extern void attempt_recover(void);
+extern TimestampTz attempt_collect_queued(int64 invoice_id);
 
 #endif							/* FRESHPAY_ATTEMPT_H */

@@ -4,6 +4,9 @@
  *	  Slots in shared memory through which backends hand money calls to the
  *	  worker and get the answers back.
  *
+ * It also holds what freshpay.worker_status shows, and the wake-up that an
+ * invoice trigger asks for at commit.
+ *
  * The mutex guards slot states only; answers are written before the state
  * says DONE and read after, under the mutex.  Waiting is on a condition
  * variable, so a waiting backend reacts to cancel and termination at once;
@@ -14,10 +17,14 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "mailbox.h"
@@ -205,6 +212,8 @@ mailbox_worker_exit(int code, Datum arg)
 	{
 		mailbox->worker_pid = 0;
 		mailbox->worker_latch = NULL;
+		mailbox->run_state = WORKER_STOPPED;
+		mailbox->in_flight = 0;
 	}
 	SpinLockRelease(&mailbox->mutex);
 }
@@ -218,6 +227,9 @@ mailbox_register_worker(void)
 	SpinLockAcquire(&mailbox->mutex);
 	mailbox->worker_pid = MyProcPid;
 	mailbox->worker_latch = MyLatch;
+	mailbox->run_state = WORKER_STARTING;
+	mailbox->started_at = GetCurrentTimestamp();
+	mailbox->in_flight = 0;
 	SpinLockRelease(&mailbox->mutex);
 	before_shmem_exit(mailbox_worker_exit, (Datum) 0);
 }
@@ -325,4 +337,134 @@ mailbox_answer(int slot, const MoneyAnswer *answer)
 	}
 	SpinLockRelease(&mailbox->mutex);
 	ConditionVariableBroadcast(&s->answered);
+}
+
+void
+worker_status_state(WorkerRunState state)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+
+	SpinLockAcquire(&mailbox->mutex);
+	if (mailbox->run_state == WORKER_WORKING && state == WORKER_IDLE)
+		mailbox->last_activity_at = GetCurrentTimestamp();
+	mailbox->run_state = state;
+	SpinLockRelease(&mailbox->mutex);
+}
+
+void
+worker_status_in_flight(int delta)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+
+	SpinLockAcquire(&mailbox->mutex);
+	mailbox->in_flight += delta;
+	SpinLockRelease(&mailbox->mutex);
+}
+
+void
+worker_status_synced(void)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+
+	SpinLockAcquire(&mailbox->mutex);
+	mailbox->last_sync_at = GetCurrentTimestamp();
+	SpinLockRelease(&mailbox->mutex);
+}
+
+void
+worker_status_error(const char *message)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+
+	SpinLockAcquire(&mailbox->mutex);
+	strlcpy(mailbox->last_error, message, sizeof(mailbox->last_error));
+	mailbox->last_error_at = GetCurrentTimestamp();
+	SpinLockRelease(&mailbox->mutex);
+}
+
+PG_FUNCTION_INFO_V1(freshpay_worker_state);
+
+/* freshpay._worker_state(): the row behind freshpay.worker_status. */
+Datum
+freshpay_worker_state(PG_FUNCTION_ARGS)
+{
+	static const char *const names[] = {
+		[WORKER_STOPPED] = "stopped",
+		[WORKER_STARTING] = "starting",
+		[WORKER_IDLE] = "idle",
+		[WORKER_WORKING] = "working",
+	};
+	Mailbox    *mailbox = freshpay_mailbox();
+	Mailbox		copy;
+	TupleDesc	desc;
+	Datum		values[8];
+	bool		nulls[8] = {0};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	SpinLockAcquire(&mailbox->mutex);
+	memcpy(&copy, mailbox, offsetof(Mailbox, slots));
+	SpinLockRelease(&mailbox->mutex);
+
+	values[0] = Int32GetDatum(copy.worker_pid);
+	nulls[0] = copy.worker_pid == 0;
+	values[1] = CStringGetTextDatum(names[copy.worker_pid == 0 ? WORKER_STOPPED : copy.run_state]);
+	values[2] = TimestampTzGetDatum(copy.started_at);
+	nulls[2] = copy.started_at == 0;
+	values[3] = TimestampTzGetDatum(copy.last_activity_at);
+	nulls[3] = copy.last_activity_at == 0;
+	values[4] = Int32GetDatum(copy.in_flight);
+	values[5] = CStringGetTextDatum(copy.last_error);
+	nulls[5] = copy.last_error[0] == '\0';
+	values[6] = TimestampTzGetDatum(copy.last_error_at);
+	nulls[6] = copy.last_error_at == 0;
+	values[7] = TimestampTzGetDatum(copy.last_sync_at);
+	nulls[7] = copy.last_sync_at == 0;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/* Set by freshpay._wake_worker_at_commit(), acted on by the callback. */
+static bool wake_at_commit = false;
+
+static void
+wake_at_commit_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_at_commit)
+				mailbox_wake_worker();
+			wake_at_commit = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* Rolled back: nothing to do.  Prepared: the worker's next idle pass finds the job. */
+			wake_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+PG_FUNCTION_INFO_V1(freshpay_wake_worker_at_commit);
+
+/*
+ * freshpay._wake_worker_at_commit(): the worker is woken when (and only if)
+ * the current transaction commits, so that work queued in it starts at once,
+ * without polling.
+ */
+Datum
+freshpay_wake_worker_at_commit(PG_FUNCTION_ARGS)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		RegisterXactCallback(wake_at_commit_callback, NULL);
+		registered = true;
+	}
+	wake_at_commit = true;
+	PG_RETURN_VOID();
 }

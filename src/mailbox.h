@@ -18,6 +18,7 @@
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
+#include "datatype/timestamp.h"
 
 typedef enum MoneyOp
 {
@@ -66,12 +67,28 @@ typedef struct MailboxSlot
 
 #define MAILBOX_SLOTS 64
 
+typedef enum WorkerRunState
+{
+	WORKER_STOPPED,
+	WORKER_STARTING,			/* running, not serving yet */
+	WORKER_IDLE,
+	WORKER_WORKING
+} WorkerRunState;
+
 typedef struct Mailbox
 {
 	slock_t		mutex;
 	int			worker_pid;		/* 0 when no worker runs */
 	Latch	   *worker_latch;
 	bool		serving;		/* the worker takes calls */
+	/* What freshpay.worker_status shows. */
+	WorkerRunState run_state;
+	TimestampTz started_at;
+	TimestampTz last_activity_at;
+	TimestampTz last_sync_at;
+	TimestampTz last_error_at;
+	int			in_flight;
+	char		last_error[256];
 	uint64		next_serial;
 	MailboxSlot slots[MAILBOX_SLOTS];
 } Mailbox;
@@ -89,5 +106,11 @@ extern void mailbox_detach_worker(void);
 extern bool mailbox_take(int *slot, MoneyCall *call);
 extern void mailbox_progress(int slot, int64 payment_id);
 extern void mailbox_answer(int slot, const MoneyAnswer *answer);
+
+/* What the worker is doing, for freshpay.worker_status. */
+extern void worker_status_state(WorkerRunState state);
+extern void worker_status_in_flight(int delta);
+extern void worker_status_synced(void);
+extern void worker_status_error(const char *message);
 
 #endif							/* FRESHPAY_MAILBOX_H */

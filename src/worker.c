@@ -23,13 +23,11 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
-#include "nodes/makefuncs.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
@@ -42,9 +40,11 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "administration.h"
 #include "attempt.h"
 #include "mailbox.h"
 #include "settings.h"
+#include "sync.h"
 #include "worker.h"
 #include "writeback.h"
 
@@ -200,21 +200,46 @@ worker_pause_point(const char *point, int64 payment_id)
 	}
 }
 
-/* Does freshpay exist (and is it not being created or dropped) here? */
+/*
+ * Is freshpay created here, at the version of this library?  An extension
+ * being created or dropped, or left at an older version after the library
+ * was upgraded, is not touched (the latter with a hint, once).
+ */
 static bool
 extension_ready(void)
 {
+	static bool warned = false;
+	char	   *version = NULL;
 	bool		ready;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	ready = OidIsValid(get_extension_oid("freshpay", true)) && !creating_extension;
-	if (ready)
+	if (OidIsValid(get_extension_oid("freshpay", true)) && !creating_extension)
 	{
-		/* The extension's newest tables may not exist at an older version. */
-		ready = OidIsValid(RangeVarGetRelid(makeRangeVar("freshpay", "jobs", -1), NoLock, true));
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension"
+						" WHERE extname OPERATOR(pg_catalog.=) 'freshpay'", true, 1) == SPI_OK_SELECT &&
+			SPI_processed == 1)
+			version = MemoryContextStrdup(TopMemoryContext,
+										  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		PopActiveSnapshot();
+		SPI_finish();
 	}
 	CommitTransactionCommand();
+
+	ready = version != NULL && strcmp(version, FRESHPAY_VERSION) == 0;
+	if (version != NULL && !ready && !warned)
+	{
+		ereport(WARNING,
+				(errmsg("freshpay worker: extension version %s is installed, the library is version %s",
+						version, FRESHPAY_VERSION),
+				 errhint("Run ALTER EXTENSION freshpay UPDATE in database \"%s\"; the worker waits until then.",
+						 freshpay_database_name)));
+		warned = true;
+	}
+	if (version != NULL)
+		pfree(version);
 	return ready;
 }
 
@@ -232,9 +257,19 @@ typedef struct Job
 {
 	int64		id;
 	char		kind[32];
-	int64		payment_id;
+	int64		payment_id;		/* 0 for collect_invoice */
+	int64		invoice_id;		/* collect_invoice only */
 	int			attempts;
 } Job;
+
+/* A Retry-After the current job learned, in seconds (-1: none). */
+static int	job_retry_after_s = -1;
+
+void
+worker_retry_after(int seconds)
+{
+	job_retry_after_s = seconds;
+}
 
 /* Claim the next due job, if any, in a short transaction of its own. */
 static bool
@@ -243,7 +278,7 @@ job_next(Job *job)
 	MemoryContext caller = worker_begin();
 	bool		found;
 
-	found = spi_run("SELECT id, kind, payment_id, attempts FROM freshpay.jobs"
+	found = spi_run("SELECT id, kind, COALESCE(payment_id, 0), attempts, COALESCE(invoice_id, 0) FROM freshpay.jobs"
 					" WHERE state OPERATOR(pg_catalog.=) 'queued'"
 					"   AND next_run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 					" ORDER BY next_run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -258,25 +293,31 @@ job_next(Job *job)
 		strlcpy(job->kind, SPI_getvalue(row, desc, 2), sizeof(job->kind));
 		job->payment_id = DatumGetInt64(SPI_getbinval(row, desc, 3, &isnull));
 		job->attempts = DatumGetInt32(SPI_getbinval(row, desc, 4, &isnull));
+		job->invoice_id = DatumGetInt64(SPI_getbinval(row, desc, 5, &isnull));
 	}
 	worker_commit(caller);
 	return found;
 }
 
-/* Record a job's result: done, due again at next_run_at, or failed with error. */
+/*
+ * Record a job's result: done, due again at next_run_at, or failed with
+ * error — retried with backoff (at least Retry-After), or dead when the
+ * failure is permanent or attempts are used up.
+ */
 static void
-job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error)
+job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error, bool permanent)
 {
 	MemoryContext caller = worker_begin();
 	int			attempts = job->attempts + 1;
-	bool		dead = error != NULL && attempts >= freshpay_max_attempts;
+	bool		dead = error != NULL && (permanent || attempts >= freshpay_max_attempts);
+	long		delay_ms = error ? job_backoff_ms(attempts - 1) : 0;
 	Oid			types[] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
 	Datum		values[] = {
 		Int64GetDatum(job->id),
 		CStringGetTextDatum(done ? "done" : dead ? "dead" : "queued"),
 		Int32GetDatum(attempts),
 		TimestampTzGetDatum(error ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-																 job_backoff_ms(attempts - 1))
+																 Max(delay_ms, job_retry_after_s * 1000L))
 							: next_run_at),
 		error ? CStringGetTextDatum(error) : (Datum) 0
 	};
@@ -288,8 +329,25 @@ job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error
 			5, types, values, nulls, SPI_OK_UPDATE);
 	worker_commit(caller);
 	if (dead)
-		elog(WARNING, "freshpay worker: gave up job " INT64_FORMAT " (%s of payment " INT64_FORMAT ") after %d attempts: %s",
-			 job->id, job->kind, job->payment_id, attempts, error);
+		elog(WARNING, "freshpay worker: gave up job " INT64_FORMAT " (%s) after %d attempts: %s",
+			 job->id, job->kind, attempts, error);
+}
+
+/*
+ * Errors that a retry cannot mend: bad data, a state that forbids the call,
+ * missing permissions or features.  Everything else (network, remote 5xx, a
+ * collection in progress) is retried.
+ */
+static bool
+is_permanent(int sqlerrcode)
+{
+	const char *state = unpack_sql_state(sqlerrcode);
+
+	if (sqlerrcode == ERRCODE_OBJECT_IN_USE)
+		return false;
+	return strncmp(state, "22", 2) == 0 || strncmp(state, "42", 2) == 0 ||
+		strncmp(state, "0A", 2) == 0 || strncmp(state, "P0", 2) == 0 ||
+		strncmp(state, "28", 2) == 0 || strncmp(state, "55", 2) == 0;
 }
 
 /* Run one job; errors become a retry with backoff, never the worker's end. */
@@ -299,11 +357,16 @@ job_run(const Job *job)
 	MemoryContext context = CurrentMemoryContext;
 	volatile TimestampTz again = 0;
 	char	   *volatile error = NULL;
+	volatile bool permanent = false;
 
+	job_retry_after_s = -1;
 	pgstat_report_activity(STATE_RUNNING, job->kind);
+	worker_status_state(WORKER_WORKING);
 	PG_TRY();
 	{
-		if (strcmp(job->kind, "resolve_payment") == 0)
+		if (strcmp(job->kind, "collect_invoice") == 0)
+			again = attempt_collect_queued(job->invoice_id);
+		else if (strcmp(job->kind, "resolve_payment") == 0)
 			again = attempt_resolve(job->payment_id);
 		else if (strcmp(job->kind, "register_payment") == 0)
 			writeback_register(job->payment_id);
@@ -325,9 +388,11 @@ job_run(const Job *job)
 		MemoryContextSwitchTo(context);
 		error = edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
 			: pstrdup(edata->message);
+		permanent = is_permanent(edata->sqlerrcode);
+		worker_status_error(error);
 	}
 	PG_END_TRY();
-	job_update(job, error == NULL && again == 0, again, error);
+	job_update(job, error == NULL && again == 0, again, error, permanent);
 }
 
 /* When the next queued job is due, or 0 if none is queued. */
@@ -349,6 +414,91 @@ job_next_due(void)
 	}
 	worker_commit(caller);
 	return due;
+}
+
+/*
+ * Queue the collection of invoices of on_due_date customers that are due and
+ * have never been collected nor queued.  Returns how many were queued.
+ */
+static int64
+queue_due_collections(void)
+{
+	MemoryContext caller = worker_begin();
+	int64		queued;
+
+	queued = spi_run("INSERT INTO freshpay.jobs (kind, invoice_id)"
+					 " SELECT 'collect_invoice', i.id FROM freshpay.invoices i"
+					 "   JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id"
+					 "  WHERE c.collection OPERATOR(pg_catalog.=) 'on_due_date'"
+					 "    AND c.paytrace_customer_id IS NOT NULL AND NOT c.blocked"
+					 "    AND i.type OPERATOR(pg_catalog.=) 'invoice'"
+					 "    AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])"
+					 "    AND i.due_date OPERATOR(pg_catalog.<=) CURRENT_DATE"
+					 "    AND NOT EXISTS (SELECT FROM freshpay.jobs j WHERE j.kind OPERATOR(pg_catalog.=) 'collect_invoice'"
+					 "                       AND j.invoice_id OPERATOR(pg_catalog.=) i.id)"
+					 "    AND NOT EXISTS (SELECT FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id)"
+					 " ON CONFLICT DO NOTHING",
+					 0, NULL, NULL, NULL, SPI_OK_INSERT);
+	worker_commit(caller);
+	return queued;
+}
+
+/* Pull one administration's customers and invoices, in one transaction. */
+static void
+sync_administration(const char *name, MemoryContext context)
+{
+	MemoryContext caller = worker_begin();
+	Administration *admin = administration_load(name, context);
+
+	sync_freshportal_stream(admin, FP_STREAM_CUSTOMERS);
+	sync_freshportal_stream(admin, FP_STREAM_INVOICES);
+	worker_commit(caller);
+}
+
+/*
+ * The scheduled sync (freshpay.sync_interval): every administration, each on
+ * its own so that one failing does not stop the others; then due invoices.
+ */
+static void
+scheduled_sync(void)
+{
+	MemoryContext context = CurrentMemoryContext;
+	MemoryContext caller = worker_begin();
+	List	   *names;
+	ListCell   *lc;
+
+	MemoryContextSwitchTo(context);
+	names = administration_names();
+	worker_commit(caller);
+
+	pgstat_report_activity(STATE_RUNNING, "scheduled sync");
+	worker_status_state(WORKER_WORKING);
+	foreach(lc, names)
+	{
+		PG_TRY();
+		{
+			sync_administration(lfirst(lc), context);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(context);
+			edata = CopyErrorData();
+			if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+				PG_RE_THROW();
+			FlushErrorState();
+			if (IsTransactionState())
+				AbortCurrentTransaction();
+			MemoryContextSwitchTo(context);
+			worker_status_error(edata->message);
+			elog(LOG, "freshpay worker: scheduled sync of administration \"%s\" failed: %s",
+				 (char *) lfirst(lc), edata->message);
+		}
+		PG_END_TRY();
+	}
+	queue_due_collections();
+	worker_status_synced();
 }
 
 /* Drop history and finished jobs older than freshpay.history_retention. */
@@ -397,6 +547,7 @@ serve(MemoryContext loop_context)
 		if (mailbox_take(&slot, &call))
 		{
 			pgstat_report_activity(STATE_RUNNING, "money call");
+			worker_status_state(WORKER_WORKING);
 			attempt_run_call(slot, &call);
 			continue;
 		}
@@ -414,6 +565,8 @@ freshpay_worker_main(Datum main_arg)
 {
 	MemoryContext loop_context;
 	TimestampTz last_prune = 0;
+	TimestampTz last_due_pass = 0;
+	TimestampTz sync_base = 0;	/* last scheduled sync, or when serving began */
 	bool		recovered = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -453,8 +606,31 @@ freshpay_worker_main(Datum main_arg)
 				}
 				mailbox_attach_worker();
 				recovered = true;
+				sync_base = GetCurrentTimestamp();
 			}
 			serve(loop_context);
+
+			if (freshpay_sync_interval > 0)
+			{
+				TimestampTz next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
+
+				if (GetCurrentTimestamp() >= next_sync)
+				{
+					MemoryContextReset(loop_context);
+					MemoryContextSwitchTo(loop_context);
+					scheduled_sync();
+					sync_base = GetCurrentTimestamp();
+					serve(loop_context);
+					next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
+				}
+				timeout = Max(Min(timeout, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_sync)), 10);
+			}
+			if (GetCurrentTimestamp() - last_due_pass > USECS_PER_SEC * 60)
+			{
+				if (queue_due_collections() > 0)
+					serve(loop_context);
+				last_due_pass = GetCurrentTimestamp();
+			}
 
 			if (GetCurrentTimestamp() - last_prune > USECS_PER_SEC * 3600)
 			{
@@ -477,6 +653,8 @@ freshpay_worker_main(Datum main_arg)
 		MemoryContextSwitchTo(TopMemoryContext);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
+		if (recovered)
+			worker_status_state(WORKER_IDLE);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
