@@ -3,6 +3,7 @@
 --
 \set SHOW_CONTEXT never
 \getenv fp_url FRESHPAY_TEST_FP_URL
+\getenv pt_url FRESHPAY_TEST_PT_URL
 
 -- Secrets by reference: the server's environment (see test/run-suites).
 SELECT name, paytrace_username, paytrace_integrator_id,
@@ -11,7 +12,7 @@ SELECT name, paytrace_username, paytrace_integrator_id,
 	name => 'main',
 	freshportal_url => :'fp_url',
 	freshportal_api_key => 'env:FRESHPAY_TEST_SECRET',
-	paytrace_url => 'http://127.0.0.1:9',
+	paytrace_url => :'pt_url',
 	paytrace_username => 'pt-user',
 	paytrace_password => 'env:FRESHPAY_TEST_PT_PASSWORD',
 	paytrace_integrator_id => 'pt-integrator');

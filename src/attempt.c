@@ -1072,3 +1072,132 @@ attempt_collect_queued(int64 invoice_id)
 	}
 	return 0;
 }
+
+/*
+ * Apply what PayTrace's export shows of one transaction (inside a worker or
+ * caller transaction, SPI connected): settlement of our payments; a void made
+ * outside freshpay (PayTrace's Virtual Terminal, say), recorded as a 'void'
+ * row so that everything a void of ours does follows (parent status, invoice
+ * amounts, the reversal in FreshPortal); and a sale, ACH debit or
+ * authorization freshpay did not make, recorded and matched to an invoice by
+ * number when it can be.  Returns 'i'nserted, 'u'pdated or 0.
+ */
+char
+attempt_apply_paytrace(const char *administration, const PtTransaction *t)
+{
+	Oid			types[] = {TEXTOID, INT8OID, INT4OID, TIMESTAMPTZOID};
+	Datum		values[] = {CStringGetTextDatum(administration), Int64GetDatum(t->transaction_id),
+		Int32GetDatum(t->batch_number), TimestampTzGetDatum(t->settled_at)};
+	char		nulls[] = {' ', ' ', ' ', t->has_settled_at ? ' ' : 'n'};
+	int64		payment_id;
+	char	   *status;
+	char		change = 0;
+
+	if (spi_run("SELECT id, status FROM freshpay.payments"
+				" WHERE administration OPERATOR(pg_catalog.=) $1"
+				"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+				"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'authorization'])"
+				" ORDER BY (kind OPERATOR(pg_catalog.=) 'authorization'), id LIMIT 1",
+				2, types, values, NULL, SPI_OK_SELECT) == 1)
+	{
+		spi_int64(1, &payment_id);
+		status = spi_text(CurrentMemoryContext, 2);
+
+		if (t->state == PT_STATE_SETTLED &&
+			spi_run("UPDATE freshpay.payments SET batch_number = $3, settled_at = $4,"
+					"       updated_at = pg_catalog.now()"
+					" WHERE administration OPERATOR(pg_catalog.=) $1"
+					"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+					"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])"
+					"   AND batch_number IS DISTINCT FROM $3",
+					4, types, values, nulls, SPI_OK_UPDATE) > 0)
+			change = 'u';
+
+		if ((t->state == PT_STATE_VOIDED || t->state == PT_STATE_DECLINED) &&
+			(strcmp(status, "captured") == 0 || strcmp(status, "authorized") == 0))
+		{
+			Oid			vtypes[] = {INT8OID, INT8OID, TEXTOID};
+			Datum		vvalues[] = {Int64GetDatum(payment_id), Int64GetDatum(t->transaction_id),
+				CStringGetTextDatum(psprintf("Voided at PayTrace, outside freshpay: %s",
+											 t->status_message ? t->status_message : "no status"))};
+			int64		void_id;
+
+			spi_run("INSERT INTO freshpay.payments"
+					" (administration, invoice_id, customer_id, kind, parent_id, amount, status,"
+					"  paytrace_transaction_id, message, invoice_number, requested_by)"
+					" SELECT administration, invoice_id, customer_id, 'void', id,"
+					"        amount OPERATOR(pg_catalog.-) refunded_amount, 'pending', $2, $3,"
+					"        invoice_number, 'paytrace'"
+					"   FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1"
+					" RETURNING id",
+					3, vtypes, vvalues, NULL, SPI_OK_INSERT_RETURNING);
+			spi_int64(1, &void_id);
+			history(void_id, NULL, "pending", 0, "learned", "A void made at PayTrace outside freshpay.");
+			{
+				PtResult	result = {0};
+
+				result.outcome = PT_APPROVED;
+				result.retry_after = -1;
+				result.message = psprintf("Voided at PayTrace, outside freshpay (transaction " INT64_FORMAT ").",
+										  t->transaction_id);
+				record_outcome(void_id, &result, "learned");
+			}
+			change = 'u';
+		}
+		return change;
+	}
+
+	/* A transaction freshpay did not make. */
+	if (t->state == PT_STATE_PENDING_SETTLEMENT || t->state == PT_STATE_SETTLED ||
+		t->state == PT_STATE_AUTHORIZED)
+	{
+		const char *type = t->type ? t->type : "";
+		const char *kind = pg_strcasecmp(type, "SALE") == 0 ? "sale" :
+			pg_strncasecmp(type, "CHECK", 5) == 0 ? "ach_sale" :
+			pg_strncasecmp(type, "AUTH", 4) == 0 ? "authorization" : NULL;
+		Oid			itypes[] = {TEXTOID, INT8OID, TEXTOID, NUMERICOID, TEXTOID, TEXTOID, INT4OID,
+		TIMESTAMPTZOID, TEXTOID};
+		Datum		ivalues[9];
+		char		inulls[9];
+		int64		new_id;
+		Attempt    *a;
+
+		if (kind == NULL)
+			return 0;			/* refunds without a parent of ours are not recorded */
+		ivalues[0] = CStringGetTextDatum(administration);
+		ivalues[1] = Int64GetDatum(t->transaction_id);
+		ivalues[2] = CStringGetTextDatum(kind);
+		ivalues[3] = t->amount;
+		ivalues[4] = CStringGetTextDatum(strcmp(kind, "authorization") == 0 ? "authorized" : "captured");
+		ivalues[5] = CStringGetTextDatum(t->invoice_id);
+		ivalues[6] = Int32GetDatum(t->batch_number);
+		ivalues[7] = TimestampTzGetDatum(t->settled_at);
+		ivalues[8] = t->approval_code ? CStringGetTextDatum(t->approval_code) : (Datum) 0;
+		memset(inulls, ' ', sizeof(inulls));
+		inulls[6] = t->batch_number ? ' ' : 'n';
+		inulls[7] = t->has_settled_at ? ' ' : 'n';
+		inulls[8] = t->approval_code && t->approval_code[0] ? ' ' : 'n';
+		spi_run("INSERT INTO freshpay.payments"
+				" (administration, invoice_id, customer_id, kind, amount, status,"
+				"  paytrace_transaction_id, invoice_number, batch_number, settled_at,"
+				"  approval_code, message, requested_by)"
+				" SELECT $1, i.id, i.customer_id, $3, $4, 'pending', $2, NULLIF($6, ''), $7, $8, $9,"
+				"        'Made at PayTrace, outside freshpay.', 'paytrace'"
+				"   FROM (SELECT 1) one"
+				"   LEFT JOIN freshpay.invoices i ON i.administration OPERATOR(pg_catalog.=) $1"
+				"        AND i.number OPERATOR(pg_catalog.=) $6"
+				" ORDER BY i.id LIMIT 1"
+				" RETURNING id",
+				9, itypes, ivalues, inulls, SPI_OK_INSERT_RETURNING);
+		spi_int64(1, &new_id);
+		history(new_id, NULL, "pending", 0, "learned", "A transaction made at PayTrace outside freshpay.");
+		/* Recorded as approved, so that the invoice and FreshPortal follow. */
+		a = attempt_load(new_id, CurrentMemoryContext);
+		spi_run(psprintf("UPDATE freshpay.payments SET status = '%s' WHERE id OPERATOR(pg_catalog.=) " INT64_FORMAT,
+						 success_status(kind), new_id), 0, NULL, NULL, NULL, SPI_OK_UPDATE);
+		history(new_id, "pending", success_status(kind), 0, "learned", NULL);
+		apply_success(a);
+		return 'i';
+	}
+	return 0;
+}

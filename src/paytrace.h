@@ -91,6 +91,19 @@ typedef struct PtTransaction
 	TimestampTz created_at;
 } PtTransaction;
 
+/* A settlement batch as PayTrace's batch export describes it. */
+typedef struct PtBatch
+{
+	int			number;
+	bool		has_settled_at;
+	TimestampTz settled_at;
+	int			transaction_count;
+	Datum		sales_amount;	/* numeric(12,2) */
+	Datum		refund_amount;
+	Datum		net_amount;
+	Datum		raw;			/* jsonb */
+} PtBatch;
+
 extern const char *paytrace_operation_name(PtOperation operation);
 extern PtResult *paytrace_execute(const Administration *admin, const PtRequest *request);
 extern PtResult *paytrace_parse_result(long http_status, const char *body, size_t len);
@@ -98,5 +111,6 @@ extern List *paytrace_export_by_id(const Administration *admin, int64 transactio
 extern List *paytrace_export_by_date_range(const Administration *admin, DateADT start,
 										   DateADT end, const char *including_text);
 extern List *paytrace_parse_export(const char *body, size_t len);
+extern List *paytrace_export_batches(const Administration *admin, DateADT start, DateADT end);
 
 #endif							/* FRESHPAY_PAYTRACE_H */

@@ -34,9 +34,17 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "attempt.h"
+#include "paytrace.h"
 #include "settings.h"
 #include "shared.h"
 #include "sync.h"
+#include "worker.h"
+
+/* How far back PayTrace's transactions are re-read for status changes. */
+#define PAYTRACE_LOOKBACK_DAYS 14
+/* How far back settlement batches are re-read. */
+#define SETTLEMENT_LOOKBACK_DAYS 35
 
 /* 1970-01-01 00:00:00 UTC: "since the beginning" for a first, full pull. */
 #define SYNC_EPOCH ((TimestampTz) -INT64CONST(946684800000000))
@@ -406,11 +414,118 @@ sync_freshportal_stream(const Administration *admin, FpStream stream)
 	return counts;
 }
 
+/* Record a pull of a stream without a cursor (the PayTrace ones). */
+static void
+stream_record(const char *administration, const char *stream, const SyncCounts *counts)
+{
+	TimestampTz no_cursor;
+
+	(void) cursor_lock_and_read(administration, stream, &no_cursor);
+	cursor_store(administration, stream, false, 0, counts);
+}
+
+/*
+ * PayTrace → freshpay.payments: statuses changed outside freshpay (voids in
+ * PayTrace's terminal, settlements, ACH declines) and transactions freshpay
+ * did not make, over a look-back window; each change follows to FreshPortal
+ * through the usual jobs.  There is no cursor: the window is re-read, and
+ * applying a transaction twice changes nothing.
+ */
+SyncCounts
+sync_paytrace_transactions(const Administration *admin)
+{
+	DateADT		today = date_of_timestamp(GetCurrentTimestamp());
+	List	   *transactions = paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS,
+															  today + 1, NULL);
+	SyncCounts	counts = {0};
+	ListCell   *lc;
+
+	SPI_connect();
+	foreach(lc, transactions)
+	{
+		char		change = attempt_apply_paytrace(admin->name, lfirst(lc));
+
+		counts.fetched++;
+		counts.inserted += change == 'i';
+		counts.updated += change == 'u';
+	}
+	stream_record(admin->name, "paytrace_transactions", &counts);
+	SPI_finish();
+	return counts;
+}
+
+/* PayTrace's settlement batches → freshpay.settlements. */
+SyncCounts
+sync_settlements(const Administration *admin)
+{
+	DateADT		today = date_of_timestamp(GetCurrentTimestamp());
+	List	   *batches = paytrace_export_batches(admin, today - SETTLEMENT_LOOKBACK_DAYS, today + 1);
+	SyncCounts	counts = {0};
+	ListCell   *lc;
+	Oid			types[] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT4OID, NUMERICOID, NUMERICOID,
+	NUMERICOID, JSONBOID};
+
+	SPI_connect();
+	foreach(lc, batches)
+	{
+		PtBatch    *b = lfirst(lc);
+		Datum		values[] = {CStringGetTextDatum(admin->name), Int32GetDatum(b->number),
+			TimestampTzGetDatum(b->settled_at), Int32GetDatum(b->transaction_count),
+		b->sales_amount, b->refund_amount, b->net_amount, b->raw};
+		char		nulls[] = {' ', ' ', b->has_settled_at ? ' ' : 'n', ' ', ' ', ' ', ' ', ' '};
+		int			rc;
+
+		counts.fetched++;
+		rc = SPI_execute_with_args(
+			"INSERT INTO freshpay.settlements AS s"
+			" (administration, batch_number, settled_at, transaction_count, sales_amount,"
+			"  refund_amount, net_amount, raw, synced_at)"
+			" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, pg_catalog.now())"
+			" ON CONFLICT (administration, batch_number) DO UPDATE"
+			"   SET settled_at = EXCLUDED.settled_at, transaction_count = EXCLUDED.transaction_count,"
+			"       sales_amount = EXCLUDED.sales_amount, refund_amount = EXCLUDED.refund_amount,"
+			"       net_amount = EXCLUDED.net_amount, raw = EXCLUDED.raw, synced_at = EXCLUDED.synced_at"
+			"   WHERE s.raw IS DISTINCT FROM EXCLUDED.raw"
+			" RETURNING (s.xmax OPERATOR(pg_catalog.=) 0)",
+			8, types, values, nulls, false, 0);
+		if (rc != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not store settlement batch %d: %s", b->number, SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+
+			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+				counts.inserted++;
+			else
+				counts.updated++;
+		}
+	}
+	stream_record(admin->name, "settlements", &counts);
+	SPI_finish();
+	return counts;
+}
+
 PG_FUNCTION_INFO_V1(freshpay_sync);
+
+static void
+sync_result(ReturnSetInfo *rsinfo, const char *administration, const char *stream,
+			SyncCounts counts)
+{
+	Datum		values[5];
+	bool		nulls[5] = {0};
+
+	values[0] = CStringGetTextDatum(administration);
+	values[1] = CStringGetTextDatum(stream);
+	values[2] = Int64GetDatum(counts.fetched);
+	values[3] = Int64GetDatum(counts.inserted);
+	values[4] = Int64GetDatum(counts.updated);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
 
 /*
  * freshpay_sync(administration text DEFAULT NULL): pull customers, then
- * invoices, of one administration or of all; one result row per stream.
+ * invoices, then PayTrace's transactions and settlement batches, of one
+ * administration or of all; one result row per stream.
  */
 Datum
 freshpay_sync(PG_FUNCTION_ARGS)
@@ -432,18 +547,10 @@ freshpay_sync(PG_FUNCTION_ARGS)
 		static const FpStream streams[] = {FP_STREAM_CUSTOMERS, FP_STREAM_INVOICES};
 
 		for (size_t i = 0; i < lengthof(streams); i++)
-		{
-			SyncCounts	counts = sync_freshportal_stream(admin, streams[i]);
-			Datum		values[5];
-			bool		nulls[5] = {0};
-
-			values[0] = CStringGetTextDatum(admin->name);
-			values[1] = CStringGetTextDatum(freshportal_stream_name(streams[i]));
-			values[2] = Int64GetDatum(counts.fetched);
-			values[3] = Int64GetDatum(counts.inserted);
-			values[4] = Int64GetDatum(counts.updated);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		}
+			sync_result(rsinfo, admin->name, freshportal_stream_name(streams[i]),
+						sync_freshportal_stream(admin, streams[i]));
+		sync_result(rsinfo, admin->name, "paytrace_transactions", sync_paytrace_transactions(admin));
+		sync_result(rsinfo, admin->name, "settlements", sync_settlements(admin));
 	}
 	return (Datum) 0;
 }

@@ -19,5 +19,7 @@ typedef struct SyncCounts
 } SyncCounts;
 
 extern SyncCounts sync_freshportal_stream(const Administration *admin, FpStream stream);
+extern SyncCounts sync_paytrace_transactions(const Administration *admin);
+extern SyncCounts sync_settlements(const Administration *admin);
 
 #endif							/* FRESHPAY_SYNC_H */

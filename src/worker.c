@@ -388,7 +388,8 @@ job_run(const Job *job)
 		MemoryContextSwitchTo(context);
 		error = edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
 			: pstrdup(edata->message);
-		permanent = is_permanent(edata->sqlerrcode);
+		/* Write-back and lookups retry until they succeed (or attempts run out). */
+		permanent = strcmp(job->kind, "collect_invoice") == 0 && is_permanent(edata->sqlerrcode);
 		worker_status_error(error);
 	}
 	PG_END_TRY();
@@ -452,6 +453,12 @@ sync_administration(const char *name, MemoryContext context)
 
 	sync_freshportal_stream(admin, FP_STREAM_CUSTOMERS);
 	sync_freshportal_stream(admin, FP_STREAM_INVOICES);
+	worker_commit(caller);
+
+	/* PayTrace in a transaction of its own: FreshPortal's rows are kept if it fails. */
+	caller = worker_begin();
+	sync_paytrace_transactions(admin);
+	sync_settlements(admin);
 	worker_commit(caller);
 }
 

@@ -177,8 +177,12 @@ writeback_register(int64 payment_id)
 	admin = administration_load(w->administration, context);
 	worker_commit(caller);
 
-	/* Voided or fully refunded before it was registered: nothing to write. */
-	if (w->registered || strcmp(w->status, "captured") != 0 || w->transaction_id == NULL)
+	/*
+	 * Voided or fully refunded before it was registered, or made at PayTrace
+	 * for no invoice freshpay knows: nothing to write.
+	 */
+	if (w->registered || strcmp(w->status, "captured") != 0 || w->transaction_id == NULL ||
+		w->freshportal_invoice_id == 0)
 		return;
 
 	freshportal_payment_id = register_once(admin, w, w->remaining, w->transaction_id, &created);

@@ -24,7 +24,8 @@ sub sync_counts
 	my ($administration, $settings) = @_;
 	$settings //= '';
 	return sql("$settings SELECT stream, fetched, inserted, updated"
-		  . " FROM freshpay_sync('$administration') ORDER BY stream");
+		  . " FROM freshpay_sync('$administration')"
+		  . " WHERE stream IN ('customers', 'invoices') ORDER BY stream");
 }
 
 # The stand-in's objects as raw JSON, and the rows' raw payloads, by id.

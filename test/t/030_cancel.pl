@@ -72,7 +72,7 @@ is( $node->safe_psql('freshpay', q{
 		SET statement_timeout = '1s';
 		DO $$ BEGIN PERFORM freshpay_sync('main'); EXCEPTION WHEN query_canceled THEN NULL; END $$;
 		RESET statement_timeout;
-		SELECT stream, inserted FROM freshpay_sync('main') ORDER BY 1}),
+		SELECT stream, inserted FROM freshpay_sync('main') WHERE stream IN ('customers', 'invoices') ORDER BY 1}),
 	"customers|1\ninvoices|0", 'the same backend syncs normally afterwards, and nothing was written before');
 
 $node->stop;
