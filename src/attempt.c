@@ -689,131 +689,209 @@ plan_call(CallPlan *plan, const MoneyCall *call, MemoryContext context)
 	worker_commit(caller);
 }
 
-/*
- * Run one money call from the mailbox: plan, re-read, record, send, record
- * the outcome.  Errors raised here are the caller's: they reach it through
- * the answer (the worker loop catches them).  Returns the payment id.
- */
-static int64
-run_call(int slot, const MoneyCall *call, MoneyAnswer *answer, PtResult **result_out)
+/* A money call in flight: everything it needs lives in its own context. */
+struct Pending
 {
-	MemoryContext context = CurrentMemoryContext;
-	CallPlan		plan = {0};
+	MemoryContext context;
+	int			slot;			/* mailbox slot, or -1 for a job */
+	int64		job_id;			/* collect_invoice job, or 0 */
+	int			job_attempts;
+	MoneyCall	call;
+	CallPlan	plan;
 	Administration *admin;
 	PtRequest	request;
-	PtResult   *volatile result;
 	int64		payment_id;
+};
+
+/* Copy an error into an answer; termination is not an answer: it rethrows. */
+static void
+answer_from_error(MoneyAnswer *answer, MemoryContext context, char **error, int *sqlerrcode)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(context);
+	edata = CopyErrorData();
+	FlushErrorState();
+	if (IsTransactionState())
+		AbortCurrentTransaction();
+	MemoryContextSwitchTo(context);
+	if (edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		ReThrowError(edata);
+
+	answer->sqlerrcode = edata->sqlerrcode ? edata->sqlerrcode : ERRCODE_INTERNAL_ERROR;
+	strlcpy(answer->message, edata->message ? edata->message : "", sizeof(answer->message));
+	strlcpy(answer->detail, edata->detail ? edata->detail : "", sizeof(answer->detail));
+	strlcpy(answer->hint, edata->hint ? edata->hint : "", sizeof(answer->hint));
+	if (error != NULL)
+		*error = edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
+			: pstrdup(edata->message);
+	if (sqlerrcode != NULL)
+		*sqlerrcode = answer->sqlerrcode;
+}
+
+/*
+ * The first half of a money call, up to the request leaving: plan, re-read
+ * the invoice, record the attempt (committed), start the PayTrace request.
+ */
+static void
+begin_call(Pending *p)
+{
+	MemoryContext context = p->context;
 	MemoryContext caller;
 
-	plan_call(&plan, call, context);
+	plan_call(&p->plan, &p->call, context);
 	caller = worker_begin();
 	MemoryContextSwitchTo(context);
-	admin = administration_load(plan.administration, context);
+	p->admin = administration_load(p->plan.administration, context);
 	worker_commit(caller);
 
-	if (plan.op == MONEY_CAPTURE || plan.op == MONEY_AUTHORIZE)
-		reread_invoice(admin, &plan);
-	else if (plan.operation == PT_VOID && target_is_settled(admin, &plan))
+	if (p->plan.op == MONEY_CAPTURE || p->plan.op == MONEY_AUTHORIZE)
+		reread_invoice(p->admin, &p->plan);
+	else if (p->plan.operation == PT_VOID && target_is_settled(p->admin, &p->plan))
 	{
 		/* The local row did not know yet: a reversal becomes a refund. */
-		if (plan.op != MONEY_REVERSE)
+		if (p->plan.op != MONEY_REVERSE)
 			refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 				   "Refund it with freshpay_refund() instead.",
-				   "payment " INT64_FORMAT " is settled and cannot be voided", plan.parent_id);
-		plan.kind = "refund";
-		plan.operation = PT_REFUND;
+				   "payment " INT64_FORMAT " is settled and cannot be voided", p->plan.parent_id);
+		p->plan.kind = "refund";
+		p->plan.operation = PT_REFUND;
 	}
 
 	/* Record the intent, with the checks repeated under the invoice's lock. */
 	caller = worker_begin();
 	MemoryContextSwitchTo(context);
-	if (plan.op == MONEY_CAPTURE || plan.op == MONEY_AUTHORIZE)
+	if (p->plan.op == MONEY_CAPTURE || p->plan.op == MONEY_AUTHORIZE)
 	{
-		CallPlan		locked = {0};
+		CallPlan	locked = {0};
 
-		plan_collection(&locked, call, true, context);
-		if (numeric_compare(plan.amount, locked.amount) != 0 && !call->has_amount)
-			plan.amount = locked.amount;
+		plan_collection(&locked, &p->call, true, context);
+		if (numeric_compare(p->plan.amount, locked.amount) != 0 && !p->call.has_amount)
+			p->plan.amount = locked.amount;
 	}
-	payment_id = record_attempt(&plan, call->requested_by);
+	p->payment_id = record_attempt(&p->plan, p->call.requested_by);
 	worker_commit(caller);
-	if (slot >= 0)
-		mailbox_progress(slot, payment_id);
-
-	worker_pause_point("before_send", payment_id);
-	request = request_of(&plan);
-	worker_status_in_flight(1);
-	PG_TRY();
-	{
-		result = paytrace_execute(admin, &request);
-	}
-	PG_FINALLY();
-	{
-		worker_status_in_flight(-1);
-	}
-	PG_END_TRY();
-	worker_pause_point("after_answer", payment_id);
-	*result_out = result;
-
-	caller = worker_begin();
 	MemoryContextSwitchTo(context);
-	record_outcome(payment_id, result, "answered");
-	worker_commit(caller);
+	if (p->slot >= 0)
+		mailbox_progress(p->slot, p->payment_id);
 
-	/* PayTrace refusing a void or refund is the caller's error, not an outcome. */
-	if (result->outcome == PT_REJECTED && plan.operation != PT_SALE &&
-		plan.operation != PT_AUTHORIZE && plan.operation != PT_ACH_SALE)
-	{
-		answer->payment_id = payment_id;
-		refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-			  "The attempt is recorded as failed in freshpay.payments.",
-			  "PayTrace refused the %s of payment " INT64_FORMAT ": %s",
-			  plan.kind, plan.parent_id, result->message);
-	}
-	return payment_id;
+	worker_pause_point("before_send", p->payment_id);
+	p->request = request_of(&p->plan);
+	(void) paytrace_start(p->admin, &p->request, p);
+	worker_status_in_flight(1);
 }
 
 /*
- * Worker: run a mailbox call and answer it, whatever happens.  An error
- * ends the transaction it happened in and goes to the caller as the answer.
+ * Worker: begin a money call (from the mailbox when slot >= 0, else for the
+ * collect_invoice job job_id).  Returns the call in flight, or NULL when it
+ * ended before anything was sent: a mailbox caller has its answer then, a
+ * job gets *error and *sqlerrcode.
  */
-void
-attempt_run_call(int slot, const MoneyCall *call)
+Pending *
+attempt_begin(int slot, const MoneyCall *call, int64 job_id, int job_attempts,
+			  char **error, int *sqlerrcode)
 {
-	MemoryContext context = CurrentMemoryContext;
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext context = AllocSetContextCreate(TopMemoryContext, "freshpay money call",
+												  ALLOCSET_SMALL_SIZES);
+	Pending    *p = MemoryContextAllocZero(context, sizeof(Pending));
+	volatile bool started = false;
+
+	p->context = context;
+	p->slot = slot;
+	p->job_id = job_id;
+	p->job_attempts = job_attempts;
+	p->call = *call;
+	*error = NULL;
+	*sqlerrcode = 0;
+
+	PG_TRY();
+	{
+		MemoryContextSwitchTo(context);
+		begin_call(p);
+		started = true;
+	}
+	PG_CATCH();
+	{
+		MoneyAnswer answer = {0};
+		char	   *message;
+
+		answer_from_error(&answer, outer, &message, sqlerrcode);
+		*error = message;
+		answer.payment_id = p->payment_id;
+		if (slot >= 0)
+			mailbox_answer(slot, &answer);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(outer);
+	if (started)
+		return p;
+	MemoryContextDelete(context);
+	return NULL;
+}
+
+/*
+ * Worker: the second half, once PayTrace answered (or did not): record the
+ * outcome and its consequences, answer the caller.  Returns what a job needs
+ * to know (allocated in the current context); frees the call.
+ */
+AttemptEnd *
+attempt_finish(Pending *p, const HttpResponse *response)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	AttemptEnd *end = palloc0(sizeof(AttemptEnd));
 	MoneyAnswer answer = {0};
+
+	end->job_id = p->job_id;
+	end->job_attempts = p->job_attempts;
+	end->retry_after = -1;
+	worker_status_in_flight(-1);
 
 	PG_TRY();
 	{
 		PtResult   *result;
+		MemoryContext caller;
 
-		answer.payment_id = run_call(slot, call, &answer, &result);
+		MemoryContextSwitchTo(p->context);
+		worker_pause_point("after_answer", p->payment_id);
+		result = paytrace_finish(p->admin, &p->request, response);
+
+		caller = worker_begin();
+		MemoryContextSwitchTo(p->context);
+		record_outcome(p->payment_id, result, "answered");
+		worker_commit(caller);
+
+		end->outcome = result->outcome;
+		end->retry_after = result->retry_after;
+		answer.payment_id = p->payment_id;
+		if (result->outcome == PT_NOT_SENT || result->outcome == PT_RETRY_LATER)
+			end->error = MemoryContextStrdup(outer, result->message);
+
+		/* PayTrace refusing a void or refund is the caller's error, not an outcome. */
+		if (result->outcome == PT_REJECTED && p->plan.operation != PT_SALE &&
+			p->plan.operation != PT_AUTHORIZE && p->plan.operation != PT_ACH_SALE)
+			refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+				   "The attempt is recorded as failed in freshpay.payments.",
+				   "PayTrace refused the %s of payment " INT64_FORMAT ": %s",
+				   p->plan.kind, p->plan.parent_id, result->message);
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		char	   *message;
+		int			code;
 
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		FlushErrorState();
-		if (IsTransactionState())
-			AbortCurrentTransaction();
-		MemoryContextSwitchTo(context);
-
-		/* Termination is not the caller's error: let the worker die. */
-		if (edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
-
-		answer.sqlerrcode = edata->sqlerrcode;
-		strlcpy(answer.message, edata->message ? edata->message : "", sizeof(answer.message));
-		strlcpy(answer.detail, edata->detail ? edata->detail : "", sizeof(answer.detail));
-		strlcpy(answer.hint, edata->hint ? edata->hint : "", sizeof(answer.hint));
-		if (edata->elevel >= ERROR && answer.sqlerrcode == 0)
-			answer.sqlerrcode = ERRCODE_INTERNAL_ERROR;
-		FreeErrorData(edata);
+		answer_from_error(&answer, outer, &message, &code);
+		answer.payment_id = p->payment_id;
+		end->outcome = PT_UNKNOWN;
+		end->error = message;
+		end->sqlerrcode = code;
 	}
 	PG_END_TRY();
-	mailbox_answer(slot, &answer);
+	MemoryContextSwitchTo(outer);
+	if (p->slot >= 0)
+		mailbox_answer(p->slot, &answer);
+	MemoryContextDelete(p->context);
+	return end;
 }
 
 /* Does an exported transaction stand for this attempt? */
@@ -1004,26 +1082,20 @@ attempt_recover(void)
 }
 
 /*
- * Worker: collect an invoice queued by its customer's rule (job
- * collect_invoice).  Returns 0 when the job is done, or when to run it again.
- * Raises an ERROR when the attempt could not be made (the job retries with
- * backoff, or gives up); a decline is done: a person looks at it
- * (freshpay.exceptions), freshpay does not charge a declining card again.
+ * Worker: may the collect_invoice job of this invoice start an attempt?
+ * Returns -1 to go ahead, 0 when there is nothing to do (paid, declined
+ * before — freshpay does not charge a declining card again —, no longer on
+ * a collection rule), or when to look again (an attempt is in flight).
  */
 TimestampTz
-attempt_collect_queued(int64 invoice_id)
+attempt_collect_check(int64 invoice_id)
 {
-	MemoryContext context = CurrentMemoryContext;
 	MemoryContext caller = worker_begin();
 	Oid			types[] = {INT8OID};
 	Datum		values[] = {Int64GetDatum(invoice_id)};
-	MoneyCall	call = {0};
-	MoneyAnswer answer = {0};
-	PtResult   *result;
-	int64		in_flight;
 	bool		collectable;
+	int64		in_flight;
 
-	/* Still due for collection, and not already being or been collected? */
 	collectable = spi_run("SELECT 1 FROM freshpay.invoices i"
 						  "  JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id"
 						  " WHERE i.id OPERATOR(pg_catalog.=) $1"
@@ -1045,32 +1117,7 @@ attempt_collect_queued(int64 invoice_id)
 	if (in_flight > 0)
 		return TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										   freshpay_request_timeout + RESOLVE_GRACE_MS);
-
-	call.op = MONEY_CAPTURE;
-	call.target_id = invoice_id;
-	strlcpy(call.requested_by, "freshpay worker", sizeof(call.requested_by));
-	MemoryContextSwitchTo(context);
-	(void) run_call(-1, &call, &answer, &result);
-
-	switch (result->outcome)
-	{
-		case PT_NOT_SENT:
-		case PT_RETRY_LATER:
-			/* Nothing happened: the job tries again (after Retry-After, if given). */
-			worker_retry_after(result->retry_after);
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("collection of invoice " INT64_FORMAT " was not processed by PayTrace", invoice_id),
-					 errdetail("%s", result->message)));
-			break;
-		case PT_UNKNOWN:
-			/* Looked up by its resolve job; this one checks again afterwards. */
-			return TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											   freshpay_request_timeout + 2 * RESOLVE_GRACE_MS);
-		default:
-			break;
-	}
-	return 0;
+	return -1;
 }
 
 /*

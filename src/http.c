@@ -67,9 +67,12 @@ typedef struct UrlParts
 	bool		has_credentials;
 } UrlParts;
 
+static void release_transfers(void);
+
 static void
 http_release(int code, Datum arg)
 {
+	release_transfers();
 	if (cached_handle != NULL)
 	{
 		curl_easy_cleanup(cached_handle);
@@ -278,11 +281,126 @@ classify_failure(CURLcode code, long request_size)
 }
 
 /*
- * Perform one request.  Transport failures are reported in response (the
- * caller decides whether a lost answer is an error or an unknown outcome);
- * HTTP error statuses are left to the caller too.  A pending cancel or
- * termination is raised as an ERROR.  Policy violations (plain http to a
- * remote host) are raised before anything is sent.
+ * Set handle up for request: the options every request gets, its headers
+ * (into *headers, which the caller frees) and its body (copied by libcurl, so
+ * that an asynchronous transfer does not depend on the caller's memory).
+ */
+static void
+transfer_setup(CURL *handle, const HttpRequest *request, BodyBuffer *buf, char *errbuf,
+			   struct curl_slist **headers)
+{
+	UrlParts	parts;
+
+	url_parse(request->url, &parts);
+	buf->limit = (size_t) freshpay_max_response_size * 1024;
+
+	curl_easy_setopt(handle, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(handle, CURLOPT_URL, request->url);
+	curl_easy_setopt(handle, CURLOPT_PROTOCOLS_STR,
+					 freshpay_allow_plain_http ? "http,https" : "https");
+	curl_easy_setopt(handle, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(handle, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(handle, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (freshpay_ca_file != NULL && freshpay_ca_file[0] != '\0')
+		curl_easy_setopt(handle, CURLOPT_CAINFO, freshpay_ca_file);
+	if (host_is_loopback(parts.host))
+		curl_easy_setopt(handle, CURLOPT_NOPROXY, "*");
+	curl_easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, (long) freshpay_connect_timeout);
+	curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, (long) freshpay_request_timeout);
+	curl_easy_setopt(handle, CURLOPT_TCP_KEEPALIVE, 1L);
+	if (!request->idempotent && strcmp(request->method, "GET") != 0)
+		curl_easy_setopt(handle, CURLOPT_FRESH_CONNECT, 1L);
+	curl_easy_setopt(handle, CURLOPT_USERAGENT, "freshpay/" FRESHPAY_VERSION);
+	curl_easy_setopt(handle, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, body_write);
+	curl_easy_setopt(handle, CURLOPT_WRITEDATA, buf);
+	curl_easy_setopt(handle, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) buf->limit);
+	curl_easy_setopt(handle, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, transfer_progress);
+
+	*headers = header_append(*headers, "Accept: application/json");
+	/* No "Expect: 100-continue" round trip before a POST body. */
+	*headers = header_append(*headers, "Expect:");
+	if (request->content_type != NULL)
+	{
+		char	   *line = psprintf("Content-Type: %s", request->content_type);
+
+		*headers = header_append(*headers, line);
+		pfree(line);
+	}
+	if (request->bearer_token != NULL)
+	{
+		/* PayTrace insists on the capital B. */
+		char	   *line = psprintf("Authorization: Bearer %s", request->bearer_token);
+
+		*headers = header_append(*headers, line);
+		explicit_bzero(line, strlen(line));
+		pfree(line);
+	}
+	curl_easy_setopt(handle, CURLOPT_HTTPHEADER, *headers);
+
+	if (strcmp(request->method, "POST") == 0)
+	{
+		const char *body = request->body ? request->body : "";
+
+		curl_easy_setopt(handle, CURLOPT_POST, 1L);
+		curl_easy_setopt(handle, CURLOPT_POSTFIELDSIZE, (long) strlen(body));
+		curl_easy_setopt(handle, CURLOPT_COPYPOSTFIELDS, body);
+	}
+	else
+		curl_easy_setopt(handle, CURLOPT_HTTPGET, 1L);
+}
+
+/* What a finished transfer brought: status, body (palloc'd), transport verdict. */
+static void
+transfer_collect(CURL *handle, CURLcode code, const BodyBuffer *buf, const char *errbuf,
+				 HttpResponse *response)
+{
+	struct curl_header *retry_after;
+	long		request_size = 0;
+
+	memset(response, 0, sizeof(HttpResponse));
+	response->retry_after = -1;
+	curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &response->status);
+	curl_easy_getinfo(handle, CURLINFO_REQUEST_SIZE, &request_size);
+	if (code == CURLE_OK &&
+		curl_easy_header(handle, "Retry-After", 0, CURLH_HEADER, -1, &retry_after) == CURLHE_OK)
+		response->retry_after = atoi(retry_after->value);
+	strlcpy(response->error, errbuf, sizeof(response->error));
+
+	response->body = palloc(buf->len + 1);
+	if (buf->len > 0)
+		memcpy(response->body, buf->data, buf->len);
+	response->body[buf->len] = '\0';
+	response->body_len = buf->len;
+
+	response->curl_code = code;
+	if (code == CURLE_OK)
+		response->transport = HTTP_TRANSPORT_OK;
+	else if (buf->too_large || code == CURLE_FILESIZE_EXCEEDED)
+		response->transport = HTTP_TRANSPORT_TOO_LARGE;
+	else
+		response->transport = classify_failure(code, request_size);
+	if (response->error[0] == '\0' && code != CURLE_OK)
+		strlcpy(response->error, curl_easy_strerror(code), sizeof(response->error));
+}
+
+static void
+report_interrupted(const HttpRequest *request)
+{
+	CHECK_FOR_INTERRUPTS();
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("request %s to %s was interrupted", request->call, request->service)));
+}
+
+/*
+ * Perform one request and wait for it.  Transport failures are reported in
+ * response (the caller decides whether a lost answer is an error or an
+ * unknown outcome); HTTP error statuses are left to the caller too.  A
+ * pending cancel or termination is raised as an ERROR.  Policy violations
+ * (plain http to a remote host) are raised before anything is sent.
  */
 void
 http_perform(const HttpRequest *request, HttpResponse *response)
@@ -290,126 +408,197 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 	CURL	   *handle;
 	struct curl_slist *volatile headers = NULL;
 	BodyBuffer	buf = {0};
-	UrlParts	parts;
+	char		errbuf[CURL_ERROR_SIZE] = "";
 	volatile CURLcode code = CURLE_OK;
-	long		request_size = 0;
-
-	memset(response, 0, sizeof(HttpResponse));
-	response->retry_after = -1;
 
 	http_check_url(request->url,
 				   psprintf("the %s URL of administration \"%s\"",
 							request->service, request->administration));
-	url_parse(request->url, &parts);
 	handle = http_handle();
-	buf.limit = (size_t) freshpay_max_response_size * 1024;
 
 	PG_TRY();
 	{
-		struct curl_header *retry_after;
+		struct curl_slist *list = NULL;
 
 		curl_easy_reset(handle);
-		curl_easy_setopt(handle, CURLOPT_NOSIGNAL, 1L);
-		curl_easy_setopt(handle, CURLOPT_URL, request->url);
-		curl_easy_setopt(handle, CURLOPT_PROTOCOLS_STR,
-						 freshpay_allow_plain_http ? "http,https" : "https");
-		curl_easy_setopt(handle, CURLOPT_FOLLOWLOCATION, 0L);
-		curl_easy_setopt(handle, CURLOPT_SSL_VERIFYPEER, 1L);
-		curl_easy_setopt(handle, CURLOPT_SSL_VERIFYHOST, 2L);
-		if (freshpay_ca_file != NULL && freshpay_ca_file[0] != '\0')
-			curl_easy_setopt(handle, CURLOPT_CAINFO, freshpay_ca_file);
-		if (host_is_loopback(parts.host))
-			curl_easy_setopt(handle, CURLOPT_NOPROXY, "*");
-		curl_easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, (long) freshpay_connect_timeout);
-		curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, (long) freshpay_request_timeout);
-		curl_easy_setopt(handle, CURLOPT_TCP_KEEPALIVE, 1L);
-		if (!request->idempotent && strcmp(request->method, "GET") != 0)
-			curl_easy_setopt(handle, CURLOPT_FRESH_CONNECT, 1L);
-		curl_easy_setopt(handle, CURLOPT_USERAGENT, "freshpay/" FRESHPAY_VERSION);
-		curl_easy_setopt(handle, CURLOPT_ACCEPT_ENCODING, "");
-		curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, response->error);
-		curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, body_write);
-		curl_easy_setopt(handle, CURLOPT_WRITEDATA, &buf);
-		curl_easy_setopt(handle, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) buf.limit);
-		curl_easy_setopt(handle, CURLOPT_NOPROGRESS, 0L);
-		curl_easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, transfer_progress);
-
-		headers = header_append(headers, "Accept: application/json");
-		/* No "Expect: 100-continue" round trip before a POST body. */
-		headers = header_append(headers, "Expect:");
-		if (request->content_type != NULL)
-		{
-			char	   *line = psprintf("Content-Type: %s", request->content_type);
-
-			headers = header_append(headers, line);
-			pfree(line);
-		}
-		if (request->bearer_token != NULL)
-		{
-			/* PayTrace insists on the capital B. */
-			char	   *line = psprintf("Authorization: Bearer %s", request->bearer_token);
-
-			headers = header_append(headers, line);
-			explicit_bzero(line, strlen(line));
-			pfree(line);
-		}
-		curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers);
-
-		if (strcmp(request->method, "POST") == 0)
-		{
-			const char *body = request->body ? request->body : "";
-
-			curl_easy_setopt(handle, CURLOPT_POST, 1L);
-			curl_easy_setopt(handle, CURLOPT_POSTFIELDSIZE, (long) strlen(body));
-			curl_easy_setopt(handle, CURLOPT_POSTFIELDS, body);
-		}
-		else
-			curl_easy_setopt(handle, CURLOPT_HTTPGET, 1L);
-
+		transfer_setup(handle, request, &buf, errbuf, &list);
+		headers = list;
 		code = curl_easy_perform(handle);
-
-		curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &response->status);
-		curl_easy_getinfo(handle, CURLINFO_REQUEST_SIZE, &request_size);
-		if (code == CURLE_OK &&
-			curl_easy_header(handle, "Retry-After", 0, CURLH_HEADER, -1,
-							 &retry_after) == CURLHE_OK)
-			response->retry_after = atoi(retry_after->value);
-
-		/* The handle must not keep pointers to our stack or header list. */
-		curl_easy_setopt(handle, CURLOPT_HTTPHEADER, NULL);
-		curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, NULL);
-		curl_easy_setopt(handle, CURLOPT_WRITEDATA, NULL);
-
-		response->body = palloc(buf.len + 1);
-		if (buf.len > 0)
-			memcpy(response->body, buf.data, buf.len);
-		response->body[buf.len] = '\0';
-		response->body_len = buf.len;
+		transfer_collect(handle, code, &buf, errbuf, response);
 	}
 	PG_FINALLY();
 	{
+		/* The cached handle must not keep pointers to our stack or list. */
+		curl_easy_setopt(handle, CURLOPT_HTTPHEADER, NULL);
+		curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, NULL);
+		curl_easy_setopt(handle, CURLOPT_WRITEDATA, NULL);
 		curl_slist_free_all(headers);
 		free(buf.data);
 	}
 	PG_END_TRY();
 
 	if (code == CURLE_ABORTED_BY_CALLBACK)
-	{
-		CHECK_FOR_INTERRUPTS();
-		ereport(ERROR,
-				(errcode(ERRCODE_QUERY_CANCELED),
-				 errmsg("request %s to %s was interrupted", request->call, request->service)));
-	}
+		report_interrupted(request);
+}
 
-	response->curl_code = code;
-	if (code == CURLE_OK)
-		response->transport = HTTP_TRANSPORT_OK;
-	else if (buf.too_large || code == CURLE_FILESIZE_EXCEEDED)
-		response->transport = HTTP_TRANSPORT_TOO_LARGE;
-	else
-		response->transport = classify_failure(code, request_size);
-	if (response->error[0] == '\0' && code != CURLE_OK)
-		strlcpy(response->error, curl_easy_strerror(code), sizeof(response->error));
+/*
+ * Transfers in flight at once (the worker's), on one multi handle.  Each is
+ * malloc'd and owned here from http_start until http_finished hands back
+ * its response; on exit whatever is left is freed.
+ */
+struct HttpTransfer
+{
+	CURL	   *handle;
+	struct curl_slist *headers;
+	BodyBuffer	buf;
+	char		error[CURL_ERROR_SIZE];
+	void	   *owner;
+	HttpTransfer *next;
+};
+
+static CURLM *multi = NULL;
+static HttpTransfer *transfers = NULL;
+static int	transfer_count = 0;
+
+static void
+transfer_free(HttpTransfer *t)
+{
+	HttpTransfer **link;
+
+	for (link = &transfers; *link != NULL; link = &(*link)->next)
+	{
+		if (*link == t)
+		{
+			*link = t->next;
+			transfer_count--;
+			break;
+		}
+	}
+	if (t->handle != NULL)
+	{
+		curl_multi_remove_handle(multi, t->handle);
+		curl_easy_cleanup(t->handle);
+	}
+	curl_slist_free_all(t->headers);
+	free(t->buf.data);
+	free(t);
+}
+
+static void
+release_transfers(void)
+{
+	while (transfers != NULL)
+		transfer_free(transfers);
+	if (multi != NULL)
+	{
+		curl_multi_cleanup(multi);
+		multi = NULL;
+	}
+}
+
+/*
+ * Start request without waiting; owner comes back with the response from
+ * http_finished.  Policy violations raise before anything is sent.
+ */
+HttpTransfer *
+http_start(const HttpRequest *request, void *owner)
+{
+	HttpTransfer *t;
+
+	http_check_url(request->url,
+				   psprintf("the %s URL of administration \"%s\"",
+							request->service, request->administration));
+	(void) http_handle();		/* libcurl initialized, exit hook registered */
+	if (multi == NULL && (multi = curl_multi_init()) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not create a libcurl multi handle")));
+	t = calloc(1, sizeof(HttpTransfer));
+	if (t == NULL || (t->handle = curl_easy_init()) == NULL)
+	{
+		free(t);
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not create a libcurl handle")));
+	}
+	t->owner = owner;
+	t->next = transfers;
+	transfers = t;
+	transfer_count++;
+
+	PG_TRY();
+	{
+		transfer_setup(t->handle, request, &t->buf, t->error, &t->headers);
+		curl_easy_setopt(t->handle, CURLOPT_PRIVATE, t);
+		if (curl_multi_add_handle(multi, t->handle) != CURLM_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not start a request to %s", request->service)));
+	}
+	PG_CATCH();
+	{
+		transfer_free(t);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return t;
+}
+
+int
+http_in_flight(void)
+{
+	return transfer_count;
+}
+
+/*
+ * Move the transfers in flight along, waiting at most timeout_ms for one of
+ * them to have something to do.  The caller checks its latch and interrupts
+ * between calls; a pending termination aborts the transfers (progress
+ * callback), which then finish as interrupted.
+ */
+void
+http_drive(long timeout_ms)
+{
+	int			running;
+
+	if (multi == NULL || transfer_count == 0)
+		return;
+	curl_multi_perform(multi, &running);
+	if (running > 0)
+		curl_multi_poll(multi, NULL, 0, (int) timeout_ms, NULL);
+	curl_multi_perform(multi, &running);
+}
+
+/*
+ * A finished transfer, if there is one: its response (palloc'd in the
+ * current memory context) and its owner.  The transfer is freed.
+ */
+bool
+http_finished(HttpResponse *response, void **owner)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while (multi != NULL && (msg = curl_multi_info_read(multi, &left)) != NULL)
+	{
+		HttpTransfer *t;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
+		*owner = t->owner;
+		PG_TRY();
+		{
+			transfer_collect(t->handle, msg->data.result, &t->buf, t->error, response);
+		}
+		PG_FINALLY();
+		{
+			transfer_free(t);
+		}
+		PG_END_TRY();
+		return true;
+	}
+	return false;
 }
 
 /*

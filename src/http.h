@@ -47,7 +47,14 @@ typedef struct HttpResponse
 	char		error[CURL_ERROR_SIZE]; /* libcurl's explanation */
 } HttpResponse;
 
+/* A request in flight, owned by http.c. */
+typedef struct HttpTransfer HttpTransfer;
+
 extern void http_perform(const HttpRequest *request, HttpResponse *response);
+extern HttpTransfer *http_start(const HttpRequest *request, void *owner);
+extern int	http_in_flight(void);
+extern void http_drive(long timeout_ms);
+extern bool http_finished(HttpResponse *response, void **owner);
 extern void http_report_transport_error(const HttpRequest *request,
 										const HttpResponse *response) pg_attribute_noreturn();
 extern void http_check_url(const char *url, const char *what);

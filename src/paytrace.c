@@ -220,13 +220,12 @@ pt_authenticate(const Administration *admin, uint32 hash)
  * integrator_id (",\"amount\":1.00..."), or "".  "invalid_token" means the
  * call was not processed: renew the token and send it once more.
  */
+/* An authenticated JSON POST to path; body_fields follow integrator_id. */
 static void
-pt_post(const Administration *admin, const char *path, const char *body_fields,
-		bool idempotent, HttpResponse *response)
+pt_request(const Administration *admin, const char *path, const char *body_fields,
+		   bool idempotent, const char *token, HttpRequest *request)
 {
-	uint32		hash = credential_hash(admin);
 	StringInfoData body;
-	char	   *call = psprintf("POST %s", path);
 
 	initStringInfo(&body);
 	appendStringInfoString(&body, "{\"integrator_id\":");
@@ -234,11 +233,33 @@ pt_post(const Administration *admin, const char *path, const char *body_fields,
 	appendStringInfoString(&body, body_fields);
 	appendStringInfoChar(&body, '}');
 
+	memset(request, 0, sizeof(HttpRequest));
+	request->service = SERVICE;
+	request->administration = admin->name;
+	request->call = psprintf("POST %s", path);
+	request->method = "POST";
+	request->url = psprintf("%s%s", admin->paytrace_url, path);
+	request->content_type = "application/json";
+	request->body = body.data;
+	request->bearer_token = pstrdup(token);
+	request->idempotent = idempotent;
+}
+
+/*
+ * Send and wait.  "invalid_token" means the call was not processed: renew
+ * the token and send it once more.
+ */
+static void
+pt_post(const Administration *admin, const char *path, const char *body_fields,
+		bool idempotent, HttpResponse *response)
+{
+	uint32		hash = credential_hash(admin);
+
 	for (int attempt = 0; attempt < 2; attempt++)
 	{
 		char		cached[FRESHPAY_TOKEN_MAX + 1];
 		char	   *token;
-		HttpRequest request = {0};
+		HttpRequest request;
 
 		if (attempt == 0 &&
 			token_cache_lookup(admin->name, REMOTE_PAYTRACE, hash, cached, sizeof(cached)))
@@ -246,15 +267,7 @@ pt_post(const Administration *admin, const char *path, const char *body_fields,
 		else
 			token = pt_authenticate(admin, hash);
 
-		request.service = SERVICE;
-		request.administration = admin->name;
-		request.call = call;
-		request.method = "POST";
-		request.url = psprintf("%s%s", admin->paytrace_url, path);
-		request.content_type = "application/json";
-		request.body = body.data;
-		request.bearer_token = token;
-		request.idempotent = idempotent;
+		pt_request(admin, path, body_fields, idempotent, token, &request);
 		http_perform(&request, response);
 		if (response->transport != HTTP_TRANSPORT_OK || !is_invalid_token(response))
 			return;
@@ -262,8 +275,8 @@ pt_post(const Administration *admin, const char *path, const char *body_fields,
 	}
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-			 errmsg("PayTrace rejected a fresh token of administration \"%s\" for %s",
-					admin->name, call),
+			 errmsg("PayTrace rejected a fresh token of administration \"%s\" for POST %s",
+					admin->name, path),
 			 errhint("The API user may lack permission for this call; check it in PayTrace's Virtual Terminal.")));
 }
 
@@ -405,18 +418,11 @@ append_amount(StringInfo fields, const char *amount)
 		appendStringInfo(fields, ",\"amount\":%s", amount);
 }
 
-/*
- * Perform one money call.  Errors that prove nothing was sent (no token, a
- * refused connection) come back as outcomes, not ERRORs, so that the caller
- * can record them; only programming errors raise.
- */
-PtResult *
-paytrace_execute(const Administration *admin, const PtRequest *request)
+/* The members of a money call's body after integrator_id. */
+static char *
+money_fields(const PtRequest *request)
 {
-	const PtCall *call = call_of(request->operation);
 	StringInfoData fields;
-	HttpResponse response;
-	PtResult   *result;
 
 	initStringInfo(&fields);
 	switch (request->operation)
@@ -442,29 +448,82 @@ paytrace_execute(const Administration *admin, const PtRequest *request)
 		appendStringInfoString(&fields, ",\"invoice_id\":");
 		escape_json(&fields, request->invoice_number);
 	}
+	return fields.data;
+}
 
-	pt_post(admin, call->path, fields.data, false, &response);
+/* The outcome of a money call from its HTTP answer (or the lack of one). */
+static PtResult *
+result_of(const HttpResponse *response)
+{
+	PtResult   *result;
 
-	switch (response.transport)
+	switch (response->transport)
 	{
 		case HTTP_TRANSPORT_OK:
-			result = paytrace_parse_result(response.status, response.body, response.body_len);
-			result->retry_after = response.retry_after;
+			result = paytrace_parse_result(response->status, response->body, response->body_len);
+			result->retry_after = response->retry_after;
 			break;
 		case HTTP_TRANSPORT_NOT_SENT:
 			result = palloc0(sizeof(PtResult));
 			result->outcome = PT_NOT_SENT;
 			result->retry_after = -1;
-			result->message = psprintf("Could not reach PayTrace: %s", response.error);
+			result->message = psprintf("Could not reach PayTrace: %s", response->error);
 			break;
 		default:
 			result = palloc0(sizeof(PtResult));
 			result->outcome = PT_UNKNOWN;
 			result->retry_after = -1;
-			result->message = psprintf("The answer of PayTrace was lost: %s", response.error);
+			result->message = psprintf("The answer of PayTrace was lost: %s", response->error);
 			break;
 	}
 	return result;
+}
+
+/*
+ * Perform one money call and wait for it.  Errors that prove nothing was
+ * sent (a refused connection) come back as outcomes, not ERRORs, so that the
+ * caller can record them; a missing token raises (nothing was sent).
+ */
+PtResult *
+paytrace_execute(const Administration *admin, const PtRequest *request)
+{
+	HttpResponse response;
+
+	pt_post(admin, call_of(request->operation)->path, money_fields(request), false, &response);
+	return result_of(&response);
+}
+
+/*
+ * Start a money call without waiting (the worker keeps many in flight);
+ * paytrace_finish turns the answer into the outcome.
+ */
+HttpTransfer *
+paytrace_start(const Administration *admin, const PtRequest *request, void *owner)
+{
+	uint32		hash = credential_hash(admin);
+	char		cached[FRESHPAY_TOKEN_MAX + 1];
+	char	   *token;
+	HttpRequest http;
+
+	if (token_cache_lookup(admin->name, REMOTE_PAYTRACE, hash, cached, sizeof(cached)))
+		token = cached;
+	else
+		token = pt_authenticate(admin, hash);
+	pt_request(admin, call_of(request->operation)->path, money_fields(request), false, token, &http);
+	return http_start(&http, owner);
+}
+
+PtResult *
+paytrace_finish(const Administration *admin, const PtRequest *request,
+				const HttpResponse *response)
+{
+	/* The token expired on the way: nothing was processed; send it again. */
+	if (response->transport == HTTP_TRANSPORT_OK && is_invalid_token(response))
+	{
+		token_cache_forget_any(admin->name, REMOTE_PAYTRACE);
+		return paytrace_execute(admin, request);
+	}
+	return result_of(response);
 }
 
 /* "4/10/2015 4:06:30 PM" (Pacific time) → timestamptz. */

@@ -18,6 +18,7 @@
 #include "utils/date.h"
 
 #include "administration.h"
+#include "http.h"
 
 typedef enum PtOperation
 {
@@ -106,6 +107,10 @@ typedef struct PtBatch
 
 extern const char *paytrace_operation_name(PtOperation operation);
 extern PtResult *paytrace_execute(const Administration *admin, const PtRequest *request);
+extern HttpTransfer *paytrace_start(const Administration *admin, const PtRequest *request,
+									void *owner);
+extern PtResult *paytrace_finish(const Administration *admin, const PtRequest *request,
+								 const HttpResponse *response);
 extern PtResult *paytrace_parse_result(long http_status, const char *body, size_t len);
 extern List *paytrace_export_by_id(const Administration *admin, int64 transaction_id);
 extern List *paytrace_export_by_date_range(const Administration *admin, DateADT start,

@@ -220,6 +220,20 @@ token_cache_forget(const char *administration, RemoteApi api, const char *token)
 	LWLockRelease(shared->lock);
 }
 
+/* Drop whatever token is cached (its owner no longer knows which it used). */
+void
+token_cache_forget_any(const char *administration, RemoteApi api)
+{
+	TokenSlot  *slot;
+
+	check_shared();
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	slot = token_slot_find(administration, api);
+	if (slot != NULL)
+		memset(slot, 0, sizeof(TokenSlot));
+	LWLockRelease(shared->lock);
+}
+
 static void
 sync_progress_release(int code, Datum arg)
 {

@@ -34,6 +34,7 @@ extern void token_cache_store(const char *administration, RemoteApi api,
 							  const char *token, TimestampTz expires_at);
 extern void token_cache_forget(const char *administration, RemoteApi api,
 							   const char *token);
+extern void token_cache_forget_any(const char *administration, RemoteApi api);
 
 extern void sync_progress_begin(const char *administration, const char *stream);
 extern void sync_progress_page(int pages, int64 rows_done, int64 rows_expected);

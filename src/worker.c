@@ -271,18 +271,30 @@ worker_retry_after(int seconds)
 	job_retry_after_s = seconds;
 }
 
-/* Claim the next due job, if any, in a short transaction of its own. */
+/*
+ * Claim the next due job (of kind only_kind, if given) in a short
+ * transaction of its own.  The claim is a lease: the job is not due again
+ * before its run can have ended, so a job in flight is not claimed twice and
+ * one whose worker died comes back.
+ */
 static bool
-job_next(Job *job)
+job_next(Job *job, const char *only_kind)
 {
 	MemoryContext caller = worker_begin();
+	Oid			types[] = {TEXTOID, INT4OID};
+	Datum		values[] = {CStringGetTextDatum(only_kind ? only_kind : ""),
+	Int32GetDatum(2 * (freshpay_request_timeout + freshpay_connect_timeout) / 1000 + 60)};
 	bool		found;
 
-	found = spi_run("SELECT id, kind, COALESCE(payment_id, 0), attempts, COALESCE(invoice_id, 0) FROM freshpay.jobs"
-					" WHERE state OPERATOR(pg_catalog.=) 'queued'"
-					"   AND next_run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-					" ORDER BY next_run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-					0, NULL, NULL, NULL, SPI_OK_SELECT) == 1;
+	found = spi_run("UPDATE freshpay.jobs SET next_run_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
+					"       pg_catalog.make_interval(secs => $2)"
+					" WHERE id = (SELECT id FROM freshpay.jobs"
+					"   WHERE state OPERATOR(pg_catalog.=) 'queued'"
+					"     AND next_run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+					"     AND ($1 OPERATOR(pg_catalog.=) '' OR kind OPERATOR(pg_catalog.=) $1)"
+					"   ORDER BY next_run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+					" RETURNING id, kind, COALESCE(payment_id, 0), attempts, COALESCE(invoice_id, 0)",
+					2, types, values, NULL, SPI_OK_UPDATE_RETURNING) == 1;
 	if (found)
 	{
 		bool		isnull;
@@ -364,9 +376,7 @@ job_run(const Job *job)
 	worker_status_state(WORKER_WORKING);
 	PG_TRY();
 	{
-		if (strcmp(job->kind, "collect_invoice") == 0)
-			again = attempt_collect_queued(job->invoice_id);
-		else if (strcmp(job->kind, "resolve_payment") == 0)
+		if (strcmp(job->kind, "resolve_payment") == 0)
 			again = attempt_resolve(job->payment_id);
 		else if (strcmp(job->kind, "register_payment") == 0)
 			writeback_register(job->payment_id);
@@ -537,13 +547,102 @@ reload_settings_if_asked(void)
 	}
 }
 
-/* Run every due job; calls from the mailbox go first, between jobs too. */
+/* A collect_invoice job's money call ended: done, again later, or failed. */
+static void
+collect_job_ended(const AttemptEnd *end)
+{
+	Job			job = {.id = end->job_id, .kind = "collect_invoice", .attempts = end->job_attempts};
+
+	if (end->error != NULL)
+	{
+		job_retry_after_s = end->retry_after;
+		worker_status_error(end->error);
+		job_update(&job, false, 0, end->error, end->sqlerrcode != 0 && is_permanent(end->sqlerrcode));
+	}
+	else if (end->outcome == PT_UNKNOWN)
+		/* Its resolve job looks it up; then this one checks the invoice again. */
+		job_update(&job, false,
+				   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), freshpay_request_timeout + 10000L),
+				   NULL, false);
+	else
+		job_update(&job, true, 0, NULL, false);
+}
+
+/* Start the money call of a collect_invoice job, unless there is nothing to do. */
+static void
+collect_job_start(const Job *job)
+{
+	MemoryContext context = CurrentMemoryContext;
+	volatile TimestampTz check = 0;
+	char	   *error = NULL;
+	int			sqlerrcode = 0;
+
+	PG_TRY();
+	{
+		check = attempt_collect_check(job->invoice_id);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		FlushErrorState();
+		if (IsTransactionState())
+			AbortCurrentTransaction();
+		MemoryContextSwitchTo(context);
+		worker_status_error(edata->message);
+		job_update(job, false, 0, edata->message, false);
+		return;
+	}
+	PG_END_TRY();
+
+	if (check >= 0)
+		job_update(job, check == 0, check, NULL, false);
+	else
+	{
+		MoneyCall	call = {0};
+
+		call.op = MONEY_CAPTURE;
+		call.target_id = job->invoice_id;
+		strlcpy(call.requested_by, "freshpay worker", sizeof(call.requested_by));
+		if (attempt_begin(-1, &call, job->id, job->attempts, &error, &sqlerrcode) == NULL)
+		{
+			worker_status_error(error);
+			job_update(job, false, 0, error, is_permanent(sqlerrcode));
+		}
+	}
+}
+
+/* Record the outcome of every money call PayTrace has answered. */
+static void
+harvest(void)
+{
+	HttpResponse response;
+	void	   *owner;
+
+	while (http_finished(&response, &owner))
+	{
+		AttemptEnd *end = attempt_finish((Pending *) owner, &response);
+
+		if (end->job_id != 0)
+			collect_job_ended(end);
+	}
+}
+
+/*
+ * Work until nothing is due: money calls from the mailbox first, then due
+ * jobs; up to freshpay.max_parallel_requests PayTrace requests in flight,
+ * driven between the short transactions that plan and record them.
+ */
 static void
 serve(MemoryContext loop_context)
 {
 	int			slot;
 	MoneyCall	call;
 	Job			job;
+	char	   *error;
+	int			sqlerrcode;
 
 	for (;;)
 	{
@@ -551,16 +650,30 @@ serve(MemoryContext loop_context)
 		reload_settings_if_asked();
 		MemoryContextReset(loop_context);
 		MemoryContextSwitchTo(loop_context);
-		if (mailbox_take(&slot, &call))
+		harvest();
+
+		if (http_in_flight() < freshpay_max_parallel_requests)
 		{
-			pgstat_report_activity(STATE_RUNNING, "money call");
-			worker_status_state(WORKER_WORKING);
-			attempt_run_call(slot, &call);
-			continue;
+			if (mailbox_take(&slot, &call))
+			{
+				pgstat_report_activity(STATE_RUNNING, "money call");
+				worker_status_state(WORKER_WORKING);
+				(void) attempt_begin(slot, &call, 0, 0, &error, &sqlerrcode);
+				continue;
+			}
+			if (job_next(&job, NULL))
+			{
+				if (strcmp(job.kind, "collect_invoice") == 0)
+					collect_job_start(&job);
+				else
+					job_run(&job);
+				continue;
+			}
 		}
-		if (job_next(&job))
+		if (http_in_flight() > 0)
 		{
-			job_run(&job);
+			pgstat_report_activity(STATE_RUNNING, "waiting for PayTrace");
+			http_drive(100);
 			continue;
 		}
 		break;
@@ -607,7 +720,7 @@ freshpay_worker_main(Datum main_arg)
 					Job			job;
 
 					MemoryContextReset(loop_context);
-					if (!job_next(&job))
+					if (!job_next(&job, "resolve_payment"))
 						break;
 					job_run(&job);
 				}
