@@ -308,11 +308,17 @@ remember_id(List *seen, int64 id)
 
 /*
  * The paging loop of one stream: read the cursor, walk the list, upsert,
- * store the new cursor.  Called with SPI connected.
+ * store the new cursor.  In the caller's transaction (SPI connected), or —
+ * own_transactions, for the worker — with each step in a short transaction
+ * of its own and none open while a page is fetched: rows of a pull that
+ * fails midway are kept (they are newer data), the cursor moves only at the
+ * end, and the next pull re-reads from the old cursor, changing nothing twice.
  */
 static void
-pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts)
+pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts,
+			bool own_transactions)
 {
+	MemoryContext caller = NULL;
 	const char *stream_name = freshportal_stream_name(stream);
 	MemoryContext outer = CurrentMemoryContext;
 	MemoryContext page_context;
@@ -326,11 +332,16 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts)
 	int			pages = 0;
 	int64		expected = -1;
 
+	if (own_transactions)
+		caller = worker_begin();
 	if (cursor_lock_and_read(admin->name, stream_name, &cursor))
 		since = cursor - (TimestampTz) freshpay_sync_overlap * USECS_PER_SEC;
 	else
 		since = SYNC_EPOCH;
-	plans = stream == FP_STREAM_CUSTOMERS ? prepare_customer_plans() : prepare_invoice_plans();
+	if (own_transactions)
+		worker_commit(caller);
+	else
+		plans = stream == FP_STREAM_CUSTOMERS ? prepare_customer_plans() : prepare_invoice_plans();
 	page_context = AllocSetContextCreate(outer, "freshpay sync page", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
@@ -348,6 +359,12 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts)
 			has_next_cursor = true;
 		}
 
+		if (own_transactions)
+		{
+			worker_begin();
+			MemoryContextSwitchTo(page_context);
+			plans = stream == FP_STREAM_CUSTOMERS ? prepare_customer_plans() : prepare_invoice_plans();
+		}
 		foreach(lc, result->items)
 		{
 			void	   *item = lfirst(lc);
@@ -358,6 +375,8 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts)
 			counts->fetched++;
 			upsert_item(admin, stream, &plans, item, counts);
 		}
+		if (own_transactions)
+			worker_commit(page_context);
 		if (pages++ == 0)
 			expected = result->total;
 		sync_progress_page(pages, counts->fetched, expected);
@@ -388,9 +407,15 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts)
 	}
 	MemoryContextDelete(page_context);
 
+	if (own_transactions)
+		caller = worker_begin();
 	if (stream == FP_STREAM_INVOICES)
 		link_orphan_invoices(admin->name);
+	if (own_transactions)
+		(void) cursor_lock_and_read(admin->name, stream_name, &cursor);
 	cursor_store(admin->name, stream_name, has_next_cursor, next_cursor, counts);
+	if (own_transactions)
+		worker_commit(caller);
 }
 
 /* Pull one stream of one administration inside the caller's transaction. */
@@ -403,7 +428,7 @@ sync_freshportal_stream(const Administration *admin, FpStream stream)
 	sync_progress_begin(admin->name, freshportal_stream_name(stream));
 	PG_TRY();
 	{
-		pull_stream(admin, stream, &counts);
+		pull_stream(admin, stream, &counts, false);
 	}
 	PG_FINALLY();
 	{
@@ -411,6 +436,25 @@ sync_freshportal_stream(const Administration *admin, FpStream stream)
 	}
 	PG_END_TRY();
 	SPI_finish();
+	return counts;
+}
+
+/* The same for the worker: no transaction open while a page is fetched. */
+SyncCounts
+sync_freshportal_stream_paged(const Administration *admin, FpStream stream)
+{
+	SyncCounts	counts = {0};
+
+	sync_progress_begin(admin->name, freshportal_stream_name(stream));
+	PG_TRY();
+	{
+		pull_stream(admin, stream, &counts, true);
+	}
+	PG_FINALLY();
+	{
+		sync_progress_end();
+	}
+	PG_END_TRY();
 	return counts;
 }
 
@@ -431,12 +475,17 @@ stream_record(const char *administration, const char *stream, const SyncCounts *
  * through the usual jobs.  There is no cursor: the window is re-read, and
  * applying a transaction twice changes nothing.
  */
-SyncCounts
-sync_paytrace_transactions(const Administration *admin)
+List *
+sync_paytrace_fetch(const Administration *admin)
 {
 	DateADT		today = date_of_timestamp(GetCurrentTimestamp());
-	List	   *transactions = paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS,
-															  today + 1, NULL);
+
+	return paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS, today + 1, NULL);
+}
+
+SyncCounts
+sync_paytrace_apply(const Administration *admin, List *transactions)
+{
 	SyncCounts	counts = {0};
 	ListCell   *lc;
 
@@ -455,11 +504,17 @@ sync_paytrace_transactions(const Administration *admin)
 }
 
 /* PayTrace's settlement batches → freshpay.settlements. */
-SyncCounts
-sync_settlements(const Administration *admin)
+List *
+sync_settlements_fetch(const Administration *admin)
 {
 	DateADT		today = date_of_timestamp(GetCurrentTimestamp());
-	List	   *batches = paytrace_export_batches(admin, today - SETTLEMENT_LOOKBACK_DAYS, today + 1);
+
+	return paytrace_export_batches(admin, today - SETTLEMENT_LOOKBACK_DAYS, today + 1);
+}
+
+SyncCounts
+sync_settlements_apply(const Administration *admin, List *batches)
+{
 	SyncCounts	counts = {0};
 	ListCell   *lc;
 	Oid			types[] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT4OID, NUMERICOID, NUMERICOID,
@@ -549,8 +604,10 @@ freshpay_sync(PG_FUNCTION_ARGS)
 		for (size_t i = 0; i < lengthof(streams); i++)
 			sync_result(rsinfo, admin->name, freshportal_stream_name(streams[i]),
 						sync_freshportal_stream(admin, streams[i]));
-		sync_result(rsinfo, admin->name, "paytrace_transactions", sync_paytrace_transactions(admin));
-		sync_result(rsinfo, admin->name, "settlements", sync_settlements(admin));
+		sync_result(rsinfo, admin->name, "paytrace_transactions",
+					sync_paytrace_apply(admin, sync_paytrace_fetch(admin)));
+		sync_result(rsinfo, admin->name, "settlements",
+					sync_settlements_apply(admin, sync_settlements_fetch(admin)));
 	}
 	return (Datum) 0;
 }

@@ -454,21 +454,28 @@ queue_due_collections(void)
 	return queued;
 }
 
-/* Pull one administration's customers and invoices, in one transaction. */
+/*
+ * Pull one administration: FreshPortal's streams page by page, then
+ * PayTrace's exports, each applied in a short transaction; none is open
+ * while a request is made.
+ */
 static void
 sync_administration(const char *name, MemoryContext context)
 {
 	MemoryContext caller = worker_begin();
 	Administration *admin = administration_load(name, context);
+	List	   *transactions;
+	List	   *batches;
 
-	sync_freshportal_stream(admin, FP_STREAM_CUSTOMERS);
-	sync_freshportal_stream(admin, FP_STREAM_INVOICES);
 	worker_commit(caller);
+	sync_freshportal_stream_paged(admin, FP_STREAM_CUSTOMERS);
+	sync_freshportal_stream_paged(admin, FP_STREAM_INVOICES);
 
-	/* PayTrace in a transaction of its own: FreshPortal's rows are kept if it fails. */
+	transactions = sync_paytrace_fetch(admin);
+	batches = sync_settlements_fetch(admin);
 	caller = worker_begin();
-	sync_paytrace_transactions(admin);
-	sync_settlements(admin);
+	sync_paytrace_apply(admin, transactions);
+	sync_settlements_apply(admin, batches);
 	worker_commit(caller);
 }
 
