@@ -703,28 +703,18 @@ struct Pending
 	int64		payment_id;
 };
 
-/* Copy an error into an answer; termination is not an answer: it rethrows. */
+/* Turn the error being caught into the caller's answer (and a job's error text). */
 static void
 answer_from_error(MoneyAnswer *answer, MemoryContext context, char **error, int *sqlerrcode)
 {
-	ErrorData  *edata;
-
-	MemoryContextSwitchTo(context);
-	edata = CopyErrorData();
-	FlushErrorState();
-	if (IsTransactionState())
-		AbortCurrentTransaction();
-	MemoryContextSwitchTo(context);
-	if (edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-		ReThrowError(edata);
+	ErrorData  *edata = worker_catch(context);
 
 	answer->sqlerrcode = edata->sqlerrcode ? edata->sqlerrcode : ERRCODE_INTERNAL_ERROR;
 	strlcpy(answer->message, edata->message ? edata->message : "", sizeof(answer->message));
 	strlcpy(answer->detail, edata->detail ? edata->detail : "", sizeof(answer->detail));
 	strlcpy(answer->hint, edata->hint ? edata->hint : "", sizeof(answer->hint));
 	if (error != NULL)
-		*error = edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
-			: pstrdup(edata->message);
+		*error = worker_error_text(edata);
 	if (sqlerrcode != NULL)
 		*sqlerrcode = answer->sqlerrcode;
 }

@@ -165,6 +165,35 @@ job_finish(const char *kind, int64 payment_id)
 			2, types, values, NULL, SPI_OK_UPDATE);
 }
 
+/*
+ * In a PG_CATCH block of the worker: take the error (copied into context)
+ * and end the transaction it happened in, so the worker can go on.  A cancel
+ * or termination is not the worker's to swallow: it is rethrown.
+ */
+ErrorData *
+worker_catch(MemoryContext context)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(context);
+	edata = CopyErrorData();
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED || edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		PG_RE_THROW();
+	FlushErrorState();
+	if (IsTransactionState())
+		AbortCurrentTransaction();
+	MemoryContextSwitchTo(context);
+	return edata;
+}
+
+/* "message: detail", for job rows and worker_status. */
+char *
+worker_error_text(const ErrorData *edata)
+{
+	return edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
+		: pstrdup(edata->message);
+}
+
 /* The date of ts in the session's time zone. */
 DateADT
 date_of_timestamp(TimestampTz ts)
@@ -385,19 +414,9 @@ job_run(const Job *job)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = worker_catch(context);
 
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		if (edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-			edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-			PG_RE_THROW();
-		FlushErrorState();
-		if (IsTransactionState())
-			AbortCurrentTransaction();
-		MemoryContextSwitchTo(context);
-		error = edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
-			: pstrdup(edata->message);
+		error = worker_error_text(edata);
 		/* Write-back and lookups retry until they succeed (or attempts run out). */
 		permanent = strcmp(job->kind, "collect_invoice") == 0 && is_permanent(edata->sqlerrcode);
 		worker_status_error(error);
@@ -505,16 +524,8 @@ scheduled_sync(void)
 		}
 		PG_CATCH();
 		{
-			ErrorData  *edata;
+			ErrorData  *edata = worker_catch(context);
 
-			MemoryContextSwitchTo(context);
-			edata = CopyErrorData();
-			if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-				PG_RE_THROW();
-			FlushErrorState();
-			if (IsTransactionState())
-				AbortCurrentTransaction();
-			MemoryContextSwitchTo(context);
 			worker_status_error(edata->message);
 			elog(LOG, "freshpay worker: scheduled sync of administration \"%s\" failed: %s",
 				 (char *) lfirst(lc), edata->message);
@@ -590,16 +601,10 @@ collect_job_start(const Job *job)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = worker_catch(context);
 
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		FlushErrorState();
-		if (IsTransactionState())
-			AbortCurrentTransaction();
-		MemoryContextSwitchTo(context);
 		worker_status_error(edata->message);
-		job_update(job, false, 0, edata->message, false);
+		job_update(job, false, 0, worker_error_text(edata), false);
 		return;
 	}
 	PG_END_TRY();

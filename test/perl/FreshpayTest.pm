@@ -393,6 +393,88 @@ sub poll_true
 
 =pod
 
+=item start_listener($node, $channel), notified($listener), stop_listener($listener)
+
+A psql session (database freshpay) LISTENing on $channel, driven through its
+stdin.  notified() returns the payloads received so far (it flushes the
+session with a query first); stop_listener() ends the session.
+
+=cut
+
+sub _listener_pump
+{
+	my ($s, $until) = @_;
+	return wait_for(sub { $s->{handle}->pump_nb; $s->{out} =~ $until }, 30, "psql output $until");
+}
+
+sub start_listener
+{
+	my ($node, $channel) = @_;
+	my $s = { in => '', out => '', err => '', n => 0, channel => $channel };
+	$s->{handle} = IPC::Run::start(
+		[ 'psql', '-XAtq', '-d', $node->connstr('freshpay') ],
+		'<', \$s->{in}, '>', \$s->{out}, '2>', \$s->{err},
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	$s->{in} .= "LISTEN $channel;\nSELECT 'listening';\n";
+	_listener_pump($s, qr/^listening$/m);
+	return $s;
+}
+
+sub notified
+{
+	my ($s) = @_;
+	my $mark = 'flushed-' . ++$s->{n};
+	$s->{in} .= "SELECT '$mark';\n";
+	_listener_pump($s, qr/^\Q$mark\E$/m);
+	return [ $s->{out} =~ /Asynchronous notification "\Q$s->{channel}\E" with payload "([^"]*)"/g ];
+}
+
+sub stop_listener
+{
+	my ($s) = @_;
+	$s->{in} .= "\\q\n";
+	eval { $s->{handle}->finish; 1 } or $s->{handle}->kill_kill;
+	return;
+}
+
+=pod
+
+=item start_psql($node, $sql)
+
+Run $sql in a psql session of its own (database freshpay) without waiting;
+the returned hashref has the IPC::Run handle and its out and err.
+
+=cut
+
+sub start_psql
+{
+	my ($node, $sql) = @_;
+	my $session = { out => '', err => '' };
+	$session->{handle} = IPC::Run::start(
+		[ 'psql', '-XAtq', '-d', $node->connstr('freshpay'), '-c', $sql ],
+		'>', \$session->{out}, '2>', \$session->{err},
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	return $session;
+}
+
+=pod
+
+=item request_body($request)
+
+The JSON body of a request from a stand-in's log, as a hashref ({} when it
+has none or it is not a JSON object).
+
+=cut
+
+sub request_body
+{
+	my ($request) = @_;
+	my $body = eval { JSON::PP->new->decode($request->{body} // '') };
+	return ref $body eq 'HASH' ? $body : {};
+}
+
+=pod
+
 =item quote_literal($text), quote_ident($name)
 
 SQL quoting, as PostgreSQL's functions of the same names do.
@@ -603,6 +685,31 @@ sub item
 	my ($self, $table, $id) = @_;
 	my ($found) = grep { "$_->{id}" eq "$id" } @{ $self->state->{$table} // [] };
 	return $found // {};
+}
+
+# Logged requests to $path whose JSON body has invoice_id $number, since seq $since.
+sub requests_for
+{
+	my ($self, $path, $number, $since) = @_;
+	return grep {
+		$_->{path} eq $path && (FreshpayTest::request_body($_)->{invoice_id} // '') eq $number
+	} @{ $self->requests(since => $since // 0) };
+}
+
+# PayTrace: the sales it holds for an invoice number (a decline is no charge).
+sub sales
+{
+	my ($self, $number) = @_;
+	return grep { $_->{invoice_id} eq $number && $_->{kind} eq 'SALE' && $_->{state} ne 'declined' }
+	  @{ $self->state->{transactions} };
+}
+
+# FreshPortal: the live registrations of an invoice (by FreshPortal's id).
+sub registrations
+{
+	my ($self, $fp_invoice) = @_;
+	return grep { $_->{invoice_id} == $fp_invoice && $_->{status} eq 'registered' }
+	  @{ $self->state->{payments} };
 }
 
 # The sequence number of the newest logged request (0 when none).

@@ -68,12 +68,7 @@ sub money
 sub pt_seq { return $pt->last_seq; }
 sub fp_seq { return $fp->last_seq; }
 
-sub body_of
-{
-	my ($request) = @_;
-	my $body = eval { $json->decode($request->{body} // '') };
-	return ref $body eq 'HASH' ? $body : {};
-}
+sub body_of { return FreshpayTest::request_body($_[0]); }
 
 sub header_of
 {

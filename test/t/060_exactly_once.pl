@@ -59,7 +59,7 @@ sub finish_psql { my ($session) = @_; eval { $session->{handle}->finish }; retur
 
 sub pt_seq { return $pt->last_seq; }
 
-sub body_of { my $b = eval { $json->decode($_[0]{body} // '') }; return ref $b eq 'HASH' ? $b : {}; }
+sub body_of { return FreshpayTest::request_body($_[0]); }
 
 sub authorization_of
 {
@@ -69,26 +69,12 @@ sub authorization_of
 }
 
 # PayTrace requests to $path since $seq, for one invoice number.
-sub pt_calls
-{
-	my ($path, $number, $since) = @_;
-	return grep { $_->{path} eq $path && (body_of($_)->{invoice_id} // '') eq $number }
-	  @{ $pt->requests(since => $since // 0) };
-}
+sub pt_calls { return $pt->requests_for(@_); }
 
 # Sales PayTrace holds for an invoice number (declined ones are no charge).
-sub pt_sales
-{
-	my ($number) = @_;
-	return grep { $_->{invoice_id} eq $number && $_->{kind} eq 'SALE' && $_->{state} ne 'declined' }
-	  @{ $pt->state->{transactions} };
-}
+sub pt_sales { return $pt->sales($_[0]); }
 
-sub fp_registrations
-{
-	my ($fp_invoice) = @_;
-	return grep { $_->{invoice_id} == $fp_invoice && $_->{status} eq 'registered' } @{ $fp->state->{payments} };
-}
+sub fp_registrations { return $fp->registrations($_[0]); }
 
 sub wait_registered
 {

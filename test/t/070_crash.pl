@@ -61,17 +61,7 @@ sub wait_for_pause
 }
 
 # freshpay_capture in a psql of its own; the crash will cut it off.
-sub start_capture
-{
-	my ($invoice) = @_;
-	my $session = { out => '', err => '' };
-	$session->{handle} = IPC::Run::start(
-		[ 'psql', '-XAtq', '-d', $node->connstr('freshpay'),
-		  '-c', "SELECT status FROM freshpay_capture($invoice)" ],
-		'>', \$session->{out}, '2>', \$session->{err},
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-	return $session;
-}
+sub start_capture { return FreshpayTest::start_psql($node, "SELECT status FROM freshpay_capture($_[0])"); }
 
 sub finish_psql
 {
@@ -104,7 +94,7 @@ sub kill_worker
 
 sub pt_seq { return $pt->last_seq; }
 
-sub body_of { my $b = eval { $json->decode($_[0]{body} // '') }; return ref $b eq 'HASH' ? $b : {}; }
+sub body_of { return FreshpayTest::request_body($_[0]); }
 
 # PayTrace requests since $seq to $path carrying this invoice number (in
 # invoice_id, or in including_text for lookups).

@@ -39,7 +39,7 @@ sub sql { return $node->safe_psql('freshpay', shift); }
 
 sub poll_until { return FreshpayTest::poll_true($node, $_[0], $_[2] // $POLL, $_[1]); }
 
-sub body_of { my $b = eval { $json->decode($_[0]{body} // '') }; return ref $b eq 'HASH' ? $b : {}; }
+sub body_of { return FreshpayTest::request_body($_[0]); }
 
 # The local id of a FreshPortal invoice ('' while it is not synced).
 sub local_invoice
@@ -49,25 +49,11 @@ sub local_invoice
 
 # Sale requests PayTrace received for an invoice number (since $seq), and
 # the sales it holds for it (declined ones are no charge).
-sub pt_sale_requests
-{
-	my ($number, $since) = @_;
-	return grep { $_->{path} eq $SALE && (body_of($_)->{invoice_id} // '') eq $number }
-	  @{ $pt->requests(since => $since // 0) };
-}
+sub pt_sale_requests { return $pt->requests_for($SALE, @_); }
 
-sub pt_sales
-{
-	my ($number) = @_;
-	return grep { $_->{invoice_id} eq $number && $_->{kind} eq 'SALE' && $_->{state} ne 'declined' }
-	  @{ $pt->state->{transactions} };
-}
+sub pt_sales { return $pt->sales($_[0]); }
 
-sub fp_registrations
-{
-	my ($fp_invoice) = @_;
-	return grep { $_->{invoice_id} == $fp_invoice && $_->{status} eq 'registered' } @{ $fp->state->{payments} };
-}
+sub fp_registrations { return $fp->registrations($_[0]); }
 
 # Waits for a captured sale of FreshPortal invoice $fp_id; returns its id.
 sub wait_captured
@@ -116,35 +102,6 @@ sub fp_invoice_seed
 		invoice_date => strftime('%Y-%m-%d', gmtime(time - 20 * 86400)), %extra };
 }
 
-# A session LISTENing on freshpay_payment, driven through its stdin.
-sub start_listener
-{
-	my $s = { in => '', out => '', err => '', n => 0 };
-	$s->{handle} = IPC::Run::start(
-		[ 'psql', '-XAtq', '-d', $node->connstr('freshpay') ],
-		'<', \$s->{in}, '>', \$s->{out}, '2>', \$s->{err},
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-	$s->{in} .= "LISTEN freshpay_payment;\nSELECT 'listening';\n";
-	listener_pump($s, qr/^listening$/m);
-	return $s;
-}
-
-sub listener_pump
-{
-	my ($s, $until) = @_;
-	FreshpayTest::wait_for(sub { $s->{handle}->pump_nb; $s->{out} =~ $until }, 30, "psql output $until");
-}
-
-# The payloads the listener has received so far.
-sub notified
-{
-	my ($s) = @_;
-	my $mark = 'flushed-' . ++$s->{n};
-	$s->{in} .= "SELECT '$mark';\n";
-	listener_pump($s, qr/^\Q$mark\E$/m);
-	return [ $s->{out} =~ /Asynchronous notification "freshpay_payment" with payload "(\d+)"/g ];
-}
-
 # --- Setup -------------------------------------------------------------------
 
 # 1 on_issue, 2 manual, 3 on_issue but blocked in FreshPortal, 4 on_due_date.
@@ -173,7 +130,7 @@ for my $link ([ 1, 'C-ISSUE', 'on_issue' ], [ 2, 'C-MANUAL', 'manual' ], [ 3, 'C
 
 # --- New invoices arrive through a sync ---------------------------------------
 
-my $listener = start_listener();
+my $listener = FreshpayTest::start_listener($node, 'freshpay_payment');
 $fp->seed(
 	{
 		invoices => [
@@ -202,11 +159,10 @@ ok(poll_until("SELECT bool_and(state = 'done') FROM freshpay.jobs WHERE kind = '
 	'on_issue: the collect_invoice job ends done');
 
 # NOTIFY: the listener learnt of the payment.
-my $payloads = notified($listener);
+my $payloads = FreshpayTest::notified($listener);
 ok(scalar(grep { $_ eq $p1001 } @$payloads), "NOTIFY: a LISTENing session received payload $p1001 on freshpay_payment")
   or diag("received: @$payloads\n$listener->{err}");
-$listener->{in} .= "\\q\n";
-eval { $listener->{handle}->finish; 1 } or $listener->{handle}->kill_kill;
+FreshpayTest::stop_listener($listener);
 
 # Left alone: the same sync brought them, the on_issue invoice beside them
 # has been collected, so the worker has been through its queue.

@@ -41,27 +41,13 @@ sub poll_until { return FreshpayTest::poll_true($node, $_[0], $_[2] // $POLL, $_
 
 sub worker_pid { return sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'freshpay worker'}); }
 
-sub body_of { my $b = eval { $json->decode($_[0]{body} // '') }; return ref $b eq 'HASH' ? $b : {}; }
+sub body_of { return FreshpayTest::request_body($_[0]); }
 
-sub pt_sale_requests
-{
-	my ($number, $since) = @_;
-	return grep { $_->{path} eq $SALE && (body_of($_)->{invoice_id} // '') eq $number }
-	  @{ $pt->requests(since => $since // 0) };
-}
+sub pt_sale_requests { return $pt->requests_for($SALE, @_); }
 
-sub pt_sales
-{
-	my ($number) = @_;
-	return grep { $_->{invoice_id} eq $number && $_->{kind} eq 'SALE' && $_->{state} ne 'declined' }
-	  @{ $pt->state->{transactions} };
-}
+sub pt_sales { return $pt->sales($_[0]); }
 
-sub fp_registrations
-{
-	my ($fp_invoice) = @_;
-	return grep { $_->{invoice_id} == $fp_invoice && $_->{status} eq 'registered' } @{ $fp->state->{payments} };
-}
+sub fp_registrations { return $fp->registrations($_[0]); }
 
 sub set_interval
 {
@@ -73,17 +59,7 @@ sub set_interval
 }
 
 # freshpay_capture in a psql of its own.
-sub start_capture
-{
-	my ($invoice) = @_;
-	my $session = { out => '', err => '' };
-	$session->{handle} = IPC::Run::start(
-		[ 'psql', '-XAtq', '-d', $node->connstr('freshpay'),
-		  '-c', "SELECT status FROM freshpay_capture($invoice)" ],
-		'>', \$session->{out}, '2>', \$session->{err},
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-	return $session;
-}
+sub start_capture { return FreshpayTest::start_psql($node, "SELECT status FROM freshpay_capture($_[0])"); }
 
 # Give the session 10 s to end by itself, then kill it.
 sub finish_psql

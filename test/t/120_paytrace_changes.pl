@@ -69,11 +69,7 @@ sub capture
 	return split /\|/, $out;
 }
 
-sub fp_registrations
-{
-	my ($fp_invoice) = @_;
-	return grep { $_->{invoice_id} == $fp_invoice && $_->{status} eq 'registered' } @{ $fp->state->{payments} };
-}
+sub fp_registrations { return $fp->registrations($_[0]); }
 
 sub wait_registered
 {
@@ -89,36 +85,6 @@ sub history_count
 	my ($payment, $status) = @_;
 	return sql("SELECT count(*) FROM freshpay.payment_history WHERE payment_id = " . ($payment || 0)
 		  . " AND new_status = '$status' AND old_status IS DISTINCT FROM '$status'");
-}
-
-# A session LISTENing on freshpay_payment, driven through its stdin.
-sub start_listener
-{
-	my $s = { in => '', out => '', err => '', n => 0 };
-	$s->{handle} = IPC::Run::start(
-		[ 'psql', '-XAtq', '-d', $node->connstr('freshpay') ],
-		'<', \$s->{in}, '>', \$s->{out}, '2>', \$s->{err},
-		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-	$s->{in} .= "LISTEN freshpay_payment;\nSELECT 'listening';\n";
-	listener_pump($s, qr/^listening$/m);
-	return $s;
-}
-
-sub listener_pump
-{
-	my ($s, $until) = @_;
-	FreshpayTest::wait_for(sub { $s->{handle}->pump_nb; $s->{out} =~ $until }, 30, "psql output $until");
-}
-
-# The payloads received so far; then the session ends.
-sub notified_and_stop
-{
-	my ($s) = @_;
-	$s->{in} .= "SELECT 'flushed';\n";
-	listener_pump($s, qr/^flushed$/m);
-	$s->{in} .= "\\q\n";
-	eval { $s->{handle}->finish; 1 } or $s->{handle}->kill_kill;
-	return [ $s->{out} =~ /Asynchronous notification "freshpay_payment" with payload "(\d+)"/g ];
 }
 
 # --- Setup -------------------------------------------------------------------
@@ -153,7 +119,7 @@ is($status, 'captured', 'void at PayTrace: freshpay made the sale');
 $sale ||= 0;
 my $registration = wait_registered($sale, 'void at PayTrace: the sale');
 
-my $listener = start_listener();
+my $listener = FreshpayTest::start_listener($node, 'freshpay_payment');
 my $voided = paytrace('/v1/transactions/void', { transaction_id => $txn });
 is($voided->{response_code}, 109, 'void at PayTrace: PayTrace voided the sale (109)') or diag(explain($voided));
 ($out, $err, $rc) = sync();
@@ -165,7 +131,8 @@ my ($voids, $void_statuses) = split /\|/,
 cmp_ok($voids, '<=', 1, 'void at PayTrace: at most one void row is recorded for it');
 is($void_statuses, $voids ? 'voided' : '', 'void at PayTrace: a void row, if recorded, is voided');
 is(history_count($sale, 'voided'), '1', 'void at PayTrace: one history row records the change to voided');
-my $payloads = notified_and_stop($listener);
+my $payloads = FreshpayTest::notified($listener);
+FreshpayTest::stop_listener($listener);
 ok(scalar(grep { $_ eq $sale } @$payloads), "void at PayTrace: the change was NOTIFYed with payload $sale")
   or diag("received: @$payloads");
 ok( FreshpayTest::wait_for(sub { ($fp->item('payments', $registration || 0)->{status} // '') eq 'reversed' }, $POLL,

@@ -36,27 +36,13 @@ sub sql { return $node->safe_psql('freshpay', shift); }
 
 sub poll_until { return FreshpayTest::poll_true($node, $_[0], $_[2] // $POLL, $_[1]); }
 
-sub body_of { my $b = eval { $json->decode($_[0]{body} // '') }; return ref $b eq 'HASH' ? $b : {}; }
+sub body_of { return FreshpayTest::request_body($_[0]); }
 
-sub pt_sale_requests
-{
-	my ($number, $since) = @_;
-	return grep { $_->{path} eq $SALE && (body_of($_)->{invoice_id} // '') eq $number }
-	  @{ $pt->requests(since => $since // 0) };
-}
+sub pt_sale_requests { return $pt->requests_for($SALE, @_); }
 
-sub pt_sales
-{
-	my ($number) = @_;
-	return grep { $_->{invoice_id} eq $number && $_->{kind} eq 'SALE' && $_->{state} ne 'declined' }
-	  @{ $pt->state->{transactions} };
-}
+sub pt_sales { return $pt->sales($_[0]); }
 
-sub fp_registrations
-{
-	my ($fp_invoice) = @_;
-	return grep { $_->{invoice_id} == $fp_invoice && $_->{status} eq 'registered' } @{ $fp->state->{payments} };
-}
+sub fp_registrations { return $fp->registrations($_[0]); }
 
 sub local_ids { return "SELECT id FROM freshpay.invoices WHERE administration = 'main' AND freshportal_id IN (" . join(',', @_) . ')'; }
 

@@ -32,7 +32,7 @@ my $GIVE_UP = 40;    # seconds to wait at most, so that a serial worker fails fa
 
 sub sql { return $node->safe_psql('freshpay', shift); }
 
-sub body_of { my $b = eval { $json->decode($_[0]{body} // '') }; return ref $b eq 'HASH' ? $b : {}; }
+sub body_of { return FreshpayTest::request_body($_[0]); }
 
 # --- Setup -------------------------------------------------------------------
 
