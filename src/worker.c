@@ -662,6 +662,8 @@ serve(MemoryContext loop_context)
 		reload_settings_if_asked();
 		MemoryContextReset(loop_context);
 		MemoryContextSwitchTo(loop_context);
+		/* Keep transfers moving between jobs, not only when idle. */
+		http_drive(0);
 		harvest();
 
 		if (http_in_flight() < freshpay_max_parallel_requests)
