@@ -172,15 +172,108 @@ CREATE VIEW freshpay.exceptions AS
 					   AND p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'refunded'])
 					   AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])
 					   AND p.freshportal_payment_id IS NOT NULL) c ON true
-	 WHERE c.collected OPERATOR(pg_catalog.>) i.amount_paid;
-COMMENT ON VIEW freshpay.exceptions IS 'Everything a person must look at: unknown outcomes, failed collections, money not registered in FreshPortal, jobs given up, amounts that disagree';
-COMMENT ON COLUMN freshpay.exceptions.kind IS 'unknown_outcome, failed_collection, not_registered_in_freshportal, dead_job or amount_mismatch';
+	 WHERE c.collected OPERATOR(pg_catalog.>) i.amount_paid
+	UNION ALL
+	SELECT 'settled_without_invoice', p.administration, p.id, NULL, NULL,
+		   pg_catalog.format('%s of %s settled in batch %s is not matched to any invoice', p.kind, p.amount, p.batch_number),
+		   p.settled_at
+	  FROM freshpay.payments p
+	 WHERE p.batch_number IS NOT NULL AND p.invoice_id IS NULL;
+COMMENT ON VIEW freshpay.exceptions IS 'Everything a person must look at: unknown outcomes, failed collections, money not registered in FreshPortal, jobs given up, amounts that disagree, settled money with no invoice';
+COMMENT ON COLUMN freshpay.exceptions.kind IS 'unknown_outcome, failed_collection, not_registered_in_freshportal, dead_job, amount_mismatch or settled_without_invoice';
 COMMENT ON COLUMN freshpay.exceptions.administration IS 'Administration';
 COMMENT ON COLUMN freshpay.exceptions.payment_id IS 'The payment concerned, if any';
 COMMENT ON COLUMN freshpay.exceptions.invoice_id IS 'The invoice concerned, if any';
 COMMENT ON COLUMN freshpay.exceptions.job_id IS 'The job concerned, if any';
 COMMENT ON COLUMN freshpay.exceptions.detail IS 'What is wrong';
 COMMENT ON COLUMN freshpay.exceptions.since IS 'Since when';
+
+CREATE VIEW freshpay.invoice_status AS
+	SELECT i.id AS invoice_id, i.administration, i.number, c.code AS customer_code, i.type, i.status,
+		   i.amount_incl_vat AS billed,
+		   COALESCE(m.captured, 0)::numeric(12,2) AS captured,
+		   COALESCE(m.refunded, 0)::numeric(12,2) AS refunded,
+		   i.open_amount AS outstanding,
+		   (i.raw OPERATOR(pg_catalog.->>) 'open_amount')::numeric(12,2) AS freshportal_open_amount,
+		   l.status AS latest_payment_status,
+		   l.kind AS latest_payment_kind,
+		   (COALESCE(m.unregistered, 0) OPERATOR(pg_catalog.=) 0
+			AND i.open_amount OPERATOR(pg_catalog.=)
+				COALESCE((i.raw OPERATOR(pg_catalog.->>) 'open_amount')::numeric, i.open_amount)) AS freshportal_agrees
+	  FROM freshpay.invoices i
+	  LEFT JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id
+	  LEFT JOIN LATERAL (
+		SELECT pg_catalog.sum(p.amount) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])
+												 AND p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'refunded'])) AS captured,
+			   pg_catalog.sum(p.amount) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'refund'
+												 AND p.status OPERATOR(pg_catalog.=) 'refunded') AS refunded,
+			   pg_catalog.count(*) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])
+										   AND p.status OPERATOR(pg_catalog.=) 'captured'
+										   AND p.freshportal_payment_id IS NULL) AS unregistered
+		  FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id) m ON true
+	  LEFT JOIN LATERAL (
+		SELECT p.status, p.kind FROM freshpay.payments p
+		 WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id ORDER BY p.id DESC LIMIT 1) l ON true;
+COMMENT ON VIEW freshpay.invoice_status IS 'Per invoice: billed, captured and refunded through PayTrace, outstanding, the latest payment, and whether FreshPortal agrees';
+COMMENT ON COLUMN freshpay.invoice_status.invoice_id IS 'freshpay.invoices.id';
+COMMENT ON COLUMN freshpay.invoice_status.administration IS 'Administration';
+COMMENT ON COLUMN freshpay.invoice_status.number IS 'Invoice number';
+COMMENT ON COLUMN freshpay.invoice_status.customer_code IS 'Customer code';
+COMMENT ON COLUMN freshpay.invoice_status.type IS 'invoice or credit_note';
+COMMENT ON COLUMN freshpay.invoice_status.status IS 'The invoice''s status (FreshPortal''s)';
+COMMENT ON COLUMN freshpay.invoice_status.billed IS 'Total including VAT';
+COMMENT ON COLUMN freshpay.invoice_status.captured IS 'Captured through PayTrace (sales, ACH, captures), refunds not deducted';
+COMMENT ON COLUMN freshpay.invoice_status.refunded IS 'Refunded through PayTrace';
+COMMENT ON COLUMN freshpay.invoice_status.outstanding IS 'Still to collect as freshpay knows it: a capture not yet registered in FreshPortal counts as paid';
+COMMENT ON COLUMN freshpay.invoice_status.freshportal_open_amount IS 'The open amount FreshPortal last reported (sync or write-back)';
+COMMENT ON COLUMN freshpay.invoice_status.latest_payment_status IS 'Status of the latest payment row of the invoice';
+COMMENT ON COLUMN freshpay.invoice_status.latest_payment_kind IS 'Kind of the latest payment row of the invoice';
+COMMENT ON COLUMN freshpay.invoice_status.freshportal_agrees IS 'Every capture is registered in FreshPortal and FreshPortal''s open amount is freshpay''s';
+
+CREATE VIEW freshpay.reconciliation AS
+	SELECT p.administration, p.batch_number, COALESCE(p.settled_at, s.settled_at) AS settled_at,
+		   p.id AS payment_id, p.kind, p.paytrace_transaction_id, p.amount, p.refunded_amount,
+		   p.invoice_id, i.number AS invoice_number, c.id AS customer_id, c.code AS customer_code,
+		   CASE
+			 WHEN p.invoice_id IS NULL THEN 'unmatched'
+			 WHEN s.batch_number IS NULL THEN 'batch_unknown'
+			 WHEN p.kind OPERATOR(pg_catalog.<>) 'refund' AND p.freshportal_payment_id IS NULL
+				  AND p.status OPERATOR(pg_catalog.=) 'captured' THEN 'not_in_freshportal'
+			 WHEN p.amount OPERATOR(pg_catalog.>) i.amount_incl_vat THEN 'amount_mismatch'
+			 ELSE 'matched'
+		   END AS match,
+		   CASE
+			 WHEN p.invoice_id IS NULL THEN 'the transaction names no invoice freshpay knows'
+			 WHEN s.batch_number IS NULL THEN 'the settlement batch has not been pulled (freshpay_sync)'
+			 WHEN p.kind OPERATOR(pg_catalog.<>) 'refund' AND p.freshportal_payment_id IS NULL
+				  AND p.status OPERATOR(pg_catalog.=) 'captured' THEN 'captured but not registered in FreshPortal'
+			 WHEN p.amount OPERATOR(pg_catalog.>) i.amount_incl_vat THEN 'more than the invoice''s total'
+			 ELSE 'batch, transaction, invoice and customer agree'
+		   END AS match_reason
+	  FROM freshpay.payments p
+	  LEFT JOIN freshpay.settlements s ON s.administration OPERATOR(pg_catalog.=) p.administration
+		   AND s.batch_number OPERATOR(pg_catalog.=) p.batch_number
+	  LEFT JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) p.invoice_id
+	  LEFT JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) COALESCE(p.customer_id, i.customer_id)
+	 WHERE p.batch_number IS NOT NULL;
+COMMENT ON VIEW freshpay.reconciliation IS 'Per settled transaction: batch → payment → invoice → customer, with a match verdict and its reason';
+COMMENT ON COLUMN freshpay.reconciliation.administration IS 'Administration';
+COMMENT ON COLUMN freshpay.reconciliation.batch_number IS 'PayTrace settlement batch';
+COMMENT ON COLUMN freshpay.reconciliation.settled_at IS 'When it settled';
+COMMENT ON COLUMN freshpay.reconciliation.payment_id IS 'freshpay.payments.id';
+COMMENT ON COLUMN freshpay.reconciliation.kind IS 'Kind of the payment';
+COMMENT ON COLUMN freshpay.reconciliation.paytrace_transaction_id IS 'PayTrace transaction id';
+COMMENT ON COLUMN freshpay.reconciliation.amount IS 'Amount settled';
+COMMENT ON COLUMN freshpay.reconciliation.refunded_amount IS 'Refunded since';
+COMMENT ON COLUMN freshpay.reconciliation.invoice_id IS 'Invoice collected, if matched';
+COMMENT ON COLUMN freshpay.reconciliation.invoice_number IS 'Its number';
+COMMENT ON COLUMN freshpay.reconciliation.customer_id IS 'Customer charged';
+COMMENT ON COLUMN freshpay.reconciliation.customer_code IS 'Its code';
+COMMENT ON COLUMN freshpay.reconciliation.match IS 'matched, unmatched, batch_unknown, not_in_freshportal or amount_mismatch';
+COMMENT ON COLUMN freshpay.reconciliation.match_reason IS 'Why, in words';
+
+REVOKE ALL ON freshpay.invoice_status, freshpay.reconciliation FROM PUBLIC;
+GRANT SELECT ON freshpay.invoice_status, freshpay.reconciliation TO freshpay_reader;
 
 REVOKE ALL ON FUNCTION freshpay._wake_worker_at_commit(), freshpay._queue_collection(),
 	freshpay._notify_payment(), freshpay._worker_state() FROM PUBLIC;
