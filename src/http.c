@@ -211,6 +211,15 @@ http_check_url(const char *url, const char *what)
 				 errhint("Use an https:// URL for any host other than 127.0.0.1, ::1 or localhost.")));
 }
 
+/* The URL policy for a request: errors name the service and administration. */
+static void
+check_request_url(const HttpRequest *request)
+{
+	http_check_url(request->url,
+				   psprintf("the %s URL of administration \"%s\"",
+							request->service, request->administration));
+}
+
 static size_t
 body_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
@@ -411,9 +420,7 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 	char		errbuf[CURL_ERROR_SIZE] = "";
 	volatile CURLcode code = CURLE_OK;
 
-	http_check_url(request->url,
-				   psprintf("the %s URL of administration \"%s\"",
-							request->service, request->administration));
+	check_request_url(request);
 	handle = http_handle();
 
 	PG_TRY();
@@ -505,9 +512,7 @@ http_start(const HttpRequest *request, void *owner)
 {
 	HttpTransfer *t;
 
-	http_check_url(request->url,
-				   psprintf("the %s URL of administration \"%s\"",
-							request->service, request->administration));
+	check_request_url(request);
 	(void) http_handle();		/* libcurl initialized, exit hook registered */
 	if (multi == NULL && (multi = curl_multi_init()) == NULL)
 		ereport(ERROR,

@@ -46,22 +46,20 @@
 /* Export dates carry no zone; PayTrace is in Spokane, WA. [G] */
 #define PT_EXPORT_TIME_ZONE "America/Los_Angeles"
 
+/* The path of each money call. */
 typedef struct PtCall
 {
 	PtOperation operation;
 	const char *path;
-	const char *name;
-	int			approved_code;	/* response_code of success */
-	const char *id_field;		/* where the new transaction id comes back */
 } PtCall;
 
 static const PtCall calls[] = {
-	{PT_SALE, "/v1/transactions/sale/by_customer", "sale", 101, "transaction_id"},
-	{PT_AUTHORIZE, "/v1/transactions/authorization/by_customer", "authorization", 101, "transaction_id"},
-	{PT_CAPTURE, "/v1/transactions/authorization/capture", "capture", 112, "transaction_id"},
-	{PT_VOID, "/v1/transactions/void", "void", 109, "transaction_id"},
-	{PT_REFUND, "/v1/transactions/refund/for_transaction", "refund", 106, "transaction_id"},
-	{PT_ACH_SALE, "/v1/checks/sale/by_customer", "ACH sale", 120, "check_transaction_id"},
+	{PT_SALE, "/v1/transactions/sale/by_customer"},
+	{PT_AUTHORIZE, "/v1/transactions/authorization/by_customer"},
+	{PT_CAPTURE, "/v1/transactions/authorization/capture"},
+	{PT_VOID, "/v1/transactions/void"},
+	{PT_REFUND, "/v1/transactions/refund/for_transaction"},
+	{PT_ACH_SALE, "/v1/checks/sale/by_customer"},
 };
 
 /*
@@ -93,12 +91,6 @@ call_of(PtOperation operation)
 			return &calls[i];
 	elog(ERROR, "unknown PayTrace operation %d", (int) operation);
 	return NULL;				/* keep compiler quiet */
-}
-
-const char *
-paytrace_operation_name(PtOperation operation)
-{
-	return call_of(operation)->name;
 }
 
 static uint32

@@ -105,7 +105,6 @@ typedef struct PtBatch
 	Datum		raw;			/* jsonb */
 } PtBatch;
 
-extern const char *paytrace_operation_name(PtOperation operation);
 extern PtResult *paytrace_execute(const Administration *admin, const PtRequest *request);
 extern HttpTransfer *paytrace_start(const Administration *admin, const PtRequest *request,
 									void *owner);

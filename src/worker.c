@@ -291,14 +291,6 @@ typedef struct Job
 	int			attempts;
 } Job;
 
-/* A Retry-After the current job learned, in seconds (-1: none). */
-static int	job_retry_after_s = -1;
-
-void
-worker_retry_after(int seconds)
-{
-	job_retry_after_s = seconds;
-}
 
 /*
  * Claim the next due job (of kind only_kind, if given) in a short
@@ -342,11 +334,13 @@ job_next(Job *job, const char *only_kind)
 
 /*
  * Record a job's result: done, due again at next_run_at, or failed with
- * error — retried with backoff (at least Retry-After), or dead when the
- * failure is permanent or attempts are used up.
+ * error — retried with backoff (at least retry_after_s, a Retry-After the
+ * remote API gave; -1 if none), or dead when the failure is permanent or
+ * attempts are used up.
  */
 static void
-job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error, bool permanent)
+job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error, bool permanent,
+		   int retry_after_s)
 {
 	MemoryContext caller = worker_begin();
 	int			attempts = job->attempts + 1;
@@ -358,7 +352,7 @@ job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error
 		CStringGetTextDatum(done ? "done" : dead ? "dead" : "queued"),
 		Int32GetDatum(attempts),
 		TimestampTzGetDatum(error ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-																 Max(delay_ms, job_retry_after_s * 1000L))
+																 Max(delay_ms, retry_after_s * 1000L))
 							: next_run_at),
 		error ? CStringGetTextDatum(error) : (Datum) 0
 	};
@@ -400,7 +394,6 @@ job_run(const Job *job)
 	char	   *volatile error = NULL;
 	volatile bool permanent = false;
 
-	job_retry_after_s = -1;
 	pgstat_report_activity(STATE_RUNNING, job->kind);
 	worker_status_state(WORKER_WORKING);
 	PG_TRY();
@@ -422,7 +415,7 @@ job_run(const Job *job)
 		worker_status_error(error);
 	}
 	PG_END_TRY();
-	job_update(job, error == NULL && again == 0, again, error, permanent);
+	job_update(job, error == NULL && again == 0, again, error, permanent, -1);
 }
 
 /* When the next queued job is due, or 0 if none is queued. */
@@ -573,17 +566,17 @@ collect_job_ended(const AttemptEnd *end)
 
 	if (end->error != NULL)
 	{
-		job_retry_after_s = end->retry_after;
 		worker_status_error(end->error);
-		job_update(&job, false, 0, end->error, end->sqlerrcode != 0 && is_permanent(end->sqlerrcode));
+		job_update(&job, false, 0, end->error, end->sqlerrcode != 0 && is_permanent(end->sqlerrcode),
+				   end->retry_after);
 	}
 	else if (end->outcome == PT_UNKNOWN)
 		/* Its resolve job looks it up; then this one checks the invoice again. */
 		job_update(&job, false,
 				   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), freshpay_request_timeout + 10000L),
-				   NULL, false);
+				   NULL, false, -1);
 	else
-		job_update(&job, true, 0, NULL, false);
+		job_update(&job, true, 0, NULL, false, -1);
 }
 
 /* Start the money call of a collect_invoice job, unless there is nothing to do. */
@@ -604,13 +597,13 @@ collect_job_start(const Job *job)
 		ErrorData  *edata = worker_catch(context);
 
 		worker_status_error(edata->message);
-		job_update(job, false, 0, worker_error_text(edata), false);
+		job_update(job, false, 0, worker_error_text(edata), false, -1);
 		return;
 	}
 	PG_END_TRY();
 
 	if (check >= 0)
-		job_update(job, check == 0, check, NULL, false);
+		job_update(job, check == 0, check, NULL, false, -1);
 	else
 	{
 		MoneyCall	call = {0};
@@ -621,7 +614,7 @@ collect_job_start(const Job *job)
 		if (attempt_begin(-1, &call, job->id, job->attempts, &error, &sqlerrcode) == NULL)
 		{
 			worker_status_error(error);
-			job_update(job, false, 0, error, is_permanent(sqlerrcode));
+			job_update(job, false, 0, error, is_permanent(sqlerrcode), -1);
 		}
 	}
 }

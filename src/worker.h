@@ -25,7 +25,6 @@ extern bool spi_int64(int col, int64 *result);
 extern void job_queue(const char *kind, int64 payment_id, TimestampTz run_at);
 extern void job_finish(const char *kind, int64 payment_id);
 extern DateADT date_of_timestamp(TimestampTz ts);
-extern void worker_retry_after(int seconds);
 extern ErrorData *worker_catch(MemoryContext context);
 extern char *worker_error_text(const ErrorData *edata);
 extern PGDLLEXPORT void freshpay_worker_main(Datum main_arg);
