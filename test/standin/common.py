@@ -16,6 +16,7 @@ import copy
 import ipaddress
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -248,6 +249,7 @@ class RequestLog:
             "body": request.text,
             "status": None,
             "fault": None,
+            "fault_name": None,
         }
         self._entries.append(entry)
         if len(self._entries) > REQUEST_LOG_LIMIT:
@@ -264,9 +266,10 @@ class RequestLog:
 # Fault injection
 # --------------------------------------------------------------------------
 
-FAULT_ACTIONS = ("delay", "status", "malformed", "close_before", "close_after", "oversize")
+FAULT_ACTIONS = ("delay", "status", "malformed", "close_before", "close_after", "oversize",
+                 "malformed_after", "delay_after")
 _RULE_KEYS = {"name", "action", "method", "path", "path_prefix", "skip", "times", "delay",
-              "seconds", "status", "body", "headers", "bytes"}
+              "seconds", "status", "body", "headers", "bytes", "probability"}
 
 
 class FaultRule:
@@ -295,10 +298,14 @@ class FaultRule:
         self.body = spec.get("body", "")
         self.headers = spec.get("headers", {})
         self.bytes = _int_field(spec, "bytes", 1024 * 1024, minimum=0)
+        self.probability = _number_field(spec, "probability", 1.0)
+        if self.probability > 1:
+            raise ValueError("probability must be a number between 0 and 1")
         if not isinstance(self.body, str) or not isinstance(self.headers, dict):
             raise ValueError("body must be a string and headers an object")
         self.matched = 0
         self.applied = 0
+        self.passed = 0         # matched after skip, but the random draw let it through
 
     def matches(self, method, path):
         if self.method is not None and self.method.upper() != method:
@@ -314,8 +321,11 @@ class FaultRule:
         return self.times != -1 and self.applied >= self.times
 
     def describe(self):
-        return {**self.spec, "matched": self.matched, "applied": self.applied,
-                "spent": self.spent}
+        described = {**self.spec, "matched": self.matched, "applied": self.applied,
+                     "spent": self.spent}
+        if "probability" in self.spec:
+            described["passed"] = self.passed
+        return described
 
 
 def _int_field(spec, key, default, minimum):
@@ -333,10 +343,25 @@ def _number_field(spec, key, default):
 
 
 class FaultEngine:
-    """Ordered rules; the first live rule matching a request claims it."""
+    """Ordered rules; the first live rule matching a request claims it.
+
+    A rule with a probability below 1 claims a matching request only when a
+    draw from the engine's random generator falls below it.  The generator is
+    seeded through the admin API (POST /_standin/faults {"seed": n}), so a
+    run of random faults can be replayed; without a seed it is seeded from
+    the OS.  Rules with probability 1 (the default) never draw.
+    """
 
     def __init__(self):
         self.rules = []
+        self.reseed(None)
+
+    def reseed(self, seed):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError("seed must be an integer")
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.draws = 0
 
     def replace(self, specs):
         if not isinstance(specs, list):
@@ -350,6 +375,11 @@ class FaultEngine:
             rule.matched += 1
             if rule.matched <= rule.skip:
                 continue
+            if rule.probability < 1:
+                self.draws += 1
+                if self.rng.random() >= rule.probability:
+                    rule.passed += 1
+                    continue
             rule.applied += 1
             return rule
         return None
@@ -443,6 +473,7 @@ class StandinApp:
             self.config = self.startup_config()
             self.tokens.clear()
             self.faults.replace([])
+            self.faults.reseed(None)
             self.log.clear()
             self.reset_state()
 
@@ -455,6 +486,7 @@ class StandinApp:
             entry = self.log.record(request)
             rule = self.faults.claim(request.method, request.path)
             entry["fault"] = rule.action if rule else None
+            entry["fault_name"] = rule.spec.get("name") if rule else None
         try:
             response = self._apply_fault(rule, request)
         except Exception:  # a bug in a stand-in must not take the server down
@@ -481,8 +513,20 @@ class StandinApp:
             return Response(200, oversize_body(rule.bytes), [("Content-Type", JSON_TYPE)])
         if action == "close_before":
             return Response(0, drop=True)
-        # close_after: the request is fully processed, its answer is lost
+        # the request is fully processed (its state changes are committed) ...
         processed = self._process(request)
+        if action == "delay_after":
+            # ... and answered, but only after seconds more
+            processed.delay_after += rule.seconds
+            return processed
+        if action == "malformed_after":
+            # ... and answered with its status, but a truncated body
+            body = rule.body.encode("utf-8") if rule.body else self.MALFORMED_BODY
+            headers = [(k, v) for k, v in processed.headers
+                       if k.lower() not in ("content-type", "etag")]
+            return Response(processed.status, body, [("Content-Type", JSON_TYPE), *headers],
+                            delay_after=processed.delay_after, chunked=processed.chunked)
+        # close_after: its answer is lost
         return Response(processed.status, drop=True, delay_after=processed.delay_after)
 
     @staticmethod
@@ -564,14 +608,20 @@ class StandinApp:
         return {"ok": True}
 
     def _admin_faults(self, request, body):
-        return {"rules": self.faults.describe()}
+        return {"rules": self.faults.describe(), "seed": self.faults.seed,
+                "draws": self.faults.draws}
 
     def _admin_set_faults(self, request, body):
         try:
+            seed = body.get("seed") if isinstance(body, dict) else None
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise ValueError("seed must be an integer")
             self.faults.replace(body.get("rules", []) if isinstance(body, dict) else None)
+            if isinstance(body, dict) and "seed" in body:
+                self.faults.reseed(seed)
         except ValueError as exc:
             raise AdminError(str(exc)) from None
-        return {"rules": self.faults.describe()}
+        return self._admin_faults(request, body)
 
     def _admin_config(self, request, body):
         return self.config

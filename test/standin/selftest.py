@@ -381,6 +381,73 @@ def fault_checks(c, prefix, path, body, state_probe, method="POST"):
          f"{prefix}: admin requests are not logged")
 
 
+def random_fault_checks(c, prefix, path, body, state_probe, processed_status, method="POST"):
+    """Seeded random faults (probability, seed) and the two *_after actions."""
+    def rules(specs, **extra):
+        return admin(c, "faults", {"rules": specs, **extra})
+
+    def statuses(count):
+        return [c.call(method, path, body).status for _ in range(count)]
+
+    chance = {"path": path, "action": "status", "status": 503, "probability": 0.5,
+              "times": -1, "name": "coin"}
+    answer = rules([chance], seed=4242)
+    T.eq((answer["seed"], answer["rules"][0]["passed"]), (4242, 0),
+         f"{prefix}: POST faults with a seed shows the seed and a passed counter")
+    first = statuses(24)
+    described = admin(c, "faults")
+    T.ok(0 < first.count(503) < 24 and described["draws"] == 24
+         and described["rules"][0]["applied"] + described["rules"][0]["passed"] == 24,
+         f"{prefix}: probability 0.5 faults some requests, not all", first)
+    rules([chance], seed=4242)
+    T.eq(statuses(24), first, f"{prefix}: the same seed replays the same faults")
+    rules([chance], seed=7)
+    T.ok(statuses(24) != first, f"{prefix}: another seed gives other faults")
+    rules([{**chance, "probability": 0}])
+    T.ok(503 not in statuses(5), f"{prefix}: probability 0 never applies")
+    rules([{**chance, "probability": 0.3}, {"path": path, "action": "status", "status": 429}])
+    got = statuses(3)
+    T.ok(429 in got, f"{prefix}: a request a random rule lets through meets the next rule", got)
+    log = admin(c, "requests")["requests"][-3:]
+    T.ok(all(e["fault_name"] == ("coin" if e["status"] == 503 else None) for e in log),
+         f"{prefix}: the request log names the rule that claimed a request")
+    for bad, why in (({"rules": [{**chance, "probability": 1.5}]}, "probability 1.5"),
+                     ({"rules": [], "seed": "x"}, "a seed that is not an integer")):
+        reply = c.call("POST", "/_standin/faults", bad, token="")
+        T.eq(reply.status, 400, f"{prefix}: {why} is refused with 400")
+    rules([{"path": path, "action": "malformed_after"}])
+    before = state_probe()
+    reply = c.call(method, path, body)
+    try:
+        json.loads(reply.raw)
+        parsed = True
+    except ValueError:
+        parsed = False
+    T.ok(reply.status == processed_status and not parsed,
+         f"{prefix}: malformed_after answers {processed_status} with a truncated body",
+         (reply.status, reply.raw))
+    T.ok(state_probe() != before, f"{prefix}: malformed_after processed the request")
+    rules([{"path": path, "action": "delay_after", "seconds": 1.0}])
+    before = state_probe()
+    slow = Client(c.port, c.context, c.token)
+    outcome = {}
+
+    def call_slowly():
+        started = time.monotonic()
+        outcome["status"] = slow.call(method, path, body).status
+        outcome["took"] = time.monotonic() - started
+    worker = threading.Thread(target=call_slowly)
+    worker.start()
+    time.sleep(0.5)
+    during = state_probe()
+    worker.join()
+    slow.close()
+    T.ok(during != before, f"{prefix}: delay_after has processed the request before it answers")
+    T.ok(outcome.get("status") == processed_status and outcome.get("took", 0) >= 0.95,
+         f"{prefix}: delay_after answers normally, seconds later", outcome)
+    rules([])
+
+
 def concurrency_check(c):
     """A delayed request holds no lock: another connection is answered meanwhile."""
     admin(c, "faults", {"rules": [{"path": "/v1/customers/1", "action": "delay",
@@ -405,6 +472,8 @@ def freshportal_faults_and_tokens(c, token):
     payment = {**PAYMENT, "amount": "1.00"}
     fault_checks(c, "fp", "/v1/invoices/400/payments", payment,
                  lambda: c.get("/v1/invoices/400").json["amount_paid"])
+    random_fault_checks(c, "fp", "/v1/invoices/400/payments", payment,
+                        lambda: c.get("/v1/invoices/400").json["amount_paid"], 201)
     log = admin(c, "requests")["requests"]
     T.ok(any(e["headers"].get("Authorization") == f"Bearer {token}" for e in log),
          "fp: request log keeps the Authorization header as sent")
@@ -426,8 +495,10 @@ def test_freshportal(tls=None, context=None):
         freshportal_payments(c)
         concurrency_check(c)
         freshportal_faults_and_tokens(c, c.token)
+        admin(c, "faults", {"rules": [], "seed": 99})
         admin(c, "reset", {})
         T.eq(admin(c, "state")["invoices"], [], "fp: reset clears the data")
+        T.eq(admin(c, "faults")["seed"], None, "fp: reset forgets the fault seed")
     finally:
         c.close()
         T.eq(server.stop(), 0, f"fp{' tls' if tls else ''}: SIGTERM -> clean exit 0")
@@ -683,6 +754,8 @@ def paytrace_faults(c):
                       {"start_date": today, "end_date": today}).json["transactions"])
     fault_checks(c, "pt", "/v1/transactions/sale/by_customer",
                  {**INTEGRATOR, "customer_id": "C100", "amount": "1.00"}, count)
+    random_fault_checks(c, "pt", "/v1/transactions/sale/by_customer",
+                        {**INTEGRATOR, "customer_id": "C100", "amount": "1.00"}, count, 200)
     admin(c, "expire_tokens", {})
     T.eq(pt(c, "transactions/export/by_id", {"transaction_id": 1}).status, 401,
          "pt: expired token -> 401")
