@@ -748,3 +748,56 @@ sub _uri_escape
 }
 
 1;
+
+# ---------------------------------------------------------------------------
+# Helpers added for the chaos test (test/t/200_chaos.pl).
+# ---------------------------------------------------------------------------
+
+package FreshpayTest::Standin;
+
+=pod
+
+=head2 set_faults(\@rules, $seed)
+
+Replace the fault rules like C<faults>, and with $seed (an integer) also
+seed the stand-in's random generator of C<probability> rules, so that a run
+of random faults can be replayed.  Returns the answer (C<rules>, C<seed>,
+C<draws>).
+
+=cut
+
+sub set_faults
+{
+	my ($self, $rules, $seed) = @_;
+	my %body = (rules => $rules // []);
+	$body{seed} = $seed + 0 if defined $seed;
+	return $self->admin_post('/_standin/faults', \%body);
+}
+
+package FreshpayTest;
+
+=pod
+
+=head2 worker_pid($node, $timeout)
+
+The pid of the freshpay worker of $node, waiting up to $timeout seconds
+(default 10) for one to run (e.g. during a crash restart); undef if none.
+
+=cut
+
+sub worker_pid
+{
+	my ($node, $timeout) = @_;
+	my $pid;
+	wait_for(
+		sub {
+			my ($out, $err, $rc) = psql_result($node, 'freshpay',
+				q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'freshpay worker'});
+			$pid = $out if $rc == 0 && $out =~ /^\d+$/;
+			return defined $pid;
+		},
+		$timeout // 10, 'a freshpay worker');
+	return $pid;
+}
+
+1;
