@@ -365,7 +365,14 @@ sub explain_invoices
 	return;
 }
 
-sub fp_id_of_payment { return sql("SELECT i.freshportal_id FROM freshpay.payments p JOIN freshpay.invoices i ON i.id = p.invoice_id WHERE p.id = $_[0]"); }
+# is_deeply(\@offending, [], ...) shows only the first; this names them all.
+sub none_of
+{
+	my ($list, $what) = @_;
+	my $ok = is_deeply($list, [], $what);
+	diag(scalar(@$list) . ' invoice(s): ' . join(', ', @$list)) unless $ok;
+	return $ok;
+}
 
 # --- (a) What is still unknown was never processed by PayTrace ------------------
 
@@ -374,7 +381,7 @@ my $unknown = rows("SELECT p.id, i.freshportal_id, p.invoice_number FROM freshpa
 my $txns = pt_transactions_by_number();
 my @processed_unknown = map { $_->[1] } grep { @{ $txns->{ $_->[2] } // [] } } @$unknown;
 note(elapsed() . ': ' . scalar(@$unknown) . ' payments are unknown once quiet');
-is_deeply(\@processed_unknown, [], 'unknown once quiet: only attempts PayTrace never processed (no transaction with the invoice number)')
+none_of(\@processed_unknown, 'unknown once quiet: only attempts PayTrace never processed (no transaction with the invoice number)')
   or explain_invoices('unknown, but PayTrace has a transaction', @processed_unknown);
 
 # --- (b) A person settles each one --------------------------------------------------------
@@ -431,17 +438,17 @@ note(sprintf('%s: %d invoices; PayTrace holds %d approved sales of them; %d char
 	elapsed(), $N, scalar(map { @{ $sales->{ number_of($_) } // [] } } @ids), scalar(@double),
 	scalar(map { @{ $fp_regs{$_} // [] } } @ids)));
 
-is_deeply(\@double, [], 'no invoice was charged twice (PayTrace holds at most one approved sale per invoice)')
+none_of(\@double, 'no invoice was charged twice (PayTrace holds at most one approved sale per invoice)')
   or explain_invoices('charged more than once', @double);
-is_deeply(\@not_once, [], 'every invoice was charged exactly once (one approved PayTrace sale)')
+none_of(\@not_once, 'every invoice was charged exactly once (one approved PayTrace sale)')
   or explain_invoices('not charged exactly once', grep { my $x = $_; !grep { $_ == $x } @double } @not_once);
-is_deeply(\@not_captured, [], 'freshpay records exactly one captured sale per invoice')
+none_of(\@not_captured, 'freshpay records exactly one captured sale per invoice')
   or explain_invoices('not one captured sale in freshpay', @not_captured);
-is_deeply(\@wrong_txn, [], "every captured sale carries PayTrace's transaction id of the invoice's sale")
+none_of(\@wrong_txn, "every captured sale carries PayTrace's transaction id of the invoice's sale")
   or explain_invoices('transaction id differs from PayTrace', grep { my $x = $_; !grep { $_ == $x } @not_once, @not_captured } @wrong_txn);
-is_deeply(\@not_registered, [], 'every invoice is registered in FreshPortal exactly once (one live registration)')
+none_of(\@not_registered, 'every invoice is registered in FreshPortal exactly once (one live registration)')
   or explain_invoices('not registered exactly once', @not_registered);
-is_deeply(\@wrong_registration, [], "that registration is the one freshpay recorded, under PayTrace's transaction id")
+none_of(\@wrong_registration, "that registration is the one freshpay recorded, under PayTrace's transaction id")
   or explain_invoices('registration differs', grep { my $x = $_; !grep { $_ == $x } @not_registered, @not_captured } @wrong_registration);
 is_deeply(\@still_open, [], 'FreshPortal shows every invoice paid (open amount 0.00)')
   or diag('still open: ' . join(', ', @still_open[ 0 .. ($#still_open < 19 ? $#still_open : 19) ]));
@@ -457,7 +464,10 @@ is(scalar @$dead, 0, 'no job is dead')
 explain_invoices('dead job', do { my %seen; grep { length && !$seen{$_}++ } map { $_->[2] } @$dead })
   if @$dead && !@not_once && !@not_registered;
 is(sql("SELECT count(*) FROM freshpay.payments WHERE kind = 'sale' AND requested_by = 'paytrace'"), '0',
-	'no sale had to be adopted from PayTrace as made outside freshpay');
+	'no sale had to be adopted from PayTrace as made outside freshpay')
+  or diag(sql("SELECT string_agg(format('payment %s %s of %s for invoice %s (%s), transaction %s, FreshPortal %s', id, status, amount,"
+		  . " coalesce(invoice_number, '-'), coalesce(invoice_id::text, 'unmatched'), paytrace_transaction_id, freshportal_payment_id), E'\n' ORDER BY id)"
+		  . " FROM freshpay.payments WHERE kind = 'sale' AND requested_by = 'paytrace'"));
 is(sql("SELECT count(*) FROM freshpay.payment_history WHERE message ~ $FreshpayTest::TOKEN_PATTERN_SQL"),
 	'0', 'no history message contains a token');
 
