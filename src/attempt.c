@@ -14,13 +14,25 @@
  *	             (invoice amounts, parent statuses, write-back jobs); COMMIT
  *
  * so the intent is durable before anything is sent, and nothing the caller
- * does to its own transaction can erase it.  If the worker dies after
- * "record", the queued resolve job and the restart pass (attempt_recover)
- * look the attempt up at PayTrace before anything else is sent.  A lookup
- * that finds nothing is conclusive only once freshpay.request_timeout (plus
- * a grace period) has passed since the attempt was recorded: until then the
- * request could still be in process at PayTrace, and it stays 'unknown'.
- * An attempt is never sent twice.
+ * does to its own transaction can erase it.  The OAuth token is fetched
+ * before "record", so the request leaves right after it.
+ *
+ * What happens on a timeout (README, "What happens on a timeout"): an
+ * answer that was lost makes the attempt 'unknown'.  It is looked up at
+ * PayTrace again and again (transaction export by invoice number), never
+ * while this worker still has the request in flight, and never concluded
+ * from absence: PayTrace may process a request long after freshpay stopped
+ * waiting, so "not found" proves nothing.  An 'unknown' attempt blocks every
+ * new charge of its invoice until PayTrace shows what became of it, or a
+ * person settles it with freshpay_resolve(payment_id, 'not_processed').  A
+ * late answer or a late export row is recorded even over such a conclusion.
+ * Before any new sale or authorization, PayTrace is asked what it already
+ * holds for the invoice; a transaction freshpay has no record of is recorded
+ * and the charge is refused.
+ *
+ * The local invoice mirrors FreshPortal only (the sync and the write-back
+ * write it); what freshpay collected and FreshPortal does not know yet is
+ * computed from freshpay.payments (captured, not registered).
  *
  * The database backs this up: a partial unique index allows one attempt in
  * flight per invoice and per parent transaction.
@@ -46,8 +58,18 @@
 #include "settings.h"
 #include "worker.h"
 
-/* After freshpay.request_timeout, how long a lost request may still be in process. */
+/* After freshpay.request_timeout, when the safety-net lookup of an attempt runs. */
 #define RESOLVE_GRACE_MS (5 * 1000L)
+
+/* Lookups of an unknown outcome: between 10 s and 15 min apart, growing with its age. */
+#define LOOKUP_MIN_MS (10 * 1000L)
+#define LOOKUP_MAX_MS (15 * 60 * 1000L)
+
+/* An exported transaction created this long before the attempt is not its outcome. */
+#define LOOKUP_CLOCK_SKEW_MS (10 * 60 * 1000L)
+
+/* PayTrace's longest invoice_id [G]; see README, "PayTrace assumptions". */
+#define PT_INVOICE_ID_MAX 50
 
 /* An attempt as stored in freshpay.payments, with what resolving it needs. */
 typedef struct Attempt
@@ -65,6 +87,7 @@ typedef struct Attempt
 	bool		has_parent;
 	int64		parent_id;
 	int64		parent_transaction_id;
+	bool		has_response_code;	/* PayTrace's own word on it */
 	TimestampTz created_at;
 } Attempt;
 
@@ -81,6 +104,9 @@ typedef struct CallPlan
 	char	   *payment_method;
 	char	   *kind;			/* of the payment row to insert */
 	char	   *amount;			/* numeric text */
+	char	   *unregistered;	/* collected, not yet in FreshPortal (numeric text) */
+	int64		freshportal_customer_id;
+	DateADT		invoice_date;
 	bool		has_parent;
 	int64		parent_id;
 	int64		parent_transaction_id;
@@ -159,7 +185,7 @@ attempt_load(int64 payment_id, MemoryContext context)
 	if (spi_run("SELECT p.administration, p.kind, p.status, p.amount, p.invoice_number,"
 				"       p.invoice_id, p.paytrace_transaction_id, p.parent_id,"
 				"       parent.paytrace_transaction_id,"
-				"       p.created_at"
+				"       p.created_at, p.response_code IS NOT NULL"
 				"  FROM freshpay.payments p"
 				"  LEFT JOIN freshpay.payments parent ON parent.id OPERATOR(pg_catalog.=) p.parent_id"
 				" WHERE p.id OPERATOR(pg_catalog.=) $1"
@@ -179,6 +205,8 @@ attempt_load(int64 payment_id, MemoryContext context)
 	spi_int64(9, &a->parent_transaction_id);
 	a->created_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
 													  SPI_tuptable->tupdesc, 10, &isnull));
+	a->has_response_code = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 11, &isnull));
 	return a;
 }
 
@@ -186,24 +214,6 @@ static bool
 is_in_flight(const char *status)
 {
 	return strcmp(status, "pending") == 0 || strcmp(status, "unknown") == 0;
-}
-
-/* Add delta to what the invoice has collected (negative: give it back). */
-static void
-invoice_collected(int64 invoice_id, const char *delta)
-{
-	Oid			types[] = {INT8OID, NUMERICOID};
-	Datum		values[] = {Int64GetDatum(invoice_id), numeric_of(delta)};
-
-	spi_run("UPDATE freshpay.invoices"
-			"   SET amount_paid = amount_paid OPERATOR(pg_catalog.+) $2,"
-			"       open_amount = open_amount OPERATOR(pg_catalog.-) $2,"
-			"       status = CASE"
-			"         WHEN open_amount OPERATOR(pg_catalog.-) $2 OPERATOR(pg_catalog.<=) 0 THEN 'paid'"
-			"         WHEN amount_paid OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.>) 0 THEN 'partially_paid'"
-			"         ELSE 'open' END"
-			" WHERE id OPERATOR(pg_catalog.=) $1",
-			2, types, values, NULL, SPI_OK_UPDATE);
 }
 
 static void
@@ -223,7 +233,11 @@ set_parent_status(int64 parent_id, const char *status)
 	history(parent_id, old_status, status, 0, "followed", "a capture, void or refund of it succeeded");
 }
 
-/* The consequences of a money call that happened. */
+/*
+ * The consequences of a money call that happened: parent statuses and the
+ * write-back to FreshPortal.  The local invoice is FreshPortal's and is not
+ * touched here; the write-back re-reads it.
+ */
 static void
 apply_success(const Attempt *a)
 {
@@ -232,8 +246,6 @@ apply_success(const Attempt *a)
 	if (strcmp(a->kind, "sale") == 0 || strcmp(a->kind, "ach_sale") == 0 ||
 		strcmp(a->kind, "capture") == 0)
 	{
-		if (a->has_invoice)
-			invoice_collected(a->invoice_id, a->amount);
 		if (strcmp(a->kind, "capture") == 0)
 			set_parent_status(a->parent_id, "captured");
 		job_queue("register_payment", a->payment_id, 0);
@@ -242,19 +254,13 @@ apply_success(const Attempt *a)
 	{
 		Datum		values[] = {Int64GetDatum(a->parent_id), (Datum) 0};
 		char	   *parent_kind;
-		char	   *collected;
 
-		spi_run("SELECT kind, amount OPERATOR(pg_catalog.-) refunded_amount FROM freshpay.payments"
-				" WHERE id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, SPI_OK_SELECT);
+		spi_run("SELECT kind FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1",
+				1, types, values, NULL, SPI_OK_SELECT);
 		parent_kind = spi_text(CurrentMemoryContext, 1);
-		collected = spi_text(CurrentMemoryContext, 2);
 		set_parent_status(a->parent_id, "voided");
 		if (strcmp(parent_kind, "authorization") != 0)
-		{
-			if (a->has_invoice)
-				invoice_collected(a->invoice_id, psprintf("-%s", collected));
 			job_queue("reverse_payment", a->payment_id, 0);
-		}
 	}
 	else if (strcmp(a->kind, "refund") == 0)
 	{
@@ -269,8 +275,6 @@ apply_success(const Attempt *a)
 					" AND refunded_amount OPERATOR(pg_catalog.=) amount",
 					1, types, values, NULL, SPI_OK_SELECT) == 1)
 			set_parent_status(a->parent_id, "refunded");
-		if (a->has_invoice)
-			invoice_collected(a->invoice_id, psprintf("-%s", a->amount));
 		job_queue("reverse_payment", a->payment_id, 0);
 	}
 }
@@ -288,9 +292,21 @@ success_status(const char *kind)
 }
 
 /*
- * Record what became of an attempt, once.  Inside a worker transaction.
- * Returns false if the attempt had already been settled (by a lookup that
- * raced the answer, say).
+ * A conclusion PayTrace never gave: 'failed' without a response code and
+ * without a transaction (nothing left freshpay, or a person declared it not
+ * processed).  A late approval is recorded over it.
+ */
+static bool
+is_open_conclusion(const Attempt *a)
+{
+	return strcmp(a->status, "failed") == 0 && !a->has_response_code && !a->has_transaction_id;
+}
+
+/*
+ * Record what became of an attempt, once.  Inside a worker (or caller)
+ * transaction.  Returns false if the attempt had already been settled (by a
+ * lookup or the PayTrace pull that raced the answer, say).  A late approval
+ * is recorded even over an earlier conclusion that PayTrace did not give.
  */
 static bool
 record_outcome(int64 payment_id, const PtResult *result, const char *event)
@@ -304,7 +320,18 @@ record_outcome(int64 payment_id, const PtResult *result, const char *event)
 	char		nulls[6];
 
 	if (!is_in_flight(a->status))
-		return false;
+	{
+		if (result->outcome != PT_APPROVED || !is_open_conclusion(a))
+			return false;
+		ereport(WARNING,
+				(errmsg("freshpay: payment " INT64_FORMAT " of invoice %s was %s after all",
+						payment_id, a->invoice_number ? a->invoice_number : "(none)",
+						strcmp(a->kind, "authorization") == 0 ? "authorized" : "processed"),
+				 errdetail("It had been concluded \"%s\" without PayTrace's word; PayTrace's later answer is recorded over that.",
+						   a->status),
+				 errhint("Check freshpay.exceptions for an invoice collected twice.")));
+		event = "late answer";
+	}
 
 	switch (result->outcome)
 	{
@@ -357,6 +384,24 @@ record_outcome(int64 payment_id, const PtResult *result, const char *event)
 }
 
 /*
+ * Can this invoice number go to PayTrace as invoice_id and come back the
+ * same in its exports?  Lookups match it byte for byte, so anything PayTrace
+ * might trim, truncate or re-encode is refused before sending.
+ */
+static bool
+invoice_number_sendable(const char *number)
+{
+	size_t		len = number ? strlen(number) : 0;
+
+	if (len == 0 || len > PT_INVOICE_ID_MAX || number[0] == ' ' || number[len - 1] == ' ')
+		return false;
+	for (const char *c = number; *c; c++)
+		if (*c < 0x20 || *c > 0x7e)
+			return false;
+	return true;
+}
+
+/*
  * Checks of a collection (capture or authorize) against local data.  Inside
  * a worker transaction; with lock, the invoice row is locked FOR UPDATE.
  * amount may be NULL (the open amount, or the open authorization's amount).
@@ -376,14 +421,20 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 	if (spi_run(psprintf(
 					"SELECT i.administration, i.freshportal_id, i.number, i.type, i.status, i.currency,"
 					"       c.id, c.paytrace_customer_id, c.payment_method, c.code,"
-					"       i.open_amount OPERATOR(pg_catalog.-) COALESCE((SELECT pg_catalog.sum(p.amount OPERATOR(pg_catalog.-) p.refunded_amount)"
-					"          FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
-					"           AND p.status OPERATOR(pg_catalog.=) 'captured' AND p.freshportal_payment_id IS NULL), 0),"
-					"       (SELECT pg_catalog.count(*) FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
+					"       i.open_amount OPERATOR(pg_catalog.-) u.amount,"
+					"       (SELECT pg_catalog.min(p.id) FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
 					"           AND p.status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])),"
-					"       a.id, a.amount, a.paytrace_transaction_id"
+					"       a.id, a.amount, a.paytrace_transaction_id, u.amount, i.invoice_date,"
+					"       (SELECT pg_catalog.min(p.id) FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
+					"           AND p.status OPERATOR(pg_catalog.=) 'unknown'),"
+					"       c.freshportal_id"
 					"  FROM freshpay.invoices i"
 					"  LEFT JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id"
+					/* Money freshpay collected that FreshPortal does not count yet. */
+					"  CROSS JOIN LATERAL (SELECT COALESCE(pg_catalog.sum(p.amount OPERATOR(pg_catalog.-) p.refunded_amount), 0) AS amount"
+					"        FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
+					"         AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])"
+					"         AND p.status OPERATOR(pg_catalog.=) 'captured' AND p.freshportal_payment_id IS NULL) u"
 					"  LEFT JOIN LATERAL (SELECT p.id, p.amount, p.paytrace_transaction_id FROM freshpay.payments p"
 					"        WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id AND p.kind OPERATOR(pg_catalog.=) 'authorization'"
 					"          AND p.status OPERATOR(pg_catalog.=) 'authorized' ORDER BY p.id LIMIT 1) a ON true"
@@ -405,6 +456,14 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 	plan->vault_id = spi_text(context, 8);
 	plan->payment_method = spi_text(context, 9);
 	available = spi_text(context, 11);
+	plan->unregistered = spi_text(context, 16);
+	spi_int64(19, &plan->freshportal_customer_id);
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 17, &isnull);
+
+		plan->invoice_date = isnull ? date_of_timestamp(GetCurrentTimestamp()) - 31 : DatumGetDateADT(d);
+	}
 
 	if (strcmp(type, "credit_note") == 0)
 		refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -418,7 +477,15 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 		refuse(ERRCODE_FEATURE_NOT_SUPPORTED,
 			  "PayTrace collects US dollars only.",
 			  "invoice %s is in %s", plan->invoice_number, currency);
-	if (strcmp(spi_text(context, 12), "0") != 0)
+	if (!invoice_number_sendable(plan->invoice_number))
+		refuse(ERRCODE_INVALID_PARAMETER_VALUE,
+			  "PayTrace's invoice_id takes 1 to 50 printable ASCII characters, and freshpay looks payments up by it; collect this invoice in PayTrace's Virtual Terminal.",
+			  "invoice number of invoice " INT64_FORMAT " cannot be sent to PayTrace", call->target_id);
+	if (spi_text(context, 18) != NULL)
+		refuse(ERRCODE_OBJECT_IN_USE,
+			  "freshpay keeps looking it up at PayTrace. If PayTrace's Virtual Terminal shows no transaction for the invoice, settle it with freshpay_resolve(payment_id, 'not_processed').",
+			  "the outcome of payment %s of invoice %s is unknown", spi_text(context, 18), plan->invoice_number);
+	if (spi_text(context, 12) != NULL)
 		refuse(ERRCODE_OBJECT_IN_USE,
 			  "Wait for it to finish; freshpay.payments shows its status.",
 			  "a collection of invoice %s is already in progress", plan->invoice_number);
@@ -495,7 +562,10 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 				"       p.paytrace_transaction_id, p.amount OPERATOR(pg_catalog.-) p.refunded_amount,"
 				"       p.batch_number, p.customer_id,"
 				"       (SELECT pg_catalog.count(*) FROM freshpay.payments c WHERE c.parent_id OPERATOR(pg_catalog.=) p.id"
-				"           AND c.status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown']))"
+				"           AND c.status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])),"
+				"       (SELECT pg_catalog.min(c.id) FROM freshpay.payments c WHERE c.parent_id OPERATOR(pg_catalog.=) p.id"
+				"           AND c.kind OPERATOR(pg_catalog.=) 'capture'"
+				"           AND c.status OPERATOR(pg_catalog.<>) ALL (ARRAY['failed']))"
 				"  FROM freshpay.payments p WHERE p.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 				1, types, values, NULL, SPI_OK_SELECT) == 0)
 		refuse(ERRCODE_NO_DATA_FOUND, "payment_id is freshpay.payments.id.",
@@ -523,6 +593,17 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 	if (strcmp(spi_text(context, 10), "0") != 0)
 		refuse(ERRCODE_OBJECT_IN_USE, "Wait for it to finish; freshpay.payments shows its status.",
 			  "a void or refund of payment " INT64_FORMAT " is already in progress", target_id);
+
+	/*
+	 * PayTrace keeps the authorization's transaction id for its capture: a
+	 * void or refund of a captured authorization would act on the captured
+	 * money.  The capture is the row to act on.
+	 */
+	if (strcmp(kind, "authorization") == 0 && spi_text(context, 11) != NULL)
+		refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+			  psprintf("Void or refund its capture, payment %s, instead; PayTrace releases the uncaptured rest of the authorization by itself.",
+					   spi_text(context, 11)),
+			  "authorization " INT64_FORMAT " has been captured", target_id);
 
 	if (op == MONEY_VOID)
 	{
@@ -587,23 +668,99 @@ record_attempt(const CallPlan *plan, const char *requested_by)
 	return payment_id;
 }
 
-/* FreshPortal's current view of the invoice, before anything is charged. */
+/*
+ * FreshPortal's current view of the invoice, before anything is charged: it
+ * must still be an issued USD invoice of the same customer with money open.
+ * What freshpay collected and FreshPortal does not count yet is deducted;
+ * a call without an amount collects what is left of that.
+ */
 static void
-reread_invoice(const Administration *admin, CallPlan *plan)
+reread_invoice(const Administration *admin, CallPlan *plan, bool has_amount)
 {
 	FpInvoice  *remote = freshportal_get_invoice(admin, plan->freshportal_invoice_id);
 	char	   *open = numeric_text(remote->open_amount);
+	char	   *left;
 
+	if (remote->id != plan->freshportal_invoice_id)
+		refuse(ERRCODE_DATA_CORRUPTED, NULL,
+			  "FreshPortal answered invoice " INT64_FORMAT " for invoice %s (FreshPortal id " INT64_FORMAT ")",
+			  remote->id, plan->invoice_number, plan->freshportal_invoice_id);
+	if (strcmp(remote->type, "invoice") != 0 || strcmp(remote->status, "concept") == 0 ||
+		strcmp(remote->currency, "USD") != 0 ||
+		(plan->freshportal_customer_id != 0 && remote->customer_id != plan->freshportal_customer_id))
+		refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+			  "Run freshpay_sync() to see FreshPortal's current invoice, then collect it if it still applies.",
+			  "invoice %s changed in FreshPortal: it is now a %s %s in %s of customer " INT64_FORMAT,
+			  plan->invoice_number, remote->status, remote->type, remote->currency, remote->customer_id);
 	if (strcmp(remote->status, "paid") == 0 || strcmp(remote->status, "credited") == 0 ||
 		numeric_compare(open, "0") <= 0)
 		refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 			  "It was paid in FreshPortal meanwhile (by bank transfer, say); run freshpay_sync() to see it.",
 			  "invoice %s is already paid in FreshPortal", plan->invoice_number);
-	if (numeric_compare(plan->amount, open) > 0)
+
+	left = numeric_text(DirectFunctionCall2(numeric_sub, remote->open_amount,
+											numeric_of(plan->unregistered ? plan->unregistered : "0")));
+	if (numeric_compare(left, "0") <= 0)
+		refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+			  "Nothing is left to collect; freshpay.payments shows what was collected.",
+			  "invoice %s is already paid", plan->invoice_number);
+	if (!has_amount && numeric_compare(plan->amount, left) > 0)
+		plan->amount = left;
+	if (numeric_compare(plan->amount, left) > 0)
 		refuse(ERRCODE_INVALID_PARAMETER_VALUE,
 			  "Run freshpay_sync() and collect at most the open amount.",
 			  "amount %s exceeds FreshPortal's current open amount %s of invoice %s",
-			  plan->amount, open, plan->invoice_number);
+			  plan->amount, left, plan->invoice_number);
+}
+
+/*
+ * Before a new sale or authorization: what does PayTrace already hold for
+ * this invoice?  An approved transaction freshpay has no record of (an
+ * answer lost before a failover, a sale in the Virtual Terminal, a request
+ * PayTrace processed late) is recorded, and the charge is refused.
+ */
+static void
+lookup_before_charge(const Administration *admin, const CallPlan *plan)
+{
+	List	   *found = paytrace_export_by_date_range(admin, plan->invoice_date - 1,
+													  date_of_timestamp(GetCurrentTimestamp()) + 1,
+													  plan->invoice_number);
+	ListCell   *lc;
+
+	foreach(lc, found)
+	{
+		PtTransaction *t = lfirst(lc);
+		Oid			types[] = {TEXTOID, INT8OID};
+		Datum		values[] = {CStringGetTextDatum(admin->name), Int64GetDatum(t->transaction_id)};
+		MemoryContext caller;
+		bool		known;
+		int64		payment_id = 0;
+
+		if (strcmp(t->invoice_id, plan->invoice_number) != 0 ||
+			(t->state != PT_STATE_PENDING_SETTLEMENT && t->state != PT_STATE_SETTLED &&
+			 t->state != PT_STATE_AUTHORIZED))
+			continue;
+		caller = worker_begin();
+		known = spi_run("SELECT 1 FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
+						" AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2",
+						2, types, values, NULL, SPI_OK_SELECT) > 0;
+		if (!known && attempt_apply_paytrace(admin->name, t) != 0 &&
+			spi_run("SELECT id FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
+					" AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2 ORDER BY id LIMIT 1",
+					2, types, values, NULL, SPI_OK_SELECT) == 1)
+			spi_int64(1, &payment_id);
+		worker_commit(caller);
+		if (known)
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("PayTrace already holds transaction " INT64_FORMAT " for invoice %s",
+						t->transaction_id, plan->invoice_number),
+				 payment_id ? errdetail("freshpay had no record of it; it is now recorded as payment " INT64_FORMAT ".",
+										payment_id)
+				 : errdetail("freshpay had no record of it."),
+				 errhint("See freshpay.payments; collect what is still open once FreshPortal shows it.")));
+	}
 }
 
 static PtRequest
@@ -689,6 +846,121 @@ plan_call(CallPlan *plan, const MoneyCall *call, MemoryContext context)
 	worker_commit(caller);
 }
 
+/*
+ * The payments whose request this worker has in flight.  Their own answer
+ * (or its loss) settles them; a lookup must not race it.
+ */
+static int64 *in_flight_ids = NULL;
+static int	in_flight_count = 0;
+static int	in_flight_size = 0;
+
+static void
+in_flight_add(int64 payment_id)
+{
+	if (in_flight_count == in_flight_size)
+	{
+		in_flight_size = Max(64, in_flight_size * 2);
+		in_flight_ids = in_flight_ids == NULL
+			? MemoryContextAlloc(TopMemoryContext, in_flight_size * sizeof(int64))
+			: repalloc(in_flight_ids, in_flight_size * sizeof(int64));
+	}
+	in_flight_ids[in_flight_count++] = payment_id;
+}
+
+static void
+in_flight_remove(int64 payment_id)
+{
+	for (int i = 0; i < in_flight_count; i++)
+		if (in_flight_ids[i] == payment_id)
+		{
+			in_flight_ids[i] = in_flight_ids[--in_flight_count];
+			return;
+		}
+}
+
+static bool
+in_flight_here(int64 payment_id)
+{
+	for (int i = 0; i < in_flight_count; i++)
+		if (in_flight_ids[i] == payment_id)
+			return true;
+	return false;
+}
+
+/*
+ * Record an outcome in a transaction of its own, from an error path: the
+ * error being handled is flushed first.  Failing that, the attempt stays as
+ * it is and its resolve job looks it up.
+ */
+static void
+record_unsent(int64 payment_id, const PtResult *result)
+{
+	MemoryContext outer = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		MemoryContext caller;
+
+		if (IsTransactionState())
+			AbortCurrentTransaction();
+		caller = worker_begin();
+		record_outcome(payment_id, result, "not sent");
+		worker_commit(caller);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(outer);
+		FlushErrorState();
+		if (IsTransactionState())
+			AbortCurrentTransaction();
+		elog(WARNING, "freshpay worker: could not record that payment " INT64_FORMAT " was not sent; it is looked up at PayTrace",
+			 payment_id);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(outer);
+}
+
+/*
+ * From an error path after a request was sent: the attempt becomes 'unknown'
+ * (if it is still open) and is looked up soon; a WARNING says why.
+ */
+static void
+mark_unknown(int64 payment_id, const char *why)
+{
+	MemoryContext outer = CurrentMemoryContext;
+
+	ereport(WARNING,
+			(errmsg("freshpay worker: the outcome of payment " INT64_FORMAT " could not be recorded", payment_id),
+			 errdetail("%s", why),
+			 errhint("The payment is left unknown and looked up at PayTrace.")));
+	PG_TRY();
+	{
+		MemoryContext caller = worker_begin();
+		Oid			types[] = {INT8OID, TEXTOID};
+		Datum		values[] = {Int64GetDatum(payment_id), CStringGetTextDatum(why)};
+
+		if (spi_run("UPDATE freshpay.payments SET status = 'unknown', updated_at = pg_catalog.now()"
+					" WHERE id OPERATOR(pg_catalog.=) $1"
+					"   AND status OPERATOR(pg_catalog.=) 'pending'",
+					1, types, values, NULL, SPI_OK_UPDATE) == 1)
+			spi_run("INSERT INTO freshpay.payment_history (payment_id, old_status, new_status, event, message)"
+					" VALUES ($1, 'pending', 'unknown', 'unrecordable', $2)",
+					2, types, values, NULL, SPI_OK_INSERT);
+		job_queue("resolve_payment", payment_id,
+				  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LOOKUP_MIN_MS));
+		worker_commit(caller);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(outer);
+		FlushErrorState();
+		if (IsTransactionState())
+			AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(outer);
+}
+
 /* A money call in flight: everything it needs lives in its own context. */
 struct Pending
 {
@@ -736,7 +1008,11 @@ begin_call(Pending *p)
 	worker_commit(caller);
 
 	if (p->plan.op == MONEY_CAPTURE || p->plan.op == MONEY_AUTHORIZE)
-		reread_invoice(p->admin, &p->plan);
+	{
+		reread_invoice(p->admin, &p->plan, p->call.has_amount);
+		if (p->plan.operation != PT_CAPTURE)
+			lookup_before_charge(p->admin, &p->plan);
+	}
 	else if (p->plan.operation == PT_VOID && target_is_settled(p->admin, &p->plan))
 	{
 		/* The local row did not know yet: a reversal becomes a refund. */
@@ -756,9 +1032,21 @@ begin_call(Pending *p)
 		CallPlan	locked = {0};
 
 		plan_collection(&locked, &p->call, true, context);
-		if (numeric_compare(p->plan.amount, locked.amount) != 0 && !p->call.has_amount)
+		if (!p->call.has_amount && numeric_compare(locked.amount, p->plan.amount) < 0)
 			p->plan.amount = locked.amount;
 	}
+	p->request = request_of(&p->plan);
+	worker_commit(caller);
+	MemoryContextSwitchTo(context);
+
+	/*
+	 * The token first: the request must leave right after the attempt is
+	 * recorded, so that nothing but PayTrace decides how long it is out.
+	 */
+	paytrace_prepare(p->admin);
+
+	caller = worker_begin();
+	MemoryContextSwitchTo(context);
 	p->payment_id = record_attempt(&p->plan, p->call.requested_by);
 	worker_commit(caller);
 	MemoryContextSwitchTo(context);
@@ -766,8 +1054,27 @@ begin_call(Pending *p)
 		mailbox_progress(p->slot, p->payment_id);
 
 	worker_pause_point("before_send", p->payment_id);
-	p->request = request_of(&p->plan);
-	(void) paytrace_start(p->admin, &p->request, p);
+	PG_TRY();
+	{
+		(void) paytrace_start(p->admin, &p->request, p);
+	}
+	PG_CATCH();
+	{
+		/* Nothing left: record that, so the attempt does not stay open. */
+		ErrorData  *edata;
+		PtResult	result = {0};
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		FlushErrorState();
+		result.outcome = PT_NOT_SENT;
+		result.retry_after = -1;
+		result.message = psprintf("Not sent: %s", edata->message);
+		record_unsent(p->payment_id, &result);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	in_flight_add(p->payment_id);
 	worker_status_in_flight(1);
 }
 
@@ -831,11 +1138,13 @@ attempt_finish(Pending *p, const HttpResponse *response)
 	MemoryContext outer = CurrentMemoryContext;
 	AttemptEnd *end = palloc0(sizeof(AttemptEnd));
 	MoneyAnswer answer = {0};
+	volatile bool recorded = false;
 
 	end->job_id = p->job_id;
 	end->job_attempts = p->job_attempts;
 	end->retry_after = -1;
 	worker_status_in_flight(-1);
+	in_flight_remove(p->payment_id);
 
 	PG_TRY();
 	{
@@ -850,6 +1159,7 @@ attempt_finish(Pending *p, const HttpResponse *response)
 		MemoryContextSwitchTo(p->context);
 		record_outcome(p->payment_id, result, "answered");
 		worker_commit(caller);
+		recorded = true;
 
 		end->outcome = result->outcome;
 		end->retry_after = result->retry_after;
@@ -873,8 +1183,24 @@ attempt_finish(Pending *p, const HttpResponse *response)
 		answer_from_error(&answer, outer, &message, &code);
 		answer.payment_id = p->payment_id;
 		end->outcome = PT_UNKNOWN;
-		end->error = message;
-		end->sqlerrcode = code;
+		if (recorded)
+		{
+			/* Recorded, and refused by PayTrace: the caller's error. */
+			end->error = message;
+			end->sqlerrcode = code;
+		}
+		else
+		{
+			/*
+			 * The request was sent and its answer could not be read or
+			 * recorded: the outcome is unknown, and looked up at PayTrace.
+			 * Never an ERROR: PayTrace may have moved the money.
+			 */
+			mark_unknown(p->payment_id, message);
+			memset(&answer, 0, sizeof(answer));
+			answer.payment_id = p->payment_id;
+			worker_status_error(message);
+		}
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(outer);
@@ -905,24 +1231,25 @@ matches(const Attempt *a, const PtTransaction *t)
 	return false;
 }
 
+/* Is this transaction's state a sign that the attempt happened? */
+static bool
+shows_success(const Attempt *a, const PtTransaction *t)
+{
+	if (strcmp(a->kind, "void") == 0)
+		return t->state == PT_STATE_VOIDED;
+	if (strcmp(a->kind, "authorization") == 0)
+		return t->state == PT_STATE_AUTHORIZED || t->state == PT_STATE_PENDING_SETTLEMENT ||
+			t->state == PT_STATE_SETTLED;
+	return t->state == PT_STATE_PENDING_SETTLEMENT || t->state == PT_STATE_SETTLED;
+}
+
 /* Turn what an export shows into the answer the lost request would have had. */
 static PtResult *
 result_from_transaction(const Attempt *a, const PtTransaction *t)
 {
 	PtResult   *result = palloc0(sizeof(PtResult));
-	bool		happened;
 
-	if (strcmp(a->kind, "void") == 0)
-		happened = t->state == PT_STATE_VOIDED;
-	else if (strcmp(a->kind, "capture") == 0)
-		happened = t->state == PT_STATE_PENDING_SETTLEMENT || t->state == PT_STATE_SETTLED;
-	else if (strcmp(a->kind, "authorization") == 0)
-		happened = t->state == PT_STATE_AUTHORIZED || t->state == PT_STATE_PENDING_SETTLEMENT ||
-			t->state == PT_STATE_SETTLED;
-	else
-		happened = t->state == PT_STATE_PENDING_SETTLEMENT || t->state == PT_STATE_SETTLED;
-
-	result->outcome = happened ? PT_APPROVED : PT_DECLINED;
+	result->outcome = shows_success(a, t) ? PT_APPROVED : PT_DECLINED;
 	result->has_transaction_id = true;
 	result->transaction_id = t->transaction_id;
 	result->approval_code = (t->approval_code && t->approval_code[0]) ? t->approval_code : NULL;
@@ -947,8 +1274,52 @@ adopted_elsewhere(const Attempt *a, int64 transaction_id)
 }
 
 /*
+ * Of the exported transactions, the one that is this attempt's outcome, or
+ * NULL.  For a sale, authorization, ACH debit or refund: same invoice number,
+ * amount and type, not created well before the attempt, not another
+ * payment's; an approved one wins over a declined or voided one (which may
+ * be an earlier attempt's).  Inside a worker transaction.
+ */
+static PtTransaction *
+pick_outcome(const Attempt *a, List *candidates)
+{
+	PtTransaction *best = NULL;
+	TimestampTz not_before = TimestampTzPlusMilliseconds(a->created_at, -LOOKUP_CLOCK_SKEW_MS);
+	ListCell   *lc;
+
+	foreach(lc, candidates)
+	{
+		PtTransaction *t = lfirst(lc);
+
+		if (!matches(a, t) || (t->has_created_at && t->created_at < not_before) ||
+			adopted_elsewhere(a, t->transaction_id))
+			continue;
+		if (best == NULL || (shows_success(a, t) && !shows_success(a, best)))
+			best = t;
+	}
+	return best;
+}
+
+/* When to look an unknown attempt up again: sooner while it is young. */
+static TimestampTz
+next_lookup(const Attempt *a)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		age_ms = TimestampDifferenceMilliseconds(a->created_at, now);
+
+	return TimestampTzPlusMilliseconds(now, Min(Max(age_ms / 4, LOOKUP_MIN_MS), LOOKUP_MAX_MS));
+}
+
+/*
  * Look a pending or unknown attempt up at PayTrace and record what it shows.
  * Returns 0 when the attempt is settled, or when to look again.
+ *
+ * Only what PayTrace shows concludes an attempt.  Not finding it proves
+ * nothing (PayTrace may still process it, long after freshpay stopped
+ * waiting): the attempt stays 'unknown', is looked up again, and blocks new
+ * charges of its invoice until PayTrace shows it or a person settles it
+ * (freshpay_resolve).  One exception is conclusive by PayTrace's rules: a
+ * void of a transaction that has settled can no longer happen.
  */
 TimestampTz
 attempt_resolve(int64 payment_id)
@@ -959,8 +1330,11 @@ attempt_resolve(int64 payment_id)
 	Administration *admin;
 	List	   *candidates = NIL;
 	PtTransaction *found = NULL;
-	ListCell   *lc;
-	TimestampTz conclusive_at;
+	bool		on_parent;
+
+	/* The worker's own request is still out: its answer settles it. */
+	if (in_flight_here(payment_id))
+		return TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LOOKUP_MIN_MS);
 
 	caller = worker_begin();
 	MemoryContextSwitchTo(context);
@@ -971,7 +1345,8 @@ attempt_resolve(int64 payment_id)
 		return 0;
 
 	/* Ask PayTrace.  Captures and voids show on the transaction they act on. */
-	if (strcmp(a->kind, "capture") == 0 || strcmp(a->kind, "void") == 0)
+	on_parent = strcmp(a->kind, "capture") == 0 || strcmp(a->kind, "void") == 0;
+	if (on_parent)
 		candidates = paytrace_export_by_id(admin, a->parent_transaction_id);
 	else if (a->has_transaction_id)
 		candidates = paytrace_export_by_id(admin, a->transaction_id);
@@ -985,48 +1360,34 @@ attempt_resolve(int64 payment_id)
 
 	caller = worker_begin();
 	MemoryContextSwitchTo(context);
-	foreach(lc, candidates)
-	{
-		PtTransaction *t = lfirst(lc);
+	if (on_parent || a->has_transaction_id)
+		found = candidates != NIL ? linitial(candidates) : NULL;
+	else
+		found = pick_outcome(a, candidates);
 
-		if (strcmp(a->kind, "capture") == 0 || strcmp(a->kind, "void") == 0 ||
-			a->has_transaction_id ||
-			(matches(a, t) && !adopted_elsewhere(a, t->transaction_id)))
-		{
-			found = t;
-			break;
-		}
-	}
-
-	conclusive_at = TimestampTzPlusMilliseconds(a->created_at,
-												freshpay_request_timeout + RESOLVE_GRACE_MS);
 	if (found != NULL)
 	{
 		PtResult   *result = result_from_transaction(a, found);
+		bool		conclusive;
 
-		/* A capture or void not visible yet may still be in process. */
-		if (result->outcome == PT_APPROVED || GetCurrentTimestamp() >= conclusive_at ||
-			(strcmp(a->kind, "capture") != 0 && strcmp(a->kind, "void") != 0))
+		if (on_parent)
+			/* Not visible on the parent yet: it may still be in process. */
+			conclusive = result->outcome == PT_APPROVED ||
+				(strcmp(a->kind, "void") == 0 && found->state == PT_STATE_SETTLED);
+		else
+			conclusive = true;
+		if (conclusive)
 		{
+			if (result->outcome != PT_APPROVED && on_parent)
+				result->message = psprintf("Transaction " INT64_FORMAT " settled before the void reached it.",
+										   found->transaction_id);
 			record_outcome(payment_id, result, "resolved");
 			worker_commit(caller);
 			return 0;
 		}
 	}
-	else if (GetCurrentTimestamp() >= conclusive_at)
-	{
-		PtResult	result = {0};
 
-		result.outcome = PT_NOT_SENT;
-		result.retry_after = -1;
-		result.message = psprintf("PayTrace has no record of the request %d s after it was recorded: it was not processed.",
-								  (freshpay_request_timeout + (int) RESOLVE_GRACE_MS) / 1000);
-		record_outcome(payment_id, &result, "resolved");
-		worker_commit(caller);
-		return 0;
-	}
-
-	/* Not conclusive yet: it may still be in process at PayTrace. */
+	/* Not found (yet): it stays unknown, and is looked up again. */
 	if (strcmp(a->status, "pending") == 0)
 	{
 		Oid			types[] = {INT8OID};
@@ -1035,10 +1396,10 @@ attempt_resolve(int64 payment_id)
 		spi_run("UPDATE freshpay.payments SET status = 'unknown', updated_at = pg_catalog.now()"
 				" WHERE id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, SPI_OK_UPDATE);
 		history(payment_id, "pending", "unknown", 0, "lookup",
-				"Not found at PayTrace yet; looked up again once the request cannot be in process any more.");
+				"Not found at PayTrace yet. It is looked up again; until PayTrace shows it, or a person settles it with freshpay_resolve(), no new charge of the invoice is made.");
 	}
 	worker_commit(caller);
-	return conclusive_at;
+	return next_lookup(a);
 }
 
 /*
@@ -1133,7 +1494,7 @@ attempt_apply_paytrace(const char *administration, const PtTransaction *t)
 	if (spi_run("SELECT id, status FROM freshpay.payments"
 				" WHERE administration OPERATOR(pg_catalog.=) $1"
 				"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
-				"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'authorization'])"
+				"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'authorization', 'refund'])"
 				" ORDER BY (kind OPERATOR(pg_catalog.=) 'authorization'), id LIMIT 1",
 				2, types, values, NULL, SPI_OK_SELECT) == 1)
 	{
@@ -1145,13 +1506,22 @@ attempt_apply_paytrace(const char *administration, const PtTransaction *t)
 					"       updated_at = pg_catalog.now()"
 					" WHERE administration OPERATOR(pg_catalog.=) $1"
 					"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
-					"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])"
+					"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'refund'])"
+					/* a refund settles under its own id, not under its sale's */
+					"   AND (kind OPERATOR(pg_catalog.<>) 'refund' OR NOT EXISTS (SELECT FROM freshpay.payments s"
+					"        WHERE s.id OPERATOR(pg_catalog.=) payments.parent_id"
+					"          AND s.paytrace_transaction_id OPERATOR(pg_catalog.=) payments.paytrace_transaction_id))"
 					"   AND batch_number IS DISTINCT FROM $3",
 					4, types, values, nulls, SPI_OK_UPDATE) > 0)
 			change = 'u';
 
+		/* A void of it already recorded (one of ours, say) is not learned twice. */
 		if ((t->state == PT_STATE_VOIDED || t->state == PT_STATE_DECLINED) &&
-			(strcmp(status, "captured") == 0 || strcmp(status, "authorized") == 0))
+			(strcmp(status, "captured") == 0 || strcmp(status, "authorized") == 0) &&
+			spi_run("SELECT 1 FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
+					"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+					"   AND kind OPERATOR(pg_catalog.=) 'void'",
+					2, types, values, NULL, SPI_OK_SELECT) == 0)
 		{
 			Oid			vtypes[] = {INT8OID, INT8OID, TEXTOID};
 			Datum		vvalues[] = {Int64GetDatum(payment_id), Int64GetDatum(t->transaction_id),
@@ -1201,6 +1571,36 @@ attempt_apply_paytrace(const char *administration, const PtTransaction *t)
 
 		if (kind == NULL)
 			return 0;			/* refunds without a parent of ours are not recorded */
+
+		/*
+		 * One of freshpay's own attempts whose answer it does not have:
+		 * PayTrace's record is its outcome.  An attempt still in flight is
+		 * left to its answer.
+		 */
+		if (t->invoice_id[0] != '\0')
+		{
+			Oid			otypes[] = {TEXTOID, TEXTOID, TEXTOID, NUMERICOID};
+			Datum		ovalues[] = {CStringGetTextDatum(administration), CStringGetTextDatum(t->invoice_id),
+				CStringGetTextDatum(kind), t->amount};
+			int64		own_id;
+
+			if (spi_run("SELECT id, status FROM freshpay.payments"
+						" WHERE administration OPERATOR(pg_catalog.=) $1"
+						"   AND invoice_number OPERATOR(pg_catalog.=) $2"
+						"   AND kind OPERATOR(pg_catalog.=) $3 AND amount OPERATOR(pg_catalog.=) $4"
+						"   AND paytrace_transaction_id IS NULL"
+						"   AND (status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])"
+						"        OR (status OPERATOR(pg_catalog.=) 'failed' AND response_code IS NULL))"
+						" ORDER BY (status OPERATOR(pg_catalog.=) 'failed'), id DESC LIMIT 1",
+						4, otypes, ovalues, NULL, SPI_OK_SELECT) == 1)
+			{
+				spi_int64(1, &own_id);
+				if (strcmp(spi_text(CurrentMemoryContext, 2), "pending") == 0)
+					return 0;
+				a = attempt_load(own_id, CurrentMemoryContext);
+				return record_outcome(own_id, result_from_transaction(a, t), "learned") ? 'u' : 0;
+			}
+		}
 		ivalues[0] = CStringGetTextDatum(administration);
 		ivalues[1] = Int64GetDatum(t->transaction_id);
 		ivalues[2] = CStringGetTextDatum(kind);

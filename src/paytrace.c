@@ -124,9 +124,14 @@ is_invalid_token(const HttpResponse *response)
 
 	if (response->status != 401 && response->status != 400)
 		return false;
+	/*
+	 * Only PayTrace's own word says the request was not processed; a 401
+	 * with an unreadable body (a proxy's page, say) proves nothing, and a
+	 * money request is never sent again on it.
+	 */
 	root = jsonconv_parse(response->body, response->body_len, error, sizeof(error));
 	if (root == NULL)
-		return response->status == 401;
+		return false;
 	PG_TRY();
 	{
 		char	   *code = member_string(root, "error");
@@ -472,20 +477,6 @@ result_of(const HttpResponse *response)
 }
 
 /*
- * Perform one money call and wait for it.  Errors that prove nothing was
- * sent (a refused connection) come back as outcomes, not ERRORs, so that the
- * caller can record them; a missing token raises (nothing was sent).
- */
-PtResult *
-paytrace_execute(const Administration *admin, const PtRequest *request)
-{
-	HttpResponse response;
-
-	pt_post(admin, call_of(request->operation)->path, money_fields(request), false, &response);
-	return result_of(&response);
-}
-
-/*
  * Start a money call without waiting (the worker keeps many in flight);
  * paytrace_finish turns the answer into the outcome.
  */
@@ -505,15 +496,50 @@ paytrace_start(const Administration *admin, const PtRequest *request, void *owne
 	return http_start(&http, owner);
 }
 
+/*
+ * Make sure a token is cached, so that a money call recorded next leaves at
+ * once (the worker fetches it before it records the attempt).
+ */
+void
+paytrace_prepare(const Administration *admin)
+{
+	uint32		hash = credential_hash(admin);
+	char		cached[FRESHPAY_TOKEN_MAX + 1];
+
+	if (!token_cache_lookup(admin->name, REMOTE_PAYTRACE, hash, cached, sizeof(cached)))
+		(void) pt_authenticate(admin, hash);
+	explicit_bzero(cached, sizeof(cached));
+}
+
 PtResult *
 paytrace_finish(const Administration *admin, const PtRequest *request,
 				const HttpResponse *response)
 {
-	/* The token expired on the way: nothing was processed; send it again. */
+	/*
+	 * PayTrace says the token was not accepted: nothing was processed.  The
+	 * request goes once more with a new token; a second refusal ends it as
+	 * not sent.
+	 */
 	if (response->transport == HTTP_TRANSPORT_OK && is_invalid_token(response))
 	{
+		HttpRequest http;
+		HttpResponse again;
+
 		token_cache_forget_any(admin->name, REMOTE_PAYTRACE);
-		return paytrace_execute(admin, request);
+		pt_request(admin, call_of(request->operation)->path, money_fields(request), false,
+				   pt_authenticate(admin, credential_hash(admin)), &http);
+		http_perform(&http, &again);
+		if (again.transport == HTTP_TRANSPORT_OK && is_invalid_token(&again))
+		{
+			PtResult   *result = palloc0(sizeof(PtResult));
+
+			result->outcome = PT_NOT_SENT;
+			result->retry_after = -1;
+			result->message = psprintf("PayTrace did not accept a fresh token of administration \"%s\".",
+									   admin->name);
+			return result;
+		}
+		return result_of(&again);
 	}
 	return result_of(response);
 }
@@ -556,7 +582,17 @@ state_of(const char *status_code, const char *status_message, int *batch)
 	*batch = 0;
 	if (strncmp(status_code, "GB", 2) == 0 && status_code[2] != '\0')
 	{
-		*batch = atoi(status_code + 2);
+		char	   *end;
+		long		number;
+
+		errno = 0;
+		number = strtol(status_code + 2, &end, 10);
+		if (errno != 0 || *end != '\0' || number <= 0 || number > PG_INT32_MAX ||
+			!isdigit((unsigned char) status_code[2]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("PayTrace status_code \"%s\" is not GB followed by a batch number", status_code)));
+		*batch = (int) number;
 		return PT_STATE_SETTLED;
 	}
 	if (pg_strcasecmp(status_code, "Settled") == 0)

@@ -105,9 +105,9 @@ typedef struct PtBatch
 	Datum		raw;			/* jsonb */
 } PtBatch;
 
-extern PtResult *paytrace_execute(const Administration *admin, const PtRequest *request);
 extern HttpTransfer *paytrace_start(const Administration *admin, const PtRequest *request,
 									void *owner);
+extern void paytrace_prepare(const Administration *admin);
 extern PtResult *paytrace_finish(const Administration *admin, const PtRequest *request,
 								 const HttpResponse *response);
 extern PtResult *paytrace_parse_result(long http_status, const char *body, size_t len);
