@@ -23,6 +23,7 @@ int			freshpay_max_parallel_requests = 8;
 int			freshpay_connect_timeout = 10000;
 int			freshpay_request_timeout = 90000;
 int			freshpay_max_attempts = 8;
+int			freshpay_max_retry_delay = 300000;
 char	   *freshpay_ca_file = NULL;
 bool		freshpay_allow_plain_http = false;
 int			freshpay_max_response_size = 32 * 1024;
@@ -95,6 +96,15 @@ FreshpaySettingsInit(void)
 							8, 1, 1000,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("freshpay.max_retry_delay",
+							"Longest wait between two tries of a failing job.",
+							"Write-back and lookups retry until they succeed, with a backoff that grows up to this.",
+							&freshpay_max_retry_delay,
+							300000, 1000, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("freshpay.ca_file",

@@ -48,12 +48,14 @@
 #include "worker.h"
 #include "writeback.h"
 
+/* How long the worker waits for a row lock before trying again later. */
+#define WORKER_LOCK_TIMEOUT "5s"
+
 /* Longest idle wait: settings and the extension's existence are rechecked. */
 #define WORKER_IDLE_TIMEOUT_MS (10 * 1000L)
 
-/* Backoff of failing jobs: 1 s doubling up to 5 min, with jitter. */
+/* Backoff of failing jobs: 1 s doubling up to freshpay.max_retry_delay, with jitter. */
 #define JOB_BACKOFF_BASE_MS 1000L
-#define JOB_BACKOFF_MAX_MS (300 * 1000L)
 
 void
 FreshpayWorkerRegister(void)
@@ -277,7 +279,7 @@ job_backoff_ms(int attempts)
 {
 	long		delay = JOB_BACKOFF_BASE_MS << Min(attempts, 20);
 
-	delay = Min(delay, JOB_BACKOFF_MAX_MS);
+	delay = Min(delay, freshpay_max_retry_delay);
 	/* Jitter: between half and all of the delay. */
 	return delay / 2 + (long) (pg_prng_double(&pg_global_prng_state) * (delay / 2));
 }
@@ -344,7 +346,16 @@ job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error
 {
 	MemoryContext caller = worker_begin();
 	int			attempts = job->attempts + 1;
-	bool		dead = error != NULL && (permanent || attempts >= freshpay_max_attempts);
+
+	/*
+	 * Write-back and lookups are never given up: an outcome must reach
+	 * FreshPortal, and an unknown one must be learned.  They retry with a
+	 * backoff capped at five minutes; past freshpay.max_attempts they are an
+	 * alert in freshpay.exceptions, not an end.  A collection may die; it
+	 * comes back when it can succeed (revive_collections).
+	 */
+	bool		never_dies = strcmp(job->kind, "collect_invoice") != 0;
+	bool		dead = error != NULL && !never_dies && (permanent || attempts >= freshpay_max_attempts);
 	long		delay_ms = error ? job_backoff_ms(attempts - 1) : 0;
 	Oid			types[] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
 	Datum		values[] = {
@@ -366,6 +377,9 @@ job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error
 	if (dead)
 		elog(WARNING, "freshpay worker: gave up job " INT64_FORMAT " (%s) after %d attempts: %s",
 			 job->id, job->kind, attempts, error);
+	else if (error != NULL && never_dies && attempts == freshpay_max_attempts)
+		elog(WARNING, "freshpay worker: job " INT64_FORMAT " (%s) failed %d times and keeps retrying: %s",
+			 job->id, job->kind, attempts, error);
 }
 
 /*
@@ -378,7 +392,8 @@ is_permanent(int sqlerrcode)
 {
 	const char *state = unpack_sql_state(sqlerrcode);
 
-	if (sqlerrcode == ERRCODE_OBJECT_IN_USE)
+	/* Busy, or a row held by someone else's transaction: later. */
+	if (sqlerrcode == ERRCODE_OBJECT_IN_USE || sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
 		return false;
 	return strncmp(state, "22", 2) == 0 || strncmp(state, "42", 2) == 0 ||
 		strncmp(state, "0A", 2) == 0 || strncmp(state, "P0", 2) == 0 ||
@@ -410,8 +425,8 @@ job_run(const Job *job)
 		ErrorData  *edata = worker_catch(context);
 
 		error = worker_error_text(edata);
-		/* Write-back and lookups retry until they succeed (or attempts run out). */
-		permanent = strcmp(job->kind, "collect_invoice") == 0 && is_permanent(edata->sqlerrcode);
+		/* Write-back and lookups retry until they succeed. */
+		permanent = false;
 		worker_status_error(error);
 	}
 	PG_END_TRY();
@@ -464,6 +479,38 @@ queue_due_collections(void)
 					 0, NULL, NULL, NULL, SPI_OK_INSERT);
 	worker_commit(caller);
 	return queued;
+}
+
+/*
+ * Dead collections come back when they may succeed: the invoice or its
+ * customer changed since the job died (a sync brought news), or an hour
+ * has passed (credentials fixed, PayTrace back).  The
+ * collect job's own checks then decide.  Returns how many came back.
+ */
+static int64
+revive_collections(void)
+{
+	MemoryContext caller = worker_begin();
+	int64		revived;
+
+	revived = spi_run("UPDATE freshpay.jobs j SET state = 'queued', attempts = 0,"
+					  "       next_run_at = pg_catalog.now(), updated_at = pg_catalog.now()"
+					  "  FROM freshpay.invoices i"
+					  "  JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id"
+					  " WHERE j.kind OPERATOR(pg_catalog.=) 'collect_invoice' AND j.state OPERATOR(pg_catalog.=) 'dead'"
+					  "   AND i.id OPERATOR(pg_catalog.=) j.invoice_id"
+					  "   AND c.collection OPERATOR(pg_catalog.=) ANY (ARRAY['on_issue', 'on_due_date'])"
+					  "   AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])"
+					  "   AND (i.synced_at OPERATOR(pg_catalog.>) j.updated_at"
+					  "        OR c.synced_at OPERATOR(pg_catalog.>) j.updated_at"
+					  "        OR j.updated_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour'))"
+					  "   AND NOT EXISTS (SELECT FROM freshpay.jobs q WHERE q.kind OPERATOR(pg_catalog.=) 'collect_invoice'"
+					  "        AND q.invoice_id OPERATOR(pg_catalog.=) j.invoice_id AND q.state OPERATOR(pg_catalog.=) 'queued')",
+					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+	worker_commit(caller);
+	if (revived > 0)
+		elog(LOG, "freshpay worker: " INT64_FORMAT " collections given up earlier are tried again", revived);
+	return revived;
 }
 
 /*
@@ -571,7 +618,7 @@ collect_job_ended(const AttemptEnd *end)
 				   end->retry_after);
 	}
 	else if (end->outcome == PT_UNKNOWN)
-		/* Its resolve job looks it up; then this one checks the invoice again. */
+		/* Its resolve job looks it up; this one waits while it is unknown. */
 		job_update(&job, false,
 				   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), freshpay_request_timeout + 10000L),
 				   NULL, false, -1);
@@ -702,6 +749,13 @@ freshpay_worker_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(freshpay_database_name, NULL, 0);
 	pgstat_report_appname("freshpay worker");
+
+	/*
+	 * Never wait long on a row a user's transaction holds (an idle session
+	 * that called freshpay_sync(), say): the step fails with 55P03 and is
+	 * tried again later, and every other call goes on.
+	 */
+	SetConfigOption("lock_timeout", WORKER_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
 	elog(LOG, "freshpay worker started in database \"%s\"", freshpay_database_name);
 
 	loop_context = AllocSetContextCreate(TopMemoryContext, "freshpay worker loop",
@@ -754,7 +808,7 @@ freshpay_worker_main(Datum main_arg)
 			}
 			if (GetCurrentTimestamp() - last_due_pass > USECS_PER_SEC * 60)
 			{
-				if (queue_due_collections() > 0)
+				if (queue_due_collections() + revive_collections() > 0)
 					serve(loop_context);
 				last_due_pass = GetCurrentTimestamp();
 			}
