@@ -13,6 +13,11 @@
  * sale's registration is reversed and the remainder (captured − refunded) is
  * registered anew, with provider_transaction_id "<sale>-r<refund>"; the sale
  * then points at that registration, so a later refund reverses it in turn.
+ * Before the reversal is sent, the void or refund row takes over the id of
+ * the registration it reverses and the sale is marked unregistered, in one
+ * transaction: from then on freshpay counts the sale's remainder as money
+ * FreshPortal does not know, so a collection meanwhile cannot take it again.
+ * The remainder is then registered by the sale's own register job.
  *
  * Jobs run in the worker (worker.c); an ERROR here means "retry later with
  * backoff".  No transaction is open during the HTTP calls.  After each
@@ -50,6 +55,7 @@ typedef struct Written
 	char	   *method;
 	bool		has_parent;
 	int64		parent_id;
+	char	   *provider_id;	/* provider_transaction_id of its registration */
 } Written;
 
 static Written *
@@ -62,7 +68,13 @@ written_load(int64 payment_id, MemoryContext context)
 	if (spi_run("SELECT p.administration, p.kind, p.status,"
 				"       p.amount OPERATOR(pg_catalog.-) p.refunded_amount,"
 				"       p.paytrace_transaction_id::text, p.freshportal_payment_id,"
-				"       i.freshportal_id, i.currency, c.payment_method, p.parent_id"
+				"       i.freshportal_id, i.currency, c.payment_method, p.parent_id,"
+				"       CASE WHEN p.refunded_amount OPERATOR(pg_catalog.>) 0 THEN"
+				"         p.paytrace_transaction_id::text OPERATOR(pg_catalog.||) '-r' OPERATOR(pg_catalog.||)"
+				"         (SELECT r.paytrace_transaction_id::text FROM freshpay.payments r"
+				"           WHERE r.parent_id OPERATOR(pg_catalog.=) p.id AND r.kind OPERATOR(pg_catalog.=) 'refund'"
+				"             AND r.status OPERATOR(pg_catalog.=) 'refunded' ORDER BY r.id DESC LIMIT 1)"
+				"       ELSE p.paytrace_transaction_id::text END"
 				"  FROM freshpay.payments p"
 				"  LEFT JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) p.invoice_id"
 				"  LEFT JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) p.customer_id"
@@ -80,6 +92,7 @@ written_load(int64 payment_id, MemoryContext context)
 	w->currency = spi_text(context, 8);
 	w->method = spi_text(context, 9);
 	w->has_parent = spi_int64(10, &w->parent_id);
+	w->provider_id = spi_text(context, 11);
 	if (w->method == NULL || strcmp(w->kind, "ach_sale") == 0)
 		w->method = strcmp(w->kind, "ach_sale") == 0 ? "ach" : "card";
 	return w;
@@ -143,11 +156,17 @@ register_once(const Administration *admin, const Written *w, const char *amount,
 	FpRegistration r = {0};
 
 	*created = false;
+	/*
+	 * Checked here, not only by FreshPortal's filter: a payment counts as
+	 * ours only with our provider id on our invoice.
+	 */
 	foreach(lc, existing)
 	{
 		FpPayment  *p = lfirst(lc);
 
-		if (strcmp(p->status, "reversed") != 0)
+		if (strcmp(p->status, "reversed") != 0 && p->invoice_id == w->freshportal_invoice_id &&
+			p->provider_transaction_id != NULL &&
+			strcmp(p->provider_transaction_id, provider_transaction_id) == 0)
 			return p->id;
 	}
 	r.invoice_id = w->freshportal_invoice_id;
@@ -185,7 +204,8 @@ writeback_register(int64 payment_id)
 		w->freshportal_invoice_id == 0)
 		return;
 
-	freshportal_payment_id = register_once(admin, w, w->remaining, w->transaction_id, &created);
+	freshportal_payment_id = register_once(admin, w, w->remaining,
+										   w->provider_id ? w->provider_id : w->transaction_id, &created);
 
 	caller = worker_begin();
 	set_registration(payment_id, true, freshportal_payment_id);
@@ -205,7 +225,7 @@ writeback_reverse(int64 payment_id)
 	Written    *w;
 	Written    *sale;
 	Administration *admin;
-	bool		remainder;
+	int64		reversing;
 
 	caller = worker_begin();
 	MemoryContextSwitchTo(context);
@@ -214,41 +234,38 @@ writeback_reverse(int64 payment_id)
 	admin = administration_load(w->administration, context);
 	worker_commit(caller);
 
-	/* Never registered: its register job sees the new status (or the remainder). */
-	if (sale == NULL || !sale->registered)
+	if (sale == NULL)
+		return;
+	if (w->registered)
+		/* An earlier run took the registration over: reverse it. */
+		reversing = w->freshportal_payment_id;
+	else if (sale->registered)
+	{
+		/* Take it over before anything is sent (see the header comment). */
+		reversing = sale->freshportal_payment_id;
+		caller = worker_begin();
+		set_registration(payment_id, true, reversing);
+		set_registration(sale->payment_id, false, 0);
+		note(sale->payment_id, sale->status, "reversing",
+			 psprintf("FreshPortal payment " INT64_FORMAT " is being reversed", reversing));
+		worker_commit(caller);
+	}
+	else
+		/* Never registered: its register job sees the new status (or the remainder). */
 		return;
 
-	if (strcmp(freshportal_get_payment(admin, sale->freshportal_payment_id)->status, "reversed") != 0)
-		freshportal_reverse_payment(admin, sale->freshportal_payment_id,
+	if (strcmp(freshportal_get_payment(admin, reversing)->status, "reversed") != 0)
+		freshportal_reverse_payment(admin, reversing,
 									strcmp(w->kind, "void") == 0 ? "voided" : "refunded",
 									w->transaction_id ? w->transaction_id : "",
 									date_of_timestamp(GetCurrentTimestamp()));
 
-	remainder = strcmp(sale->status, "captured") == 0 && strcmp(sale->remaining, "0.00") != 0;
-	if (remainder)
-	{
-		char	   *provider_id = psprintf("%s-r%s", sale->transaction_id,
-										   w->transaction_id ? w->transaction_id : "");
-		bool		created;
-		int64		again = register_once(admin, sale, sale->remaining, provider_id, &created);
-
-		caller = worker_begin();
-		set_registration(sale->payment_id, true, again);
-		note(sale->payment_id, sale->status, "registered",
-			 psprintf("Remainder %s after a partial refund registered in FreshPortal as payment " INT64_FORMAT,
-					  sale->remaining, again));
-		worker_commit(caller);
-	}
-	else
-	{
-		caller = worker_begin();
-		set_registration(sale->payment_id, true, sale->freshportal_payment_id);
-		worker_commit(caller);
-	}
-
+	/* Reversed: the rest of a partly refunded sale is registered anew. */
 	caller = worker_begin();
 	note(payment_id, w->status, "reversed",
-		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, sale->freshportal_payment_id));
+		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, reversing));
+	if (strcmp(sale->status, "captured") == 0 && strcmp(sale->remaining, "0.00") != 0)
+		job_queue("register_payment", sale->payment_id, 0);
 	worker_commit(caller);
 	refresh_invoice(admin, sale->freshportal_invoice_id);
 }
