@@ -267,6 +267,40 @@ header_append(struct curl_slist *list, const char *header)
 	return grown;
 }
 
+/*
+ * Retry-After (RFC 9110 10.2.3): delta-seconds or an HTTP-date.  Returns
+ * seconds from now, capped at a day, or -1 when absent or unreadable.
+ */
+int
+http_parse_retry_after(const char *value, time_t now)
+{
+	const long	cap = 24 * 60 * 60;
+
+	while (value != NULL && (*value == ' ' || *value == '\t'))
+		value++;
+	if (value == NULL || *value == '\0')
+		return -1;
+	if (isdigit((unsigned char) *value))
+	{
+		long		seconds = 0;
+
+		for (; isdigit((unsigned char) *value); value++)
+			seconds = Min(seconds * 10 + (*value - '0'), cap);
+		while (*value == ' ' || *value == '\t')
+			value++;
+		return *value == '\0' ? (int) seconds : -1;
+	}
+	else
+	{
+		/* IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT"; curl parses it. */
+		time_t		at = curl_getdate(value, NULL);
+
+		if (at == -1)
+			return -1;
+		return at <= now ? 0 : (int) Min((long) (at - now), cap);
+	}
+}
+
 static HttpTransport
 classify_failure(CURLcode code, long request_size)
 {
@@ -375,7 +409,7 @@ transfer_collect(CURL *handle, CURLcode code, const BodyBuffer *buf, const char 
 	curl_easy_getinfo(handle, CURLINFO_REQUEST_SIZE, &request_size);
 	if (code == CURLE_OK &&
 		curl_easy_header(handle, "Retry-After", 0, CURLH_HEADER, -1, &retry_after) == CURLHE_OK)
-		response->retry_after = atoi(retry_after->value);
+		response->retry_after = http_parse_retry_after(retry_after->value, time(NULL));
 	strlcpy(response->error, errbuf, sizeof(response->error));
 
 	response->body = palloc(buf->len + 1);
@@ -415,7 +449,12 @@ void
 http_perform(const HttpRequest *request, HttpResponse *response)
 {
 	CURL	   *handle;
-	struct curl_slist *volatile headers = NULL;
+
+	/*
+	 * The header list lives outside the stack frame that an error unwinds,
+	 * so that a list left half-built by a failing header_append is freed too.
+	 */
+	struct curl_slist **headers = palloc0(sizeof(struct curl_slist *));
 	BodyBuffer	buf = {0};
 	char		errbuf[CURL_ERROR_SIZE] = "";
 	volatile CURLcode code = CURLE_OK;
@@ -425,11 +464,8 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 
 	PG_TRY();
 	{
-		struct curl_slist *list = NULL;
-
 		curl_easy_reset(handle);
-		transfer_setup(handle, request, &buf, errbuf, &list);
-		headers = list;
+		transfer_setup(handle, request, &buf, errbuf, headers);
 		code = curl_easy_perform(handle);
 		transfer_collect(handle, code, &buf, errbuf, response);
 	}
@@ -439,7 +475,8 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 		curl_easy_setopt(handle, CURLOPT_HTTPHEADER, NULL);
 		curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, NULL);
 		curl_easy_setopt(handle, CURLOPT_WRITEDATA, NULL);
-		curl_slist_free_all(headers);
+		curl_slist_free_all(*headers);
+		pfree(headers);
 		free(buf.data);
 	}
 	PG_END_TRY();

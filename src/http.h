@@ -60,4 +60,6 @@ extern void http_report_transport_error(const HttpRequest *request,
 extern void http_check_url(const char *url, const char *what);
 extern char *http_url_escape(const char *text);
 
+extern int http_parse_retry_after(const char *value, time_t now);
+
 #endif							/* FRESHPAY_HTTP_H */

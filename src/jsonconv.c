@@ -12,6 +12,8 @@
  */
 #include "postgres.h"
 
+#include "mb/pg_wchar.h"
+
 #include "jsonconv.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
@@ -27,11 +29,22 @@
 json_object *
 jsonconv_parse(const char *text, size_t len, char *error, size_t error_size)
 {
-	json_tokener *tok = json_tokener_new();
+	json_tokener *tok;
 	json_object *root;
 	enum json_tokener_error jerr;
 	size_t		end;
 
+	/*
+	 * JSON is UTF-8, and json-c does not check it: text that is not would
+	 * be stored as is into text columns.  Refused here, once, for every
+	 * remote answer.
+	 */
+	if (text != NULL && pg_encoding_verifymbstr(PG_UTF8, text, (int) len) != (int) len)
+	{
+		strlcpy(error, "the body is not valid UTF-8", error_size);
+		return NULL;
+	}
+	tok = json_tokener_new();
 	if (tok == NULL)
 	{
 		strlcpy(error, "out of memory", error_size);
