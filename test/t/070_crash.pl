@@ -169,11 +169,23 @@ is(scalar(pt_calls($SALE, '2026-0701', $seq)), 0, '(a) PayTrace has not seen the
 kill_worker('(a)');
 finish_psql($caller);    # cut off by the crash restart; its outcome is not the point
 set_pause('');
-ok(poll_until("SELECT status = 'failed' FROM freshpay.payments WHERE id = " . ($attempt // 0), '(a) resolution'),
-	'(a) after the restart the attempt is resolved at PayTrace: failed');
+# The new worker cannot know whether the sale left before the crash, and
+# absence at PayTrace proves nothing: the attempt is unknown until a person,
+# having seen no transaction in PayTrace's Virtual Terminal, settles it.
+ok(poll_until("SELECT status = 'unknown' FROM freshpay.payments WHERE id = " . ($attempt // 0), '(a) lookup'),
+	'(a) after the restart the attempt is looked up at PayTrace and is unknown');
+ok(FreshpayTest::wait_for(sub {
+			scalar grep { $_->{path} eq '/v1/transactions/export/by_date_range'
+				  && (body_of($_)->{including_text} // '') eq '2026-0701' } @{ $pt->requests(since => $seq) } },
+		30, '(a) the lookup'),
+	'(a) the new worker looked it up at PayTrace (export by invoice number)');
 is(scalar(pt_sales('2026-0701')), 0, '(a) nothing was charged');
 is(scalar(pt_calls($SALE, '2026-0701', $seq)), 0, '(a) the sale was not sent after the restart either');
 my ($out, $err) = FreshpayTest::psql_result($node, 'freshpay', "SELECT status FROM freshpay_capture($inv{701})");
+like($err, qr/the outcome of payment \d+ of invoice 2026-0701 is unknown/, '(a) capturing again is refused while unknown');
+is(sql("SELECT status FROM freshpay_resolve(" . ($attempt // 0) . ", 'not_processed')"), 'failed',
+	'(a) a person settles it as not processed');
+($out, $err) = FreshpayTest::psql_result($node, 'freshpay', "SELECT status FROM freshpay_capture($inv{701})");
 is($out, 'captured', '(a) capturing again succeeds') or diag($err);
 consistent('(a)', 701, $inv{701});
 

@@ -126,19 +126,21 @@ cmp_ok($gap, '>=', 1.9, sprintf('429: the retry waited for Retry-After: 2 (%.2f 
 cmp_ok(max_attempts(4001), '>=', 2, '429: the collect job shows at least 2 attempts');
 is_deeply(faults_spent($pt), [1], '429: the fault was met');
 
-# --- 503 twice, unreadable JSON once, a dropped connection once ------------------------
+# --- 503 twice; a sale made whose answer is unreadable, one whose answer is lost -------
+# (the last two are found by lookups; a request that never reached PayTrace
+# stays unknown until a person settles it: see 160_timeouts.pl)
 
 $pt->faults([
 	{ method => 'POST', path => $SALE, action => 'status', status => 503, times => 2,
 	  body => '<html><body>503 Service Temporarily Unavailable</body></html>', headers => { 'Content-Type' => 'text/html' } },
-	{ method => 'POST', path => $SALE, action => 'malformed', times => 1 },
-	{ method => 'POST', path => $SALE, action => 'close_before', times => 1 },
+	{ method => 'POST', path => $SALE, action => 'malformed_after', times => 1 },
+	{ method => 'POST', path => $SALE, action => 'close_after', times => 1 },
 ]);
 my @four = 4011 .. 4014;
 $seq = $pt->last_seq;
 arrive(1, @four);
 collected_once('faults', @four);
-is_deeply(faults_spent($pt), [ 1, 1, 1 ], 'faults: each fault was met (503 twice, malformed, dropped)');
+is_deeply(faults_spent($pt), [ 1, 1, 1 ], 'faults: each fault was met (503 twice, malformed answer, lost answer)');
 my @faulted = grep { $_->{fault} } grep { $_->{path} eq $SALE } @{ $pt->requests(since => $seq) };
 is(scalar @faulted, 4, 'faults: four sale requests met a fault');
 cmp_ok(max_attempts(@four), '>=', 2, 'faults: collect jobs were retried (attempts >= 2)');
@@ -201,6 +203,22 @@ SKIP:
 }
 $fp->faults([]);
 $pt->faults([]);
+
+# --- A dead collection comes back once it can succeed -------------------------------
+
+# FreshPortal answers again, and the invoice changes there: the next
+# scheduled sync brings the news, and the collection given up is tried again.
+$fp->admin_post('/_standin/invoices/4022', { due_date => '2026-12-24' });
+sql("ALTER SYSTEM SET freshpay.sync_interval = '1s'");
+sql('SELECT pg_reload_conf()');
+ok( poll_until("SELECT count(*) = 1 FROM freshpay.payments WHERE invoice_id = $i4022 AND status = 'captured'",
+		'revived: the collection to succeed', 60),
+	'revived: the dead collection comes back after a sync and captures');
+is(scalar(pt_sales('2026-4022')), 1, 'revived: PayTrace holds exactly one sale');
+is(sql("SELECT count(*) FROM freshpay.jobs WHERE kind = 'collect_invoice' AND invoice_id = $i4022 AND state = 'dead'"),
+	'0', 'revived: its job is no longer dead');
+sql("ALTER SYSTEM SET freshpay.sync_interval = '0'");
+sql('SELECT pg_reload_conf()');
 
 is(sql("SELECT count(*) FROM freshpay.jobs j WHERE j::text ~ $FreshpayTest::TOKEN_PATTERN_SQL"), '0', 'no job row contains a token');
 
