@@ -573,6 +573,7 @@ scheduled_sync(void)
 		PG_END_TRY();
 	}
 	queue_due_collections();
+	revive_collections();
 	worker_status_synced();
 }
 
