@@ -65,7 +65,7 @@ sub wait_pt_sale
 # --- Setup -----------------------------------------------------------------
 
 $pt->customers([ { customer_id => 'C-BLOOM', method => 'card' }, { customer_id => 'C-FERN', method => 'card' } ]);
-my @manual = (601 .. 612);
+my @manual = (601 .. 613);
 $fp->seed(
 	{
 		customers => [
@@ -363,6 +363,22 @@ sub issue
 	like($err, qr/ERROR:\s+22023: invoice number of invoice $long cannot be sent to PayTrace/,
 		'long invoice number: refused before sending');
 	is(scalar @{ $pt->requests(since => $seq) }, 0, 'changed invoice, long number: nothing reached PayTrace');
+}
+
+# --- L4: a FreshPortal that ignores the lookup's filter ----------------------
+
+{
+	$fp->config({ ignore_payment_filters => JSON::PP::true });
+	my ($out, $err) = call("SELECT id FROM freshpay_capture($inv{613})");
+	my $payment = $out;
+	ok(poll_until("SELECT freshportal_payment_id IS NOT NULL FROM freshpay.payments WHERE id = " . ($payment || 0),
+			'the sale to be registered'), 'unfiltered lookup: the sale is registered');
+	my $registration = $fp->item('payments', sql("SELECT freshportal_payment_id FROM freshpay.payments WHERE id = " . ($payment || 0)));
+	is($registration->{invoice_id}, 613, 'unfiltered lookup: under its own invoice, not another payment found by the lookup');
+	is($registration->{provider_transaction_id}, sql("SELECT paytrace_transaction_id FROM freshpay.payments WHERE id = " . ($payment || 0)),
+		'unfiltered lookup: with its own provider transaction id');
+	is(scalar(fp_registrations(613)), 1, 'unfiltered lookup: registered exactly once');
+	$fp->config({ ignore_payment_filters => JSON::PP::false });
 }
 
 # --- L7: Retry-After as an HTTP-date is honoured ----------------------------
