@@ -888,14 +888,15 @@ in_flight_here(int64 payment_id)
 }
 
 /*
- * Record an outcome in a transaction of its own, from an error path: the
- * error being handled is flushed first.  Failing that, the attempt stays as
- * it is and its resolve job looks it up.
+ * From an error path: run step(arg) in a transaction of its own, with any
+ * transaction the error left aborted first.  Returns false, with the error
+ * dropped, when that fails too.
  */
-static void
-record_unsent(int64 payment_id, const PtResult *result)
+static bool
+on_the_side(void (*step) (void *arg), void *arg)
 {
 	MemoryContext outer = CurrentMemoryContext;
+	volatile bool done = false;
 
 	PG_TRY();
 	{
@@ -904,8 +905,9 @@ record_unsent(int64 payment_id, const PtResult *result)
 		if (IsTransactionState())
 			AbortCurrentTransaction();
 		caller = worker_begin();
-		record_outcome(payment_id, result, "not sent");
+		step(arg);
 		worker_commit(caller);
+		done = true;
 	}
 	PG_CATCH();
 	{
@@ -913,52 +915,75 @@ record_unsent(int64 payment_id, const PtResult *result)
 		FlushErrorState();
 		if (IsTransactionState())
 			AbortCurrentTransaction();
-		elog(WARNING, "freshpay worker: could not record that payment " INT64_FORMAT " was not sent; it is looked up at PayTrace",
-			 payment_id);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(outer);
+	return done;
+}
+
+typedef struct SideOutcome
+{
+	int64		payment_id;
+	const PtResult *result;
+	const char *why;
+} SideOutcome;
+
+static void
+record_unsent_step(void *arg)
+{
+	SideOutcome *o = arg;
+
+	record_outcome(o->payment_id, o->result, "not sent");
+}
+
+/*
+ * A request that never left: record that, so the attempt does not stay
+ * open.  Failing that, it stays as it is and its resolve job looks it up.
+ */
+static void
+record_unsent(int64 payment_id, const PtResult *result)
+{
+	SideOutcome o = {.payment_id = payment_id, .result = result};
+
+	if (!on_the_side(record_unsent_step, &o))
+		elog(WARNING, "freshpay worker: could not record that payment " INT64_FORMAT " was not sent; it is looked up at PayTrace",
+			 payment_id);
+}
+
+static void
+mark_unknown_step(void *arg)
+{
+	SideOutcome *o = arg;
+	Oid			types[] = {INT8OID, TEXTOID};
+	Datum		values[] = {Int64GetDatum(o->payment_id), CStringGetTextDatum(o->why)};
+
+	if (spi_run("UPDATE freshpay.payments SET status = 'unknown', updated_at = pg_catalog.now()"
+				" WHERE id OPERATOR(pg_catalog.=) $1"
+				"   AND status OPERATOR(pg_catalog.=) 'pending'",
+				1, types, values, NULL, SPI_OK_UPDATE) == 1)
+		spi_run("INSERT INTO freshpay.payment_history (payment_id, old_status, new_status, event, message)"
+				" VALUES ($1, 'pending', 'unknown', 'unrecordable', $2)",
+				2, types, values, NULL, SPI_OK_INSERT);
+	job_queue("resolve_payment", o->payment_id,
+			  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LOOKUP_MIN_MS));
 }
 
 /*
  * From an error path after a request was sent: the attempt becomes 'unknown'
- * (if it is still open) and is looked up soon; a WARNING says why.
+ * (if it is still open) and is looked up soon; a WARNING says why.  If even
+ * that cannot be written, it stays 'pending' and its resolve job, queued
+ * when it was recorded, looks it up.
  */
 static void
 mark_unknown(int64 payment_id, const char *why)
 {
-	MemoryContext outer = CurrentMemoryContext;
+	SideOutcome o = {.payment_id = payment_id, .why = why};
 
 	ereport(WARNING,
 			(errmsg("freshpay worker: the outcome of payment " INT64_FORMAT " could not be recorded", payment_id),
 			 errdetail("%s", why),
 			 errhint("The payment is left unknown and looked up at PayTrace.")));
-	PG_TRY();
-	{
-		MemoryContext caller = worker_begin();
-		Oid			types[] = {INT8OID, TEXTOID};
-		Datum		values[] = {Int64GetDatum(payment_id), CStringGetTextDatum(why)};
-
-		if (spi_run("UPDATE freshpay.payments SET status = 'unknown', updated_at = pg_catalog.now()"
-					" WHERE id OPERATOR(pg_catalog.=) $1"
-					"   AND status OPERATOR(pg_catalog.=) 'pending'",
-					1, types, values, NULL, SPI_OK_UPDATE) == 1)
-			spi_run("INSERT INTO freshpay.payment_history (payment_id, old_status, new_status, event, message)"
-					" VALUES ($1, 'pending', 'unknown', 'unrecordable', $2)",
-					2, types, values, NULL, SPI_OK_INSERT);
-		job_queue("resolve_payment", payment_id,
-				  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LOOKUP_MIN_MS));
-		worker_commit(caller);
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(outer);
-		FlushErrorState();
-		if (IsTransactionState())
-			AbortCurrentTransaction();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(outer);
+	(void) on_the_side(mark_unknown_step, &o);
 }
 
 /* A money call in flight: everything it needs lives in its own context. */
