@@ -459,6 +459,18 @@ result_of(const HttpResponse *response)
 		case HTTP_TRANSPORT_OK:
 			result = paytrace_parse_result(response->status, response->body, response->body_len);
 			result->retry_after = response->retry_after;
+
+			/*
+			 * [G] A 503 that says when to come back (Retry-After) is an
+			 * overloaded front end turning the request away unprocessed, as a
+			 * 429 is.  A 503 or 500 without it proves nothing: unknown.
+			 */
+			if (response->status == 503 && response->retry_after >= 0 && result->outcome == PT_UNKNOWN)
+			{
+				result->outcome = PT_RETRY_LATER;
+				result->message = psprintf("PayTrace is unavailable (HTTP 503, Retry-After %d s).",
+										   response->retry_after);
+			}
 			break;
 		case HTTP_TRANSPORT_NOT_SENT:
 			result = palloc0(sizeof(PtResult));

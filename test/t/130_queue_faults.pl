@@ -126,13 +126,15 @@ cmp_ok($gap, '>=', 1.9, sprintf('429: the retry waited for Retry-After: 2 (%.2f 
 cmp_ok(max_attempts(4001), '>=', 2, '429: the collect job shows at least 2 attempts');
 is_deeply(faults_spent($pt), [1], '429: the fault was met');
 
-# --- 503 twice; a sale made whose answer is unreadable, one whose answer is lost -------
+# --- 503 with Retry-After twice (turned away, not processed); a sale made whose answer
+# is unreadable, one whose answer is lost -------
 # (the last two are found by lookups; a request that never reached PayTrace
 # stays unknown until a person settles it: see 160_timeouts.pl)
 
 $pt->faults([
 	{ method => 'POST', path => $SALE, action => 'status', status => 503, times => 2,
-	  body => '<html><body>503 Service Temporarily Unavailable</body></html>', headers => { 'Content-Type' => 'text/html' } },
+	  body => '<html><body>503 Service Temporarily Unavailable</body></html>',
+	  headers => { 'Content-Type' => 'text/html', 'Retry-After' => '1' } },
 	{ method => 'POST', path => $SALE, action => 'malformed_after', times => 1 },
 	{ method => 'POST', path => $SALE, action => 'close_after', times => 1 },
 ]);
