@@ -124,7 +124,16 @@ jsonconv_int64_opt(json_object *object, const char *key, int64 *result)
 		return false;
 	if (json_object_is_type(value, json_type_int))
 	{
+		/*
+		 * json-c clamps integers beyond int64 to its ends without a word (two
+		 * different huge ids would become one): the ends count as out of
+		 * range, like the over-long strings below.
+		 */
 		*result = json_object_get_int64(value);
+		if (*result == PG_INT64_MAX || *result == PG_INT64_MIN)
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("field \"%s\" is out of range for an integer", key)));
 		return true;
 	}
 	if (json_object_is_type(value, json_type_string) &&
