@@ -31,6 +31,16 @@ SHLIB_LINK   = $(CURL_LIBS) $(JSONC_LIBS)
 
 EXTRA_CLEAN  = tmp_check tmp_regress results regression.diffs regression.out
 
+# make FRESHPAY_SANITIZE=1: instrument freshpay with AddressSanitizer and
+# UndefinedBehaviorSanitizer (test/run's sanitized pass; README "Sanitizers").
+# Such a freshpay.so needs the sanitizer runtime preloaded into the server, so
+# install it only into a private copy of PostgreSQL, never the system's.  No
+# LLVM bitcode: the JIT must not inline instrumented code.
+ifeq ($(FRESHPAY_SANITIZE),1)
+PG_CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer
+override with_llvm = no
+endif
+
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
