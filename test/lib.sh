@@ -17,13 +17,19 @@
 # the scripts call from their EXIT trap, so a failure or ^C leaves nothing
 # running.
 
-FP_PG_BINDIR=/usr/lib/postgresql/15/bin
+# The PostgreSQL whose programs the scripts run and whose pg_config builds
+# freshpay: the system's, unless FRESHPAY_PG_BINDIR names another bin/
+# directory (test/run's sanitized pass points it at a private copy).
+FP_SYSTEM_PG_BINDIR=/usr/lib/postgresql/15/bin
+FP_PG_BINDIR=${FRESHPAY_PG_BINDIR:-$FP_SYSTEM_PG_BINDIR}
 FP_PG_CONFIG=$FP_PG_BINDIR/pg_config
 FP_TEST_USER=freshpay_test
 FP_TEST_HOME=/var/lib/freshpay_test
 FP_CLEAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-# Debian packages the build, the tests and the demo need.
+# Debian packages the build, the tests and the demo need.  libasan8 and
+# libubsan1 are gcc's sanitizer runtimes (test/run's sanitized pass); clang
+# and libclang-rt-14-dev (libFuzzer) are for the fuzz targets.
 FP_PACKAGES=(
 	build-essential pkg-config
 	postgresql-15 postgresql-server-dev-15
@@ -31,12 +37,15 @@ FP_PACKAGES=(
 	perl libipc-run-perl python3
 	openssl ca-certificates curl
 	procps util-linux passwd
+	libasan8 libubsan1
+	clang libclang-rt-14-dev
 )
 
 # Build outputs and test leftovers that never belong in a work copy.
 FP_COPY_EXCLUDES=(
 	./.git ./tmp_check ./tmp_regress ./tmp_demo ./tmp_results ./tmp_standin
 	./results ./log ./regression.diffs ./regression.out ./fp.port ./pt.port
+	./test/fuzz/out ./test/fuzz/build
 	'*.o' '*.so' '*.bc' '.deps' '__pycache__' '*.pyc'
 )
 
@@ -183,12 +192,16 @@ fp_as_tester() {
 	"${FP_TESTER_PREFIX[@]}" "$@"
 }
 
+# Every work copy fp_make_workdir made, for fp_outer_cleanup.
+FP_WORK_DIRS=()
+
 # fp_make_workdir SRC — copy the checkout SRC (without .git and build
 # outputs) into a fresh directory; sets FP_WORK.  Owned by the test user.
 fp_make_workdir() {
 	local src=$1 excludes=() pattern
 	fp_banner "Work copy"
 	FP_WORK=$(mktemp -d /tmp/freshpay-test.XXXXXX)
+	FP_WORK_DIRS+=("$FP_WORK")
 	for pattern in "${FP_COPY_EXCLUDES[@]}"; do
 		excludes+=("--exclude=$pattern")
 	done
@@ -199,19 +212,148 @@ fp_make_workdir() {
 	fp_say "copied $src to $FP_WORK"
 }
 
-# fp_build_and_install — build in the work copy as the test user with
-# -Werror, then make install as root.  Returns non-zero when the build fails.
+# fp_build_and_install [--private] [MAKE_ARG…] — build in the work copy as
+# the test user with -Werror (and the make arguments given), then make
+# install: as root into the system's PostgreSQL, or with --private as the test
+# user into the private copy FP_PG_CONFIG belongs to (fp_make_private_pg).
+# Returns non-zero when the build or install fails.
+# shellcheck disable=SC2120 # test/run passes arguments
 fp_build_and_install() {
-	fp_banner "Build (make FRESHPAY_CFLAGS=-Werror)"
-	if ! (cd "$FP_WORK" && fp_as_tester make -s -j"$(nproc)" PG_CONFIG="$FP_PG_CONFIG" FRESHPAY_CFLAGS=-Werror); then
+	local installer=fp_as_root
+	if [[ ${1:-} == --private ]]; then
+		installer=fp_as_tester
+		shift
+	fi
+	fp_banner "Build (make FRESHPAY_CFLAGS=-Werror${*:+ $*})"
+	if ! (cd "$FP_WORK" && fp_as_tester make -s -j"$(nproc)" PG_CONFIG="$FP_PG_CONFIG" FRESHPAY_CFLAGS=-Werror "$@"); then
 		fp_say "the build failed"
 		return 1
 	fi
-	fp_banner "Install (make install)"
-	if ! (cd "$FP_WORK" && fp_as_root make -s PG_CONFIG="$FP_PG_CONFIG" install); then
+	fp_banner "Install (make install into $("$FP_PG_CONFIG" --pkglibdir))"
+	if ! (cd "$FP_WORK" && "$installer" make -s PG_CONFIG="$FP_PG_CONFIG" "$@" install); then
 		fp_say "make install failed"
 		return 1
 	fi
+}
+
+# fp_sanitizer_lib NAME — print the path of gcc's sanitizer runtime NAME
+# (libasan.so, libubsan.so), which a freshpay.so built by "gcc
+# -fsanitize=address,undefined" needs.
+fp_sanitizer_lib() {
+	realpath -e -- "$(gcc -print-file-name="$1")" 2>/dev/null ||
+		fp_die "gcc's $1 not found (packages gcc, libasan8, libubsan1)"
+}
+
+# fp_make_private_pg DEST SANDIR — make DEST a private copy of the PostgreSQL
+# of FP_PG_CONFIG for a sanitized freshpay, owned by the test user, and
+# switch FP_PG_BINDIR and FP_PG_CONFIG to it (the inner half gets it as
+# FRESHPAY_PG_BINDIR).  The system's PostgreSQL is not touched.
+#
+# Its bin, lib and share directories are copied to the same paths relative to
+# their common prefix (Debian: DEST/lib/postgresql/15/{bin,lib} and
+# DEST/share/postgresql/15), because PostgreSQL finds its lib and share
+# directories relative to the program that runs: the copy's pg_config, initdb
+# and postgres use the copy.  The headers are a symlink.  freshpay's files of
+# the system install are left out.  bin/postgres becomes a wrapper that runs
+# the real server (postgres.bin) with gcc's sanitizer runtimes preloaded, so
+# the server processes and only they have them.  Each run of the wrapper
+# adds a line to SANDIR/servers.log.
+#
+# Where reports go: AddressSanitizer's to SANDIR/reports/sanitizer.<pid>.
+# UBSan's runtime (gcc keeps it apart from AddressSanitizer's) writes its
+# reports to the process's stderr, the server log, whatever log_path says;
+# test/run-suites looks for them there.
+#
+# A small library, DEST/sanitizer_preload.so, is preloaded between the two
+# runtimes, for two faults of theirs:
+#  - AddressSanitizer initializes itself at the first malloc, which in
+#    postgres comes from a library constructor inside bindtextdomain() or
+#    newlocale(), with glibc's locale lock held; it then looks up the symbol
+#    swift_demangle, and the dlerror() message of that failing lookup takes
+#    the same lock (gettext) and leaves it broken: postgres hangs for good
+#    (google/sanitizers#1270).  The library defines swift_demangle
+#    (returning NULL, "not demangled"), so the lookup succeeds.
+#  - UBSan's runtime initializes itself at its first report, long after
+#    postgres overwrote its environment with the process title, so it cannot
+#    read UBSAN_OPTIONS then.  The library's __ubsan_default_options gives
+#    it the same options.
+fp_make_private_pg() {
+	local dest=$1 sandir=$2 bindir pkglibdir sharedir includedir prefix dir
+	local asan ubsan preload asan_options ubsan_options
+	fp_banner "Private PostgreSQL for the sanitized build ($dest)"
+	bindir=$("$FP_PG_CONFIG" --bindir)
+	pkglibdir=$("$FP_PG_CONFIG" --pkglibdir)
+	sharedir=$("$FP_PG_CONFIG" --sharedir)
+	includedir=$("$FP_PG_CONFIG" --includedir)
+	asan=$(fp_sanitizer_lib libasan.so)
+	ubsan=$(fp_sanitizer_lib libubsan.so)
+	prefix=$bindir
+	for dir in "$pkglibdir" "$sharedir" "$includedir"; do
+		while [[ $dir != "$prefix" && $dir != "$prefix"/* ]]; do
+			prefix=${prefix%/*}
+		done
+	done
+	fp_as_tester mkdir -p -- "$dest" "$sandir/reports"
+	for dir in "$bindir" "$pkglibdir" "$sharedir"; do
+		fp_as_tester mkdir -p -- "$dest${dir#"$prefix"}"
+		fp_as_tester cp -R --preserve=mode,timestamps -T -- "$dir" "$dest${dir#"$prefix"}"
+	done
+	if [[ ! -e $dest${includedir#"$prefix"} ]]; then
+		fp_as_tester mkdir -p -- "$(dirname -- "$dest${includedir#"$prefix"}")"
+		fp_as_tester ln -s -- "$includedir" "$dest${includedir#"$prefix"}"
+	fi
+	fp_as_tester rm -rf -- "$dest${pkglibdir#"$prefix"}/freshpay.so" \
+		"$dest${pkglibdir#"$prefix"}/bitcode/freshpay" \
+		"$dest${pkglibdir#"$prefix"}/bitcode/freshpay.index.bc"
+	fp_as_tester find "$dest${sharedir#"$prefix"}/extension" -name 'freshpay[-.]*' -delete
+
+	FP_PG_BINDIR=$dest${bindir#"$prefix"}
+	FP_PG_CONFIG=$FP_PG_BINDIR/pg_config
+	[[ $("$FP_PG_CONFIG" --pkglibdir) == "$dest${pkglibdir#"$prefix"}" &&
+		$("$FP_PG_CONFIG" --sharedir) == "$dest${sharedir#"$prefix"}" ]] ||
+		fp_die "the copy's pg_config does not point into the copy: $("$FP_PG_CONFIG" --pkglibdir) $("$FP_PG_CONFIG" --sharedir)"
+
+	asan_options="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:log_path=$sandir/reports/sanitizer"
+	ubsan_options="print_stacktrace=1:halt_on_error=1:abort_on_error=1:detect_leaks=0:log_path=$sandir/reports/sanitizer"
+	fp_as_tester tee "$dest/sanitizer_preload.c" >/dev/null <<PRELOAD
+/* Written by test/lib.sh (fp_make_private_pg), which says why. */
+#include <stddef.h>
+
+char	   *swift_demangle(const char *name, size_t len, char *out, size_t *outlen, unsigned flags);
+const char *__ubsan_default_options(void);
+
+char *
+swift_demangle(const char *name, size_t len, char *out, size_t *outlen, unsigned flags)
+{
+	return NULL;
+}
+
+const char *
+__ubsan_default_options(void)
+{
+	return "$ubsan_options";
+}
+PRELOAD
+	fp_as_tester gcc -shared -fPIC -O2 -o "$dest/sanitizer_preload.so" "$dest/sanitizer_preload.c"
+	# AddressSanitizer's runtime first; the library before UBSan's, so that
+	# its __ubsan_default_options is the one found.
+	preload="$asan $dest/sanitizer_preload.so $ubsan"
+
+	fp_as_tester mv -- "$FP_PG_BINDIR/postgres" "$FP_PG_BINDIR/postgres.bin"
+	fp_as_tester tee "$FP_PG_BINDIR/postgres" >/dev/null <<WRAPPER
+#!/bin/bash
+# Written by test/lib.sh (fp_make_private_pg).  freshpay.so in this private
+# copy of PostgreSQL is built with -fsanitize=address,undefined: the server
+# runs with the sanitizer runtimes preloaded.
+printf '%s %s\\n' "\$\$" "\$*" >>'$sandir/servers.log'
+export LD_PRELOAD='$preload'"\${LD_PRELOAD:+ \$LD_PRELOAD}"
+export ASAN_OPTIONS='$asan_options'
+export UBSAN_OPTIONS='$ubsan_options'
+exec -a "\$0" "\${BASH_SOURCE[0]}.bin" "\$@"
+WRAPPER
+	fp_as_tester chmod 755 "$FP_PG_BINDIR/postgres"
+	fp_say "pg_config: $FP_PG_CONFIG"
+	fp_say "preloaded into the server: $preload"
 }
 
 # fp_relative_args SRC ARG… — print the arguments NUL-separated, with paths
@@ -230,51 +372,56 @@ fp_relative_args() {
 
 # fp_outer_cleanup — EXIT trap of test/run and test/demo: stop the inner
 # script if it still runs, stop any server left in the work copy, then
-# remove the work copy — or keep it (and say where) on failure or when
-# FRESHPAY_KEEP=1.  When FP_SUMMARY_FILE is set (test/run), the runner's
-# closing "N passed, M failed" line is repeated last, or "0 passed, 1 failed"
-# printed when a failure came before the suites could count anything.
+# remove the work copies — or keep them (and say where) on failure or when
+# FRESHPAY_KEEP=1.  When FP_WANT_SUMMARY=1 (test/run), the runner's closing
+# "N passed, M failed" line (FP_SUMMARY) is repeated last when something was
+# printed after it, or "0 passed, 1 failed" printed when a failure came
+# before the suites could count anything.
 fp_outer_cleanup() {
-	local rc=$?
+	local rc=$? dir kept=0
 	trap - EXIT
 	trap '' INT TERM # a second ^C must not cut the cleanup short
 	fp_stop_inner
-	if [[ -n ${FP_WORK:-} && -d $FP_WORK ]]; then
-		cd / || true
-		fp_stop_clusters_under "$FP_WORK" tester
+	cd / || true
+	for dir in "${FP_WORK_DIRS[@]}"; do
+		[[ -d $dir ]] || continue
+		fp_stop_clusters_under "$dir" tester
 		if [[ $rc -ne 0 || ${FRESHPAY_KEEP:-} == 1 ]]; then
-			fp_say "work directory kept: $FP_WORK"
-			if [[ -n ${FP_SUMMARY_FILE:-} ]]; then
-				if [[ -s $FP_WORK/$FP_SUMMARY_FILE ]]; then
-					cat -- "$FP_WORK/$FP_SUMMARY_FILE"
-				elif [[ $rc -ne 0 ]]; then
-					fp_say "0 passed, 1 failed"
-				fi
-			fi
+			fp_say "work directory kept: $dir"
+			kept=1
 		else
-			rm -rf -- "$FP_WORK" || fp_as_root rm -rf -- "$FP_WORK" || true
+			rm -rf -- "$dir" || fp_as_root rm -rf -- "$dir" || true
 		fi
-	elif [[ -n ${FP_SUMMARY_FILE:-} && $rc -ne 0 ]]; then
-		fp_say "0 passed, 1 failed"
+	done
+	if [[ ${FP_WANT_SUMMARY:-} == 1 ]]; then
+		if [[ -n ${FP_SUMMARY:-} ]]; then
+			((kept == 0)) || fp_say "$FP_SUMMARY"
+		elif [[ $rc -ne 0 ]]; then
+			fp_say "0 passed, 1 failed"
+		fi
 	fi
 	exit "$rc"
 }
 
-# fp_stop_inner — stop the inner script if it still runs and wait for it to
-# clean up.  As root, FP_INNER_PID is runuser, which would KILL the script
-# 2 s after passing a TERM on, before its cleanup is done: the TERM goes to
-# the script (runuser's child) itself, and runuser ends with it.
+# fp_stop_inner — stop the inner scripts that still run and wait for them
+# to clean up.  As root, each of FP_INNER_PIDS is runuser, which would KILL
+# the script 2 s after passing a TERM on, before its cleanup is done: the TERM
+# goes to the script (runuser's child) itself, and runuser ends with it.
 fp_stop_inner() {
-	local target
-	[[ -n ${FP_INNER_PID:-} ]] && fp_alive "$FP_INNER_PID" || return 0
-	target=$FP_INNER_PID
-	if fp_is_root; then
-		target=$(ps -o pid= --ppid "$FP_INNER_PID" | head -n 1 | tr -d ' ')
-		target=${target:-$FP_INNER_PID}
-	fi
-	kill -TERM "$target" 2>/dev/null || true
-	wait "$FP_INNER_PID" 2>/dev/null || true
-	FP_INNER_PID=
+	local pid target
+	for pid in "${FP_INNER_PIDS[@]}"; do
+		fp_alive "$pid" || continue
+		target=$pid
+		if fp_is_root; then
+			target=$(ps -o pid= --ppid "$pid" | head -n 1 | tr -d ' ')
+			target=${target:-$pid}
+		fi
+		kill -TERM "$target" 2>/dev/null || true
+	done
+	for pid in "${FP_INNER_PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	FP_INNER_PIDS=()
 }
 
 # fp_outer_traps — install fp_outer_cleanup; ^C and TERM end with 130/143.
@@ -284,22 +431,48 @@ fp_outer_traps() {
 	trap 'exit 143' TERM
 }
 
-# fp_run_inner SCRIPT ARG… — run an inner script of the work copy as the test
-# user and return its exit code.  It runs in the background and is waited
-# for, so that a TERM or ^C reaches the trap at once (bash defers traps while
-# a foreground command runs) and the trap can stop it.
-fp_run_inner() {
-	local script=$1 rc=0
+# Inner scripts started and not yet waited for (fp_start_inner).
+FP_INNER_PIDS=()
+
+# fp_start_inner SCRIPT ARG… — start an inner script of the work copy
+# FP_WORK as the test user, in the background, with the environment of
+# fp_tester_env as it is now; its output goes to the file FP_INNER_LOG when
+# that is set.  Sets FP_INNER_PID; fp_stop_inner stops it.
+fp_start_inner() {
+	local script=$1
 	shift
 	cd "$FP_WORK" || return 1
 	fp_tester_prefix
 	# A simple command, so that $! is runuser (or the script) itself, which
 	# passes a TERM on to the script.
-	"${FP_TESTER_PREFIX[@]}" bash "$script" "$@" </dev/null &
+	if [[ -n ${FP_INNER_LOG:-} ]]; then
+		"${FP_TESTER_PREFIX[@]}" bash "$script" "$@" </dev/null >"$FP_INNER_LOG" 2>&1 &
+	else
+		"${FP_TESTER_PREFIX[@]}" bash "$script" "$@" </dev/null &
+	fi
 	FP_INNER_PID=$!
-	wait "$FP_INNER_PID" || rc=$?
-	FP_INNER_PID=
+	FP_INNER_PIDS+=("$FP_INNER_PID")
+}
+
+# fp_wait_inner PID — wait for an inner script fp_start_inner started and
+# return its exit code.  Waiting (rather than running it in the foreground)
+# lets a TERM or ^C reach the trap at once (bash defers traps while a
+# foreground command runs), and the trap can stop it.
+fp_wait_inner() {
+	local pid=$1 rc=0 keep=() other
+	wait "$pid" || rc=$?
+	for other in "${FP_INNER_PIDS[@]}"; do
+		[[ $other == "$pid" ]] || keep+=("$other")
+	done
+	FP_INNER_PIDS=("${keep[@]}")
 	return "$rc"
+}
+
+# fp_run_inner SCRIPT ARG… — run an inner script of the work copy as the test
+# user and return its exit code.
+fp_run_inner() {
+	fp_start_inner "$@" || return 1
+	fp_wait_inner "$FP_INNER_PID"
 }
 
 # fp_outer_prepare SRC — everything test/run and test/demo do before the
