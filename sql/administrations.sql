@@ -83,6 +83,38 @@ SELECT name FROM freshpay_add_administration('adminlit', :'fp_url', 'a-literal-k
 DELETE FROM freshpay.administrations WHERE name = 'adminlit';
 RESET ROLE;
 
+-- Nor may freshpay_admin send a reference a superuser stored somewhere else:
+-- not by changing a URL of its administration, not by moving its secrets row
+-- to an administration of its own (or deleting the row).  Each is refused
+-- and changes nothing.
+CREATE ROLE regress_fp_filer IN ROLE freshpay_admin, pg_read_server_files;
+SET ROLE regress_fp_admin;
+SELECT name FROM freshpay_add_administration('mine', 'http://127.0.0.1:9', 'k', 'http://127.0.0.1:9', 'u', 'p', 'i');
+UPDATE freshpay.administrations SET paytrace_url = 'http://127.0.0.1:9' WHERE name = 'main';
+UPDATE freshpay.administrations SET freshportal_url = 'http://127.0.0.1:9', paytrace_url = 'http://127.0.0.1:9' WHERE name = 'byfile';
+DELETE FROM freshpay.administration_secrets WHERE administration = 'mine';
+UPDATE freshpay.administration_secrets SET administration = 'mine' WHERE administration = 'main';
+DELETE FROM freshpay.administration_secrets WHERE administration = 'byfile';
+-- Literal secrets are the admin's own to send anywhere; a rename moves the
+-- secrets together with their URLs.
+INSERT INTO freshpay.administration_secrets VALUES ('mine', 'k', 'p');
+UPDATE freshpay.administrations SET paytrace_url = 'http://127.0.0.1:10' WHERE name = 'mine';
+UPDATE freshpay.administrations SET name = 'main2' WHERE name = 'main';
+UPDATE freshpay.administrations SET name = 'main' WHERE name = 'main2';
+RESET ROLE;
+-- pg_read_server_files may redirect file: references, but not env: ones.
+SET ROLE regress_fp_filer;
+UPDATE freshpay.administrations SET paytrace_url = 'http://127.0.0.1:9' WHERE name = 'main';
+UPDATE freshpay.administrations SET paytrace_url = 'http://127.0.0.1:11' WHERE name = 'byfile';
+UPDATE freshpay.administrations SET paytrace_url = 'https://api.paytrace.com' WHERE name = 'byfile';
+RESET ROLE;
+SELECT a.name, a.freshportal_url = :'fp_url' AS fp_url_kept,
+	   replace(a.paytrace_url, :'pt_url', '<pt_url>') AS paytrace_url,
+	   s.freshportal_api_key LIKE 'env:%' OR s.freshportal_api_key LIKE 'file:%' AS by_reference
+  FROM freshpay.administrations a LEFT JOIN freshpay.administration_secrets s ON s.administration = a.name
+ ORDER BY 1;
+DELETE FROM freshpay.administrations WHERE name = 'mine';
+
 SELECT a.name, s.freshportal_api_key LIKE 'env:%' AS by_reference
   FROM freshpay.administrations a JOIN freshpay.administration_secrets s ON s.administration = a.name
  ORDER BY 1;
@@ -95,4 +127,19 @@ SET ROLE regress_fp_admin;
 SET freshpay.allow_plain_http = on;
 RESET ROLE;
 
-DROP ROLE regress_fp_reader, regress_fp_operator, regress_fp_admin, regress_fp_nobody;
+-- The internal checks take NULL arguments (a NULL result, never a crash of
+-- the server); the triggers report a NULL column themselves.
+SET ROLE regress_fp_admin;
+SELECT freshpay._check_url('https://x', NULL) IS NULL AS null_field,
+	   freshpay._check_url(NULL, 'paytrace_url') IS NULL AS null_url;
+SELECT freshpay._check_secret('x', NULL, NULL) IS NULL AS null_field,
+	   freshpay._check_secret(NULL, 'paytrace_password', 'main') IS NULL AS null_secret;
+SELECT freshpay._check_secret_redirect('env:HOME', NULL, NULL, NULL) IS NULL AS null_field;
+UPDATE freshpay.administrations SET paytrace_url = NULL WHERE name = 'byfile';
+UPDATE freshpay.administration_secrets SET paytrace_password = NULL WHERE administration = 'byfile';
+RESET ROLE;
+SELECT freshpay_add_administration('nullurl', NULL, 'k', 'https://api.paytrace.com', 'u', 'p', 'i');
+SELECT freshpay_add_administration('nullkey', :'fp_url', NULL, 'https://api.paytrace.com', 'u', 'p', 'i');
+SELECT name FROM freshpay.administrations ORDER BY 1;
+
+DROP ROLE regress_fp_reader, regress_fp_operator, regress_fp_admin, regress_fp_nobody, regress_fp_filer;

@@ -8,8 +8,12 @@
  * owner (SECURITY DEFINER SQL functions or the worker).  A reference to the
  * server's environment or files may only be stored by a role that could read
  * them anyway (superuser for env:, pg_read_server_files for file:): otherwise
- * freshpay_admin could send any server file to a URL of its choosing.  The
- * check runs in a trigger, so direct DML cannot bypass it.
+ * freshpay_admin could send any server file to a URL of its choosing.  For
+ * the same reason a reference, once stored, may only be sent somewhere else
+ * (a URL of its administration changed, its secrets row moved to another
+ * administration or deleted) by a role that could have stored it.  The
+ * checks run in triggers, so direct DML cannot bypass them; the functions
+ * they call are STRICT and never read a NULL argument.
  *
  * Messages name the administration and the field, never the secret.
  *
@@ -205,22 +209,57 @@ administration_credential_hash(const char *url, const char *secret)
 	return hash_combine(h, hash_bytes((const unsigned char *) secret, strlen(secret)));
 }
 
+typedef enum SecretKind
+{
+	SECRET_LITERAL,
+	SECRET_ENV,					/* env:NAME, the server's environment */
+	SECRET_FILE					/* file:PATH, a server file */
+} SecretKind;
+
+static SecretKind
+secret_kind(const char *stored)
+{
+	if (strncmp(stored, "env:", 4) == 0)
+		return SECRET_ENV;
+	if (strncmp(stored, "file:", 5) == 0)
+		return SECRET_FILE;
+	return SECRET_LITERAL;
+}
+
+/*
+ * May the current role make freshpay read what a secret of this kind names?
+ * env: needs superuser, file: pg_read_server_files (superusers have it).
+ */
+static bool
+may_use_secret(SecretKind kind)
+{
+	switch (kind)
+	{
+		case SECRET_ENV:
+			return superuser();
+		case SECRET_FILE:
+			return has_privs_of_role(GetUserId(), ROLE_PG_READ_SERVER_FILES);
+		case SECRET_LITERAL:
+			break;
+	}
+	return true;
+}
+
 PG_FUNCTION_INFO_V1(freshpay_check_url);
 
 /*
  * freshpay._check_url(url text, field text): called by the trigger on
- * freshpay.administrations.
+ * freshpay.administrations, which reports a NULL url itself.  Declared
+ * STRICT; the NULL test here keeps an installation whose SQL objects are
+ * older than this library from crashing.
  */
 Datum
 freshpay_check_url(PG_FUNCTION_ARGS)
 {
-	char	   *field = text_to_cstring(PG_GETARG_TEXT_PP(1));
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", field)));
-	http_check_url(text_to_cstring(PG_GETARG_TEXT_PP(0)), field);
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	http_check_url(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+				   text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	PG_RETURN_VOID();
 }
 
@@ -230,36 +269,38 @@ PG_FUNCTION_INFO_V1(freshpay_check_secret);
  * freshpay._check_secret(stored text, field text, administration text):
  * called by the trigger on freshpay.administration_secrets, as the role
  * writing the row.  Checks that this role may store the reference, and that
- * it resolves now, so that a typo is reported when it is made.
+ * it resolves now, so that a typo is reported when it is made.  STRICT, as
+ * freshpay_check_url.
  */
 Datum
 freshpay_check_secret(PG_FUNCTION_ARGS)
 {
-	char	   *field = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *administration = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	char	   *stored;
+	char	   *field;
+	char	   *administration;
 	char	   *value;
+	SecretKind	kind;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", field)));
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
 	stored = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	field = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	administration = text_to_cstring(PG_GETARG_TEXT_PP(2));
 
-	if (strncmp(stored, "env:", 4) == 0 && !superuser())
+	kind = secret_kind(stored);
+	if (kind == SECRET_ENV && !may_use_secret(kind))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to use an env: reference for %s", field),
 				 errdetail("Only superusers may make freshpay read the server's environment."),
 				 errhint("Ask a superuser to add the administration, or pass the secret itself.")));
-	if (strncmp(stored, "file:", 5) == 0 &&
-		!has_privs_of_role(GetUserId(), ROLE_PG_READ_SERVER_FILES))
+	if (kind == SECRET_FILE && !may_use_secret(kind))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to use a file: reference for %s", field),
 				 errdetail("Only superusers and members of pg_read_server_files may make freshpay read server files."),
 				 errhint("Ask a superuser to add the administration, or pass the secret itself.")));
-	if (strncmp(stored, "file:", 5) == 0 && !is_absolute_path(stored + 5))
+	if (kind == SECRET_FILE && !is_absolute_path(stored + 5))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("file: reference of %s must be an absolute path", field),
@@ -267,5 +308,52 @@ freshpay_check_secret(PG_FUNCTION_ARGS)
 
 	value = secret_resolve(stored, field, administration);
 	explicit_bzero(value, strlen(value));
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(freshpay_check_secret_redirect);
+
+/*
+ * freshpay._check_secret_redirect(stored text, field text, administration
+ * text, change text): called by the triggers before a change that sends an
+ * already stored secret somewhere else: a URL of its administration
+ * changes, or its secrets row moves to another administration.  Deleting the
+ * row is checked too: a reference that a superuser configured is not
+ * dropped, to be replaced, by a role that could not have configured it.  A
+ * reference may only be redirected by a role that could have stored it; a
+ * literal by anyone allowed to make the change.  change names the change
+ * for the message ("change paytrace_url").  STRICT.
+ */
+Datum
+freshpay_check_secret_redirect(PG_FUNCTION_ARGS)
+{
+	char	   *stored;
+	char	   *field;
+	char	   *administration;
+	char	   *change;
+	SecretKind	kind;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
+		PG_RETURN_NULL();
+	stored = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	field = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	administration = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	change = text_to_cstring(PG_GETARG_TEXT_PP(3));
+
+	kind = secret_kind(stored);
+	if (kind == SECRET_ENV && !may_use_secret(kind))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to %s of administration \"%s\"", change, administration),
+				 errdetail("Its %s is an env: reference: only superusers may decide where the server's environment is sent.",
+						   field),
+				 errhint("Ask a superuser to make this change, or first replace the reference with the secret itself.")));
+	if (kind == SECRET_FILE && !may_use_secret(kind))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to %s of administration \"%s\"", change, administration),
+				 errdetail("Its %s is a file: reference: only superusers and members of pg_read_server_files may decide where server files are sent.",
+						   field),
+				 errhint("Ask a superuser to make this change, or first replace the reference with the secret itself.")));
 	PG_RETURN_VOID();
 }
