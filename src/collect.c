@@ -32,12 +32,16 @@
 #include "paytrace.h"
 #include "settings.h"
 
+/* The largest amount freshpay stores: numeric(12,2). */
+#define AMOUNT_MAX "9999999999.99"
+
 /* The amount argument as numeric text with two decimals, checked. */
 static void
 amount_argument(FunctionCallInfo fcinfo, int argno, MoneyCall *call)
 {
 	Numeric		amount;
 	Datum		rounded;
+	Datum		max;
 
 	if (PG_ARGISNULL(argno))
 		return;
@@ -60,8 +64,19 @@ amount_argument(FunctionCallInfo fcinfo, int argno, MoneyCall *call)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("amount must be greater than zero"),
 				 errhint("Give a positive amount, or NULL for the default.")));
-	strlcpy(call->amount, DatumGetCString(DirectFunctionCall1(numeric_out, rounded)),
-			sizeof(call->amount));
+	/* Refused here, where the whole number can still be named. */
+	max = DirectFunctionCall3(numeric_in, CStringGetDatum(AMOUNT_MAX),
+							  ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, rounded, max)) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("amount %s is out of range",
+						DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(amount)))),
+				 errdetail("Amounts are at most %s dollars.", AMOUNT_MAX),
+				 errhint("Amounts are in dollars and cents.")));
+	if (strlcpy(call->amount, DatumGetCString(DirectFunctionCall1(numeric_out, rounded)),
+				sizeof(call->amount)) >= sizeof(call->amount))
+		elog(ERROR, "amount does not fit in a money call");
 	call->has_amount = true;
 }
 
@@ -96,7 +111,8 @@ payment_row(int64 payment_id, char **status)
 }
 
 static Datum
-money_call(FunctionCallInfo fcinfo, MoneyOp op, const char *what, bool takes_amount)
+money_call(FunctionCallInfo fcinfo, const char *function, MoneyOp op, const char *what,
+		   bool takes_amount)
 {
 	MoneyCall	call = {0};
 	MoneyAnswer answer;
@@ -104,6 +120,9 @@ money_call(FunctionCallInfo fcinfo, MoneyOp op, const char *what, bool takes_amo
 	Datum		row;
 	int			timeout_ms;
 
+	/* The worker would take our ids for those of its own database. */
+	mailbox_require_worker_database(function);
+	call.database_id = MyDatabaseId;
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -152,31 +171,31 @@ PG_FUNCTION_INFO_V1(freshpay_reverse);
 Datum
 freshpay_capture(PG_FUNCTION_ARGS)
 {
-	return money_call(fcinfo, MONEY_CAPTURE, "invoice_id", true);
+	return money_call(fcinfo, "freshpay_capture", MONEY_CAPTURE, "invoice_id", true);
 }
 
 Datum
 freshpay_authorize(PG_FUNCTION_ARGS)
 {
-	return money_call(fcinfo, MONEY_AUTHORIZE, "invoice_id", true);
+	return money_call(fcinfo, "freshpay_authorize", MONEY_AUTHORIZE, "invoice_id", true);
 }
 
 Datum
 freshpay_void(PG_FUNCTION_ARGS)
 {
-	return money_call(fcinfo, MONEY_VOID, "payment_id", false);
+	return money_call(fcinfo, "freshpay_void", MONEY_VOID, "payment_id", false);
 }
 
 Datum
 freshpay_refund(PG_FUNCTION_ARGS)
 {
-	return money_call(fcinfo, MONEY_REFUND, "payment_id", true);
+	return money_call(fcinfo, "freshpay_refund", MONEY_REFUND, "payment_id", true);
 }
 
 Datum
 freshpay_reverse(PG_FUNCTION_ARGS)
 {
-	return money_call(fcinfo, MONEY_REVERSE, "invoice_id", false);
+	return money_call(fcinfo, "freshpay_reverse", MONEY_REVERSE, "invoice_id", false);
 }
 
 static const char *

@@ -7,6 +7,10 @@
  * It also holds what freshpay.worker_status shows, and the wake-up that an
  * invoice trigger asks for at commit.
  *
+ * The mailbox is cluster-wide, the worker serves one database: calls are
+ * taken only in that database (mailbox_require_worker_database), and each
+ * carries its database so that the worker refuses one that is not for it.
+ *
  * The mutex guards slot states only; answers are written before the state
  * says DONE and read after, under the mutex.  Waiting is on a condition
  * variable, so a waiting backend reacts to cancel and termination at once;
@@ -18,6 +22,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -28,6 +33,7 @@
 #include "utils/timestamp.h"
 
 #include "mailbox.h"
+#include "settings.h"
 #include "shared.h"
 
 void
@@ -56,6 +62,28 @@ mailbox_wake_worker(void)
 	SpinLockRelease(&mailbox->mutex);
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/*
+ * Raise an ERROR unless this backend is connected to the database the
+ * worker serves.  A freshpay installed in another database (left behind
+ * when freshpay.database_name moved, or a contrib_regression) has invoices
+ * and payments of its own: its ids would be taken by the worker for ids of
+ * its database, and what it syncs or queues is never acted on.
+ */
+void
+mailbox_require_worker_database(const char *function)
+{
+	char	   *current = get_database_name(MyDatabaseId);
+
+	if (current == NULL || strcmp(current, freshpay_database_name) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s can only be called in database \"%s\"", function, freshpay_database_name),
+				 errdetail("The freshpay worker serves database \"%s\" (freshpay.database_name); this is database \"%s\", whose invoices and payments it never sees.",
+						   freshpay_database_name, current ? current : "?"),
+				 errhint("Connect to database \"%s\" to call it, or drop the extension from this database.",
+						 freshpay_database_name)));
 }
 
 /* Give up a slot the caller no longer waits for. */
@@ -284,30 +312,70 @@ mailbox_detach_worker(void)
 		ConditionVariableBroadcast(&mailbox->slots[i].answered);
 }
 
-/* Claim the oldest submitted call. */
+/*
+ * Answer a call that came from another database than the worker's own: a
+ * second line of defence behind mailbox_require_worker_database, so that no
+ * call is ever carried out against the wrong database's invoices.
+ */
+static void
+mailbox_refuse_foreign(int slot, const MoneyCall *call)
+{
+	MoneyAnswer answer = {0};
+
+	ereport(LOG,
+			(errmsg("freshpay worker refused a money call from the database with OID %u",
+					call->database_id),
+			 errdetail("The worker serves database \"%s\" (OID %u).",
+					   freshpay_database_name, MyDatabaseId)));
+	answer.sqlerrcode = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+	strlcpy(answer.message, "the freshpay worker refused a money call from another database",
+			sizeof(answer.message));
+	snprintf(answer.detail, sizeof(answer.detail),
+			 "The call came from the database with OID %u; the worker serves database \"%s\" (OID %u). Nothing was sent.",
+			 call->database_id, freshpay_database_name, MyDatabaseId);
+	snprintf(answer.hint, sizeof(answer.hint),
+			 "Call the money functions in database \"%s\".", freshpay_database_name);
+	mailbox_answer(slot, &answer);
+}
+
+/*
+ * Claim the oldest submitted call for this worker's database; calls from
+ * any other database are answered with an error on the way.
+ */
 bool
 mailbox_take(int *slot, MoneyCall *call)
 {
 	Mailbox    *mailbox = freshpay_mailbox();
-	int			found = -1;
 
-	SpinLockAcquire(&mailbox->mutex);
-	for (int i = 0; i < MAILBOX_SLOTS; i++)
+	for (;;)
 	{
-		MailboxSlot *s = &mailbox->slots[i];
+		int			found = -1;
 
-		if (s->state == SLOT_SUBMITTED &&
-			(found < 0 || s->serial < mailbox->slots[found].serial))
-			found = i;
+		SpinLockAcquire(&mailbox->mutex);
+		for (int i = 0; i < MAILBOX_SLOTS; i++)
+		{
+			MailboxSlot *s = &mailbox->slots[i];
+
+			if (s->state == SLOT_SUBMITTED &&
+				(found < 0 || s->serial < mailbox->slots[found].serial))
+				found = i;
+		}
+		if (found >= 0)
+		{
+			mailbox->slots[found].state = SLOT_WORKING;
+			*call = mailbox->slots[found].call;
+		}
+		SpinLockRelease(&mailbox->mutex);
+
+		if (found < 0)
+			return false;
+		if (call->database_id == MyDatabaseId)
+		{
+			*slot = found;
+			return true;
+		}
+		mailbox_refuse_foreign(found, call);
 	}
-	if (found >= 0)
-	{
-		mailbox->slots[found].state = SLOT_WORKING;
-		*call = mailbox->slots[found].call;
-		*slot = found;
-	}
-	SpinLockRelease(&mailbox->mutex);
-	return found >= 0;
 }
 
 /* The attempt is recorded: a caller that times out can return its row. */
@@ -460,6 +528,7 @@ freshpay_wake_worker_at_commit(PG_FUNCTION_ARGS)
 {
 	static bool registered = false;
 
+	mailbox_require_worker_database("freshpay._wake_worker_at_commit");
 	if (!registered)
 	{
 		RegisterXactCallback(wake_at_commit_callback, NULL);

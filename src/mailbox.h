@@ -31,6 +31,8 @@ typedef enum MoneyOp
 
 typedef struct MoneyCall
 {
+	Oid			database_id;	/* the caller's database; the worker serves
+								 * only its own */
 	MoneyOp		op;
 	int64		target_id;		/* invoice id, or payment id (void, refund) */
 	bool		has_amount;
@@ -96,6 +98,7 @@ typedef struct Mailbox
 extern void mailbox_init(Mailbox *mailbox);
 
 /* Backend side. */
+extern void mailbox_require_worker_database(const char *function);
 extern bool mailbox_call(const MoneyCall *call, MoneyAnswer *answer, int timeout_ms);
 extern void mailbox_wake_worker(void);
 

@@ -589,6 +589,8 @@ freshpay_sync(PG_FUNCTION_ARGS)
 	List	   *names;
 	ListCell   *lc;
 
+	/* What a sync stores elsewhere is never collected nor written back. */
+	mailbox_require_worker_database("freshpay_sync");
 	InitMaterializedSRF(fcinfo, 0);
 
 	if (PG_ARGISNULL(0))
