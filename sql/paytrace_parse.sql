@@ -65,3 +65,11 @@ SELECT * FROM freshpay._paytrace_parse_export('{"success":true,"transactions":[{
 SELECT * FROM freshpay._paytrace_parse_export('{"success":true,"transactions":[{"transaction_id":1,"amount":1,"created":{"at":"2026-01-01 10:00"}}]}');
 SELECT * FROM freshpay._paytrace_parse_export('{"success":false,"response_code":1,"errors":{"9003":["Please provide a valid Start Date."]}}');
 SELECT * FROM freshpay._paytrace_parse_export('{"success":true,"transactions":[');
+
+-- A settled status must name its batch exactly: GB and digits, nothing else.
+SELECT * FROM freshpay._paytrace_parse_export('{"success":true,"transactions":[{"transaction_id":1,"amount":1,"status_code":"GB12x","status_message":"GB12x"}]}');
+SELECT * FROM freshpay._paytrace_parse_export('{"success":true,"transactions":[{"transaction_id":1,"amount":1,"status_code":"GB99999999999","status_message":"GB"}]}');
+SELECT batch_number FROM freshpay._paytrace_parse_export('{"success":true,"transactions":[{"transaction_id":1,"amount":1,"status_code":"GB0042","status_message":"GB0042"}]}');
+
+-- An id beyond int64 is refused, not clamped (found by fuzzing).
+SELECT * FROM freshpay._paytrace_parse_export('{"success":true,"transactions":[{"transaction_id":18446744073709551615,"amount":"1.00"}]}');
