@@ -15,14 +15,14 @@ use Time::HiRes qw(time sleep);
 use FreshpayTest;
 
 my $OUTAGE = $ENV{FRESHPAY_OUTAGE_SECONDS} // 180;
-my $fp = FreshpayTest::standin('fp');
-my $pt = FreshpayTest::standin('pt');
-$fp->reset;
-$pt->reset;
+# Stand-ins of its own: the test shares nothing with the other test files,
+# so test/run-suites runs it in a prove of its own, side by side with them.
+my $fp = FreshpayTest::start_standin('fp', args => ['--quiet']);
+my $pt = FreshpayTest::start_standin('pt', args => ['--quiet']);
 
 my $node = FreshpayTest::new_node('outage', extension => 1,
 	conf => "freshpay.request_timeout = '3s'\nfreshpay.max_attempts = 3\nfreshpay.max_retry_delay = '10s'");
-FreshpayTest::add_administration($node);
+FreshpayTest::add_administration($node, freshportal_url => $fp->url, paytrace_url => $pt->url);
 
 my $SALE = '/v1/transactions/sale/by_customer';
 
