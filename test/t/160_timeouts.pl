@@ -177,8 +177,9 @@ sub issue
 	call("SELECT status FROM freshpay_capture($inv{602})");
 	sleep 2;
 	$pt->faults([
-		{ action => 'delay', method => 'POST', path => '/oauth/token', seconds => 8, times => 1 },
-		{ action => 'delay', method => 'POST', path => $SALE, seconds => 7, times => 1 } ]);
+		# every token request meanwhile, whoever makes it
+		{ action => 'delay', method => 'POST', path => '/oauth/token', seconds => 8, times => -1 },
+		{ action => 'delay', method => 'POST', path => $SALE, seconds => 9, times => 1 } ]);
 	my $seq = pt_seq();
 	my ($out, $err) = call("SELECT status FROM freshpay_capture($inv{603})");
 	is($out, 'captured', 'slow token and slow sale: the capture returns captured') or diag($err);
