@@ -211,6 +211,29 @@ ok( poll_until(
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'freshpay worker' AND pid <> $pid",
 		'a new worker', 60),
 	'kill -9: after the crash restart a new worker runs');
+
+# An attempt the worker had recorded but not yet sent when it was killed is
+# unknown to the new worker (it cannot tell it from one sent): it stays so
+# until a person settles it.  Each such attempt must be one PayTrace never
+# saw; the test settles it as the README says, and the invoice is collected.
+my $batch_ids = join(',', @batch);
+ok( poll_until(
+		"SELECT count(*) = 0 FROM freshpay.payments p JOIN freshpay.invoices i ON i.id = p.invoice_id"
+		  . " WHERE i.freshportal_id IN ($batch_ids) AND (p.status = 'pending'"
+		  . "   OR (p.status = 'unknown' AND p.updated_at > now() - interval '5 seconds'))",
+		'the batch to settle', 60),
+	'kill -9: the batch settles after the restart');
+my @unknown = split /\n/, sql("SELECT p.id || ':' || i.freshportal_id FROM freshpay.payments p"
+	  . " JOIN freshpay.invoices i ON i.id = p.invoice_id WHERE i.freshportal_id IN ($batch_ids) AND p.status = 'unknown'");
+note(scalar(@unknown) . ' attempt(s) were recorded but not sent when the worker was killed');
+for (@unknown)
+{
+	my ($payment, $fp_id) = split /:/;
+	is(scalar(pt_sale_requests("2026-$fp_id", $seq)), 0,
+		"kill -9: the attempt left unknown ($fp_id) is one PayTrace never received");
+	is(sql("SELECT status FROM freshpay_resolve($payment, 'not_processed')"), 'failed',
+		"kill -9: a person settles it ($fp_id)");
+}
 collected_once('kill -9', $seq, @batch);
 
 $node->stop;

@@ -172,10 +172,14 @@ sub issue
 
 {
 	set_conf('freshpay.request_timeout', '10s');
-	# Tokens that live one second: the next call must fetch a new one.
-	$pt->config({ token_ttl => 1 });
 	call("SELECT status FROM freshpay_capture($inv{602})");
-	sleep 2;
+	# A new PayTrace password: the cached token is not for it, the next money
+	# call must fetch one, and every token request now takes 8 s.
+	# (A file: reference keeps the new secret out of the statement log.)
+	my $secret_file = $node->data_dir . '/rotated_paytrace_password';
+	PostgreSQL::Test::Utils::append_to_file($secret_file, 'rotated-h1-secret');
+	$pt->config({ password => 'rotated-h1-secret' });
+	sql("UPDATE freshpay.administration_secrets SET paytrace_password = 'file:$secret_file' WHERE administration = 'main'");
 	$pt->faults([
 		# every token request meanwhile, whoever makes it
 		{ action => 'delay', method => 'POST', path => '/oauth/token', seconds => 8, times => -1 },
@@ -189,8 +193,9 @@ sub issue
 		  . " AND event <> 'registered' ORDER BY at, id");
 	is_deeply(\@history, [ 'recorded:pending', 'answered:captured' ],
 		'slow token and slow sale: recorded, then answered; no lookup raced the request');
+	cmp_ok(scalar(grep { $_->{path} eq '/oauth/token' } @{ $pt->requests(since => $seq) }), '>=', 1,
+		'slow token and slow sale: a token was fetched for it');
 	$pt->faults([]);
-	$pt->config({ token_ttl => 7200 });
 	set_conf('freshpay.request_timeout', '3s');
 }
 
