@@ -31,9 +31,11 @@ C<env:> references: FRESHPAY_TEST_SECRET (the FreshPortal API key) and
 FRESHPAY_TEST_PT_PASSWORD (the PayTrace password).  Nodes started by a test
 inherit that environment.
 
-Tests run one after another and share the two stand-ins: call C<reset> on
-both at the start of a test.  A test that needs a stand-in of its own (TLS,
-a crash, a restart) starts one with C<start_standin>.
+Most tests run one after another and share the two stand-ins: call C<reset>
+on both at the start of a test.  A test that needs a stand-in of its own
+(TLS, a crash, a restart, faults for minutes) starts one with
+C<start_standin>; the long ones that use only their own stand-ins run beside
+the others (TAP_BACKGROUND_FILES in test/run-suites).
 
 Only Perl core modules and what PostgreSQL's test framework provides
 (PostgreSQL::Test::Cluster, PostgreSQL::Test::Utils, IPC::Run) are used.
@@ -46,6 +48,7 @@ use strict;
 use warnings;
 
 use Carp;
+use File::Basename ();
 use File::Path qw(make_path);
 use HTTP::Tiny;
 use IPC::Run;
@@ -213,7 +216,7 @@ and return a FreshpayTest::Standin for it, which also has C<stop>.  Options:
 
 Admin calls to an https stand-in go through the curl command line
 (certificate checks off); url() and stop() work in every case.  The output
-of the process goes to tmp_check/log/standin_<kind>_<n>.log.  Every
+of the process goes to tmp_check/log/standin_<test>_<kind>_<n>.log.  Every
 stand-in started this way is stopped when the test script ends.
 
 =cut
@@ -228,7 +231,10 @@ sub start_standin
 
 	$started_count++;
 	my $portfile = PostgreSQL::Test::Utils::tempdir() . "/$kind.port";
-	my $log = "$PostgreSQL::Test::Utils::log_path/standin_${kind}_$started_count.log";
+	# Named after the test file too: files that run side by side (see
+	# test/run-suites) must not write one log.
+	my $test = File::Basename::basename($0, '.pl');
+	my $log = "$PostgreSQL::Test::Utils::log_path/standin_${test}_${kind}_$started_count.log";
 	my @cmd = ('python3', "$dir/$SCRIPT{$kind}", '--port', '0', '--port-file', $portfile);
 	push @cmd, '--tls-cert', $opts{tls_cert} if $tls;
 	push @cmd, '--tls-key', $opts{tls_key} if defined $opts{tls_key};
