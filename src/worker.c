@@ -16,6 +16,11 @@
  * network wait.  On start, before serving anything new, every attempt left
  * in flight is looked up at PayTrace (attempt_recover + due resolve jobs).
  *
+ * A second static worker, the sync worker, runs the scheduled sync
+ * (freshpay.sync_interval) in a process of its own, so that a long pull
+ * never holds up a money call; it wakes the money worker for the
+ * collections it queues.
+ *
  * The worker touches freshpay's tables only once the extension exists.
  *
  *-------------------------------------------------------------------------
@@ -69,6 +74,12 @@ FreshpayWorkerRegister(void)
 	strlcpy(worker.bgw_function_name, "freshpay_worker_main", BGW_MAXLEN);
 	strlcpy(worker.bgw_name, "freshpay worker", BGW_MAXLEN);
 	strlcpy(worker.bgw_type, "freshpay worker", BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
+
+	/* The scheduled sync runs beside it: a long sync never holds up a money call. */
+	strlcpy(worker.bgw_function_name, "freshpay_sync_worker_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "freshpay sync worker", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "freshpay sync worker", BGW_MAXLEN);
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -310,7 +321,7 @@ job_next(Job *job, const char *only_kind)
 	bool		found;
 
 	found = spi_run("UPDATE freshpay.jobs SET next_run_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
-					"       pg_catalog.make_interval(secs => $2)"
+					"       pg_catalog.make_interval(secs => $2), claimed_at = pg_catalog.now()"
 					" WHERE id = (SELECT id FROM freshpay.jobs"
 					"   WHERE state OPERATOR(pg_catalog.=) 'queued'"
 					"     AND next_run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
@@ -369,7 +380,7 @@ job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error
 	};
 	char		nulls[] = {' ', ' ', ' ', ' ', error ? ' ' : 'n'};
 
-	spi_run("UPDATE freshpay.jobs SET state = $2, attempts = $3, next_run_at = $4,"
+	spi_run("UPDATE freshpay.jobs SET state = $2, attempts = $3, next_run_at = $4, claimed_at = NULL,"
 			"       last_error = COALESCE($5, last_error), updated_at = pg_catalog.now()"
 			" WHERE id OPERATOR(pg_catalog.=) $1",
 			5, types, values, nulls, SPI_OK_UPDATE);
@@ -431,6 +442,24 @@ job_run(const Job *job)
 	}
 	PG_END_TRY();
 	job_update(job, error == NULL && again == 0, again, error, permanent, -1);
+}
+
+/*
+ * On worker start: the claims of a worker that died are void; its jobs are
+ * due at once rather than when their lease runs out.
+ */
+static void
+job_release_claims(void)
+{
+	MemoryContext caller = worker_begin();
+	int64		released;
+
+	released = spi_run("UPDATE freshpay.jobs SET next_run_at = pg_catalog.now(), claimed_at = NULL"
+					   " WHERE state OPERATOR(pg_catalog.=) 'queued' AND claimed_at IS NOT NULL",
+					   0, NULL, NULL, NULL, SPI_OK_UPDATE);
+	worker_commit(caller);
+	if (released > 0)
+		elog(LOG, "freshpay worker: " INT64_FORMAT " jobs claimed by a previous worker are due again", released);
 }
 
 /* When the next queued job is due, or 0 if none is queued. */
@@ -539,8 +568,10 @@ sync_administration(const char *name, MemoryContext context)
 }
 
 /*
- * The scheduled sync (freshpay.sync_interval): every administration, each on
- * its own so that one failing does not stop the others; then due invoices.
+ * The scheduled sync (freshpay.sync_interval), in the sync worker: every
+ * administration, each on its own so that one failing does not stop the
+ * others; then due invoices, and dead collections that may succeed now; the
+ * money worker is woken for what that queued.
  */
 static void
 scheduled_sync(void)
@@ -555,7 +586,6 @@ scheduled_sync(void)
 	worker_commit(caller);
 
 	pgstat_report_activity(STATE_RUNNING, "scheduled sync");
-	worker_status_state(WORKER_WORKING);
 	foreach(lc, names)
 	{
 		PG_TRY();
@@ -575,6 +605,7 @@ scheduled_sync(void)
 	queue_due_collections();
 	revive_collections();
 	worker_status_synced();
+	mailbox_wake_worker();
 }
 
 /* Drop history and finished jobs older than freshpay.history_retention. */
@@ -741,7 +772,6 @@ freshpay_worker_main(Datum main_arg)
 	MemoryContext loop_context;
 	TimestampTz last_prune = 0;
 	TimestampTz last_due_pass = 0;
-	TimestampTz sync_base = 0;	/* last scheduled sync, or when serving began */
 	bool		recovered = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -776,6 +806,7 @@ freshpay_worker_main(Datum main_arg)
 			{
 				/* In-flight attempts are looked up before anything new is sent. */
 				MemoryContextSwitchTo(loop_context);
+				job_release_claims();
 				attempt_recover();
 				for (;;)
 				{
@@ -788,25 +819,9 @@ freshpay_worker_main(Datum main_arg)
 				}
 				mailbox_attach_worker();
 				recovered = true;
-				sync_base = GetCurrentTimestamp();
 			}
 			serve(loop_context);
 
-			if (freshpay_sync_interval > 0)
-			{
-				TimestampTz next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
-
-				if (GetCurrentTimestamp() >= next_sync)
-				{
-					MemoryContextReset(loop_context);
-					MemoryContextSwitchTo(loop_context);
-					scheduled_sync();
-					sync_base = GetCurrentTimestamp();
-					serve(loop_context);
-					next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
-				}
-				timeout = Max(Min(timeout, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_sync)), 10);
-			}
 			if (GetCurrentTimestamp() - last_due_pass > USECS_PER_SEC * 60)
 			{
 				if (queue_due_collections() + revive_collections() > 0)
@@ -837,6 +852,60 @@ freshpay_worker_main(Datum main_arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		if (recovered)
 			worker_status_state(WORKER_IDLE);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * The sync worker: the scheduled pull of every administration, every
+ * freshpay.sync_interval, in a process of its own so that the money worker
+ * goes on serving calls and jobs meanwhile.  It follows worker_spi like the
+ * money worker; its row locks wait no longer than the money worker's.
+ */
+void
+freshpay_sync_worker_main(Datum main_arg)
+{
+	MemoryContext loop_context;
+	TimestampTz sync_base;		/* the last sync, or when this worker started */
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(freshpay_database_name, NULL, 0);
+	pgstat_report_appname("freshpay sync worker");
+	SetConfigOption("lock_timeout", WORKER_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
+
+	loop_context = AllocSetContextCreate(TopMemoryContext, "freshpay sync worker loop",
+										 ALLOCSET_DEFAULT_SIZES);
+	sync_base = GetCurrentTimestamp();
+
+	for (;;)
+	{
+		long		timeout = WORKER_IDLE_TIMEOUT_MS;
+
+		CHECK_FOR_INTERRUPTS();
+		reload_settings_if_asked();
+
+		if (freshpay_worker_enabled && freshpay_sync_interval > 0 && extension_ready())
+		{
+			TimestampTz next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
+
+			if (GetCurrentTimestamp() >= next_sync)
+			{
+				MemoryContextReset(loop_context);
+				MemoryContextSwitchTo(loop_context);
+				scheduled_sync();
+				sync_base = GetCurrentTimestamp();
+				next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
+			}
+			timeout = Max(Min(timeout, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_sync)), 10);
+		}
+		MemoryContextSwitchTo(TopMemoryContext);
+
+		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

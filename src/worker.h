@@ -28,5 +28,6 @@ extern DateADT date_of_timestamp(TimestampTz ts);
 extern ErrorData *worker_catch(MemoryContext context);
 extern char *worker_error_text(const ErrorData *edata);
 extern PGDLLEXPORT void freshpay_worker_main(Datum main_arg);
+extern PGDLLEXPORT void freshpay_sync_worker_main(Datum main_arg);
 
 #endif							/* FRESHPAY_WORKER_H */
