@@ -217,6 +217,11 @@ CREATE OR REPLACE VIEW freshpay.invoice_status AS
 		 WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id ORDER BY p.id DESC LIMIT 1) l ON true;
 COMMENT ON COLUMN freshpay.invoice_status.outstanding IS 'Still to collect: FreshPortal''s open amount less what freshpay collected and FreshPortal does not count yet';
 
+-- A claimed job remembers when, so that a new worker knows the claims of
+-- one that died are void.
+ALTER TABLE freshpay.jobs ADD COLUMN claimed_at timestamptz;
+COMMENT ON COLUMN freshpay.jobs.claimed_at IS 'When the worker claimed it (null when not running); a restarted worker runs claimed jobs again at once';
+
 -- Jobs that keep failing are an alert; write-back and lookups never die.
 CREATE OR REPLACE VIEW freshpay.exceptions AS
 	SELECT 'unknown_outcome'::text AS kind, p.administration, p.id AS payment_id, p.invoice_id,
