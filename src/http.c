@@ -40,6 +40,8 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
+#include "utils/wait_event.h"
 
 #include "http.h"
 #include "settings.h"
@@ -593,10 +595,66 @@ http_in_flight(void)
 }
 
 /*
+ * Wait, at most timeout_ms (and no longer than libcurl's own next timer),
+ * until a socket of a transfer is ready or the process latch is set: a
+ * money call handed over by a backend, SIGTERM and SIGHUP are seen at once,
+ * not after the wait.  The latch is reset when it woke us; the caller looks
+ * at its mailbox and interrupts after each call.
+ */
+static void
+wait_for_transfers(long timeout_ms)
+{
+	fd_set		readable,
+				writable,
+				failed;
+	int			maxfd = -1;
+	long		curl_timeout = -1;
+	WaitEventSet *set;
+	WaitEvent	event;
+	int			nsockets = 0;
+
+	FD_ZERO(&readable);
+	FD_ZERO(&writable);
+	FD_ZERO(&failed);
+	curl_multi_fdset(multi, &readable, &writable, &failed, &maxfd);
+	curl_multi_timeout(multi, &curl_timeout);
+	if (curl_timeout >= 0 && curl_timeout < timeout_ms)
+		timeout_ms = curl_timeout;
+	if (timeout_ms <= 0)
+		return;
+
+	for (int fd = 0; fd <= maxfd; fd++)
+		if (FD_ISSET(fd, &readable) || FD_ISSET(fd, &writable))
+			nsockets++;
+	set = CreateWaitEventSet(CurrentMemoryContext, 2 + nsockets);
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	for (int fd = 0; fd <= maxfd; fd++)
+	{
+		uint32		events = (FD_ISSET(fd, &readable) ? WL_SOCKET_READABLE : 0) |
+			(FD_ISSET(fd, &writable) ? WL_SOCKET_WRITEABLE : 0);
+
+		if (events != 0)
+			AddWaitEventToSet(set, events, fd, NULL, NULL);
+	}
+
+	/*
+	 * No socket yet (a connection being resolved, say): libcurl's timer, at
+	 * most 10 ms, and the latch are what there is to wait for.
+	 */
+	if (nsockets == 0)
+		timeout_ms = Min(timeout_ms, 10);
+	if (WaitEventSetWait(set, timeout_ms, &event, 1, PG_WAIT_EXTENSION) == 1 &&
+		(event.events & WL_LATCH_SET))
+		ResetLatch(MyLatch);
+	FreeWaitEventSet(set);
+}
+
+/*
  * Move the transfers in flight along, waiting at most timeout_ms for one of
- * them to have something to do.  The caller checks its latch and interrupts
- * between calls; a pending termination aborts the transfers (progress
- * callback), which then finish as interrupted.
+ * them to have something to do (or for the latch).  A pending termination
+ * aborts the transfers (progress callback), which then finish as
+ * interrupted.
  */
 void
 http_drive(long timeout_ms)
@@ -606,8 +664,8 @@ http_drive(long timeout_ms)
 	if (multi == NULL || transfer_count == 0)
 		return;
 	curl_multi_perform(multi, &running);
-	if (running > 0)
-		curl_multi_poll(multi, NULL, 0, (int) timeout_ms, NULL);
+	if (running > 0 && timeout_ms > 0)
+		wait_for_transfers(timeout_ms);
 	curl_multi_perform(multi, &running);
 }
 
