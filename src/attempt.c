@@ -376,8 +376,14 @@ record_outcome(int64 payment_id, const PtResult *result, const char *event)
 
 	if (result->outcome == PT_APPROVED)
 		apply_success(a);
+	/*
+	 * A lost answer is looked up after a pause: PayTrace may still be at it,
+	 * and the caller is told 'unknown' (the job already queued when the
+	 * attempt was recorded may be due sooner).
+	 */
 	if (result->outcome == PT_UNKNOWN)
-		job_queue("resolve_payment", payment_id, 0);
+		job_queue("resolve_payment", payment_id,
+				  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LOOKUP_MIN_MS));
 	else
 		job_finish("resolve_payment", payment_id);
 	return true;
