@@ -766,6 +766,25 @@ serve(MemoryContext loop_context)
 	}
 }
 
+/*
+ * The start of both workers, as worker_spi does it: signal handlers, then
+ * signals unblocked, then the database.  Neither ever waits long on a row a
+ * user's transaction holds (an idle session that called freshpay_sync(),
+ * say): the step fails with 55P03 and is tried again later, and every other
+ * call goes on.
+ */
+static void
+worker_start(const char *name)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(freshpay_database_name, NULL, 0);
+	pgstat_report_appname(name);
+	SetConfigOption("lock_timeout", WORKER_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
+}
+
 void
 freshpay_worker_main(Datum main_arg)
 {
@@ -774,19 +793,7 @@ freshpay_worker_main(Datum main_arg)
 	TimestampTz last_due_pass = 0;
 	bool		recovered = false;
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	BackgroundWorkerInitializeConnection(freshpay_database_name, NULL, 0);
-	pgstat_report_appname("freshpay worker");
-
-	/*
-	 * Never wait long on a row a user's transaction holds (an idle session
-	 * that called freshpay_sync(), say): the step fails with 55P03 and is
-	 * tried again later, and every other call goes on.
-	 */
-	SetConfigOption("lock_timeout", WORKER_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
+	worker_start("freshpay worker");
 	elog(LOG, "freshpay worker started in database \"%s\"", freshpay_database_name);
 
 	loop_context = AllocSetContextCreate(TopMemoryContext, "freshpay worker loop",
@@ -870,13 +877,7 @@ freshpay_sync_worker_main(Datum main_arg)
 	MemoryContext loop_context;
 	TimestampTz sync_base;		/* the last sync, or when this worker started */
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	BackgroundWorkerInitializeConnection(freshpay_database_name, NULL, 0);
-	pgstat_report_appname("freshpay sync worker");
-	SetConfigOption("lock_timeout", WORKER_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
+	worker_start("freshpay sync worker");
 
 	loop_context = AllocSetContextCreate(TopMemoryContext, "freshpay sync worker loop",
 										 ALLOCSET_DEFAULT_SIZES);
