@@ -873,24 +873,29 @@ in_flight_add(int64 payment_id)
 	in_flight_ids[in_flight_count++] = payment_id;
 }
 
-static void
-in_flight_remove(int64 payment_id)
+/* Where payment_id is in the set, or -1. */
+static int
+in_flight_index(int64 payment_id)
 {
 	for (int i = 0; i < in_flight_count; i++)
 		if (in_flight_ids[i] == payment_id)
-		{
-			in_flight_ids[i] = in_flight_ids[--in_flight_count];
-			return;
-		}
+			return i;
+	return -1;
+}
+
+static void
+in_flight_remove(int64 payment_id)
+{
+	int			i = in_flight_index(payment_id);
+
+	if (i >= 0)
+		in_flight_ids[i] = in_flight_ids[--in_flight_count];
 }
 
 static bool
 in_flight_here(int64 payment_id)
 {
-	for (int i = 0; i < in_flight_count; i++)
-		if (in_flight_ids[i] == payment_id)
-			return true;
-	return false;
+	return in_flight_index(payment_id) >= 0;
 }
 
 /*

@@ -361,8 +361,8 @@ job_update(const Job *job, bool done, TimestampTz next_run_at, const char *error
 	/*
 	 * Write-back and lookups are never given up: an outcome must reach
 	 * FreshPortal, and an unknown one must be learned.  They retry with a
-	 * backoff capped at five minutes; past freshpay.max_attempts they are an
-	 * alert in freshpay.exceptions, not an end.  A collection may die; it
+	 * backoff capped by freshpay.max_retry_delay; past freshpay.max_attempts
+	 * they are an alert in freshpay.exceptions, not an end.  A collection may die; it
 	 * comes back when it can succeed (revive_collections).
 	 */
 	bool		never_dies = strcmp(job->kind, "collect_invoice") != 0;
@@ -418,7 +418,6 @@ job_run(const Job *job)
 	MemoryContext context = CurrentMemoryContext;
 	volatile TimestampTz again = 0;
 	char	   *volatile error = NULL;
-	volatile bool permanent = false;
 
 	pgstat_report_activity(STATE_RUNNING, job->kind);
 	worker_status_state(WORKER_WORKING);
@@ -436,12 +435,11 @@ job_run(const Job *job)
 		ErrorData  *edata = worker_catch(context);
 
 		error = worker_error_text(edata);
-		/* Write-back and lookups retry until they succeed. */
-		permanent = false;
 		worker_status_error(error);
 	}
 	PG_END_TRY();
-	job_update(job, error == NULL && again == 0, again, error, permanent, -1);
+	/* Write-back and lookups are never permanent failures: job_update retries them. */
+	job_update(job, error == NULL && again == 0, again, error, false, -1);
 }
 
 /*
