@@ -18,6 +18,7 @@
 #include "utils/date.h"
 
 #include "administration.h"
+#include "http.h"
 
 typedef enum FpStream
 {
@@ -90,9 +91,26 @@ typedef struct FpRegistration
 	DateADT		payment_date;
 } FpRegistration;
 
+/* FreshPortal's invoice as a registration or reversal left it. */
+typedef struct FpInvoiceState
+{
+	bool		present;		/* false: the answer did not say; re-read it */
+	int64		id;
+	Datum		amount_paid;	/* numeric(12,2) */
+	Datum		open_amount;
+	char	   *status;
+	TimestampTz mutation_time;
+	Datum		raw;			/* jsonb of the summary */
+} FpInvoiceState;
+
+/* One call to FreshPortal, synchronous or in flight in the worker's loop. */
+typedef struct FpCall FpCall;
+
 extern const char *freshportal_stream_name(FpStream stream);
 extern TimestampTz freshportal_item_mutation_time(FpStream stream, void *item);
 extern int64 freshportal_item_id(FpStream stream, void *item);
+
+/* Synchronous: the sync and the SQL functions. */
 extern FpPage *freshportal_list(const Administration *admin, FpStream stream,
 								TimestampTz since, int page, int per_page);
 extern FpInvoice *freshportal_get_invoice(const Administration *admin, int64 invoice_id);
@@ -104,5 +122,25 @@ extern int64 freshportal_register_payment(const Administration *admin,
 extern void freshportal_reverse_payment(const Administration *admin, int64 payment_id,
 										const char *reason, const char *provider_transaction_id,
 										DateADT date);
+
+/* Calls in flight (the worker): build, send, then read the answer. */
+extern FpCall *freshportal_get_invoice_call(const Administration *admin, int64 invoice_id);
+extern FpCall *freshportal_find_payments_call(const Administration *admin,
+											  const char *provider_transaction_id);
+extern FpCall *freshportal_get_payment_call(const Administration *admin, int64 payment_id);
+extern FpCall *freshportal_register_call(const Administration *admin,
+										 const FpRegistration *registration);
+extern FpCall *freshportal_reverse_call(const Administration *admin, int64 payment_id,
+										const char *reason, const char *provider_transaction_id,
+										DateADT date);
+extern void freshportal_send(FpCall *call, void *owner, int priority);
+extern bool freshportal_answered(FpCall *call, const HttpResponse *response, void *owner,
+								 int priority);
+extern FpInvoice *freshportal_invoice_of(FpCall *call, const HttpResponse *response);
+extern List *freshportal_payments_of(FpCall *call, const HttpResponse *response);
+extern FpPayment *freshportal_payment_of(FpCall *call, const HttpResponse *response);
+extern int64 freshportal_registered_of(FpCall *call, const HttpResponse *response,
+									   FpInvoiceState **invoice);
+extern FpInvoiceState *freshportal_reversed_of(FpCall *call, const HttpResponse *response);
 
 #endif							/* FRESHPAY_FRESHPORTAL_H */

@@ -44,6 +44,7 @@
 #include "utils/wait_event.h"
 
 #include "http.h"
+#include "http_int.h"
 #include "settings.h"
 
 #if LIBCURL_VERSION_NUM < 0x075500
@@ -53,14 +54,6 @@
 /* A libcurl handle kept for the life of the process, for keep-alive reuse. */
 static CURL *cached_handle = NULL;
 
-typedef struct BodyBuffer
-{
-	char	   *data;			/* malloc'd */
-	size_t		len;
-	size_t		cap;
-	size_t		limit;
-	bool		too_large;
-} BodyBuffer;
 
 typedef struct UrlParts
 {
@@ -69,12 +62,10 @@ typedef struct UrlParts
 	bool		has_credentials;
 } UrlParts;
 
-static void release_transfers(void);
-
 static void
 http_release(int code, Datum arg)
 {
-	release_transfers();
+	http_loop_release();
 	if (cached_handle != NULL)
 	{
 		curl_easy_cleanup(cached_handle);
@@ -83,7 +74,7 @@ http_release(int code, Datum arg)
 	curl_global_cleanup();
 }
 
-static CURL *
+CURL *
 http_handle(void)
 {
 	if (cached_handle == NULL)
@@ -214,8 +205,8 @@ http_check_url(const char *url, const char *what)
 }
 
 /* The URL policy for a request: errors name the service and administration. */
-static void
-check_request_url(const HttpRequest *request)
+void
+http_check_request_url(const HttpRequest *request)
 {
 	http_check_url(request->url,
 				   psprintf("the %s URL of administration \"%s\"",
@@ -330,8 +321,8 @@ classify_failure(CURLcode code, long request_size)
  * (into *headers, which the caller frees) and its body (copied by libcurl, so
  * that an asynchronous transfer does not depend on the caller's memory).
  */
-static void
-transfer_setup(CURL *handle, const HttpRequest *request, BodyBuffer *buf, char *errbuf,
+void
+http_transfer_setup(CURL *handle, const HttpRequest *request, BodyBuffer *buf, char *errbuf,
 			   struct curl_slist **headers)
 {
 	UrlParts	parts;
@@ -398,8 +389,8 @@ transfer_setup(CURL *handle, const HttpRequest *request, BodyBuffer *buf, char *
 }
 
 /* What a finished transfer brought: status, body (palloc'd), transport verdict. */
-static void
-transfer_collect(CURL *handle, CURLcode code, const BodyBuffer *buf, const char *errbuf,
+void
+http_transfer_collect(CURL *handle, CURLcode code, const BodyBuffer *buf, const char *errbuf,
 				 HttpResponse *response)
 {
 	struct curl_header *retry_after;
@@ -461,15 +452,15 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 	char		errbuf[CURL_ERROR_SIZE] = "";
 	volatile CURLcode code = CURLE_OK;
 
-	check_request_url(request);
+	http_check_request_url(request);
 	handle = http_handle();
 
 	PG_TRY();
 	{
 		curl_easy_reset(handle);
-		transfer_setup(handle, request, &buf, errbuf, headers);
+		http_transfer_setup(handle, request, &buf, errbuf, headers);
 		code = curl_easy_perform(handle);
-		transfer_collect(handle, code, &buf, errbuf, response);
+		http_transfer_collect(handle, code, &buf, errbuf, response);
 	}
 	PG_FINALLY();
 	{
@@ -485,220 +476,6 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 
 	if (code == CURLE_ABORTED_BY_CALLBACK)
 		report_interrupted(request);
-}
-
-/*
- * Transfers in flight at once (the worker's), on one multi handle.  Each is
- * malloc'd and owned here from http_start until http_finished hands back
- * its response; on exit whatever is left is freed.
- */
-struct HttpTransfer
-{
-	CURL	   *handle;
-	struct curl_slist *headers;
-	BodyBuffer	buf;
-	char		error[CURL_ERROR_SIZE];
-	void	   *owner;
-	HttpTransfer *next;
-};
-
-static CURLM *multi = NULL;
-static HttpTransfer *transfers = NULL;
-static int	transfer_count = 0;
-
-static void
-transfer_free(HttpTransfer *t)
-{
-	HttpTransfer **link;
-
-	for (link = &transfers; *link != NULL; link = &(*link)->next)
-	{
-		if (*link == t)
-		{
-			*link = t->next;
-			transfer_count--;
-			break;
-		}
-	}
-	if (t->handle != NULL)
-	{
-		curl_multi_remove_handle(multi, t->handle);
-		curl_easy_cleanup(t->handle);
-	}
-	curl_slist_free_all(t->headers);
-	free(t->buf.data);
-	free(t);
-}
-
-static void
-release_transfers(void)
-{
-	while (transfers != NULL)
-		transfer_free(transfers);
-	if (multi != NULL)
-	{
-		curl_multi_cleanup(multi);
-		multi = NULL;
-	}
-}
-
-/*
- * Start request without waiting; owner comes back with the response from
- * http_finished.  Policy violations raise before anything is sent.
- */
-HttpTransfer *
-http_start(const HttpRequest *request, void *owner)
-{
-	HttpTransfer *t;
-
-	check_request_url(request);
-	(void) http_handle();		/* libcurl initialized, exit hook registered */
-	if (multi == NULL && (multi = curl_multi_init()) == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("could not create a libcurl multi handle")));
-	t = calloc(1, sizeof(HttpTransfer));
-	if (t == NULL || (t->handle = curl_easy_init()) == NULL)
-	{
-		free(t);
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("could not create a libcurl handle")));
-	}
-	t->owner = owner;
-	t->next = transfers;
-	transfers = t;
-	transfer_count++;
-
-	PG_TRY();
-	{
-		transfer_setup(t->handle, request, &t->buf, t->error, &t->headers);
-		curl_easy_setopt(t->handle, CURLOPT_PRIVATE, t);
-		if (curl_multi_add_handle(multi, t->handle) != CURLM_OK)
-			ereport(ERROR,
-					(errcode(ERRCODE_OUT_OF_MEMORY),
-					 errmsg("could not start a request to %s", request->service)));
-	}
-	PG_CATCH();
-	{
-		transfer_free(t);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	return t;
-}
-
-int
-http_in_flight(void)
-{
-	return transfer_count;
-}
-
-/*
- * Wait, at most timeout_ms (and no longer than libcurl's own next timer),
- * until a socket of a transfer is ready or the process latch is set: a
- * money call handed over by a backend, SIGTERM and SIGHUP are seen at once,
- * not after the wait.  The latch is reset when it woke us; the caller looks
- * at its mailbox and interrupts after each call.
- */
-static void
-wait_for_transfers(long timeout_ms)
-{
-	fd_set		readable,
-				writable,
-				failed;
-	int			maxfd = -1;
-	long		curl_timeout = -1;
-	WaitEventSet *set;
-	WaitEvent	event;
-	int			nsockets = 0;
-
-	FD_ZERO(&readable);
-	FD_ZERO(&writable);
-	FD_ZERO(&failed);
-	curl_multi_fdset(multi, &readable, &writable, &failed, &maxfd);
-	curl_multi_timeout(multi, &curl_timeout);
-	if (curl_timeout >= 0 && curl_timeout < timeout_ms)
-		timeout_ms = curl_timeout;
-	if (timeout_ms <= 0)
-		return;
-
-	for (int fd = 0; fd <= maxfd; fd++)
-		if (FD_ISSET(fd, &readable) || FD_ISSET(fd, &writable))
-			nsockets++;
-	set = CreateWaitEventSet(CurrentMemoryContext, 2 + nsockets);
-	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	for (int fd = 0; fd <= maxfd; fd++)
-	{
-		uint32		events = (FD_ISSET(fd, &readable) ? WL_SOCKET_READABLE : 0) |
-			(FD_ISSET(fd, &writable) ? WL_SOCKET_WRITEABLE : 0);
-
-		if (events != 0)
-			AddWaitEventToSet(set, events, fd, NULL, NULL);
-	}
-
-	/*
-	 * No socket yet (a connection being resolved, say): libcurl's timer, at
-	 * most 10 ms, and the latch are what there is to wait for.
-	 */
-	if (nsockets == 0)
-		timeout_ms = Min(timeout_ms, 10);
-	if (WaitEventSetWait(set, timeout_ms, &event, 1, PG_WAIT_EXTENSION) == 1 &&
-		(event.events & WL_LATCH_SET))
-		ResetLatch(MyLatch);
-	FreeWaitEventSet(set);
-}
-
-/*
- * Move the transfers in flight along, waiting at most timeout_ms for one of
- * them to have something to do (or for the latch).  A pending termination
- * aborts the transfers (progress callback), which then finish as
- * interrupted.
- */
-void
-http_drive(long timeout_ms)
-{
-	int			running;
-
-	if (multi == NULL || transfer_count == 0)
-		return;
-	curl_multi_perform(multi, &running);
-	if (running > 0 && timeout_ms > 0)
-		wait_for_transfers(timeout_ms);
-	curl_multi_perform(multi, &running);
-}
-
-/*
- * A finished transfer, if there is one: its response (palloc'd in the
- * current memory context) and its owner.  The transfer is freed.
- */
-bool
-http_finished(HttpResponse *response, void **owner)
-{
-	CURLMsg    *msg;
-	int			left;
-
-	while (multi != NULL && (msg = curl_multi_info_read(multi, &left)) != NULL)
-	{
-		HttpTransfer *t;
-
-		if (msg->msg != CURLMSG_DONE)
-			continue;
-		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
-		*owner = t->owner;
-		PG_TRY();
-		{
-			transfer_collect(t->handle, msg->data.result, &t->buf, t->error, response);
-		}
-		PG_FINALLY();
-		{
-			transfer_free(t);
-		}
-		PG_END_TRY();
-		return true;
-	}
-	return false;
 }
 
 /*

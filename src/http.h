@@ -51,9 +51,10 @@ typedef struct HttpResponse
 typedef struct HttpTransfer HttpTransfer;
 
 extern void http_perform(const HttpRequest *request, HttpResponse *response);
-extern HttpTransfer *http_start(const HttpRequest *request, void *owner);
+extern HttpTransfer *http_start(const HttpRequest *request, void *owner, int priority);
+extern bool http_has_room(const char *service);
 extern int	http_in_flight(void);
-extern void http_drive(long timeout_ms);
+extern bool http_drive(long timeout_ms);
 extern bool http_finished(HttpResponse *response, void **owner);
 extern void http_report_transport_error(const HttpRequest *request,
 										const HttpResponse *response) pg_attribute_noreturn();

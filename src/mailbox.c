@@ -29,26 +29,85 @@
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "mailbox.h"
 #include "settings.h"
-#include "shared.h"
 
-void
-mailbox_init(Mailbox *mailbox)
+typedef enum SlotState
 {
-	SpinLockInit(&mailbox->mutex);
-	mailbox->worker_pid = 0;
-	mailbox->worker_latch = NULL;
-	mailbox->serving = false;
-	mailbox->next_serial = 1;
-	for (int i = 0; i < MAILBOX_SLOTS; i++)
+	SLOT_FREE,
+	SLOT_SUBMITTED,				/* waiting for the worker */
+	SLOT_WORKING,				/* the worker has it */
+	SLOT_DONE,					/* answered; the caller reads and frees it */
+	SLOT_ABANDONED				/* the caller left; the worker frees it */
+} SlotState;
+
+typedef struct MailboxSlot
+{
+	SlotState	state;
+	uint64		serial;			/* tells a reused slot from the caller's */
+	MoneyCall	call;
+	MoneyAnswer answer;
+	ConditionVariable answered;
+} MailboxSlot;
+
+#define MAILBOX_SLOTS 64
+
+typedef struct Mailbox
+{
+	slock_t		mutex;
+	int			worker_pid;		/* 0 when no worker runs */
+	Latch	   *worker_latch;
+	bool		serving;		/* the worker takes calls */
+	/* What freshpay.worker_status shows. */
+	WorkerRunState run_state;
+	TimestampTz started_at;
+	TimestampTz last_activity_at;
+	TimestampTz last_sync_at;
+	TimestampTz last_error_at;
+	int			in_flight;
+	char		last_error[256];
+	uint64		next_serial;
+	MailboxSlot slots[MAILBOX_SLOTS];
+} Mailbox;
+
+static Mailbox *shared_mailbox = NULL;
+
+Size
+MailboxShmemSize(void)
+{
+	return MAXALIGN(sizeof(Mailbox));
+}
+
+/* In the shmem startup hook, under AddinShmemInitLock. */
+void
+MailboxShmemInit(void)
+{
+	bool		found;
+	Mailbox    *mailbox = ShmemInitStruct("freshpay mailbox", sizeof(Mailbox), &found);
+
+	if (!found)
 	{
-		mailbox->slots[i].state = SLOT_FREE;
-		ConditionVariableInit(&mailbox->slots[i].answered);
+		memset(mailbox, 0, sizeof(Mailbox));
+		SpinLockInit(&mailbox->mutex);
+		mailbox->next_serial = 1;
+		for (int i = 0; i < MAILBOX_SLOTS; i++)
+		{
+			mailbox->slots[i].state = SLOT_FREE;
+			ConditionVariableInit(&mailbox->slots[i].answered);
+		}
 	}
+	shared_mailbox = mailbox;
+}
+
+static Mailbox *
+freshpay_mailbox(void)
+{
+	Assert(shared_mailbox != NULL);
+	return shared_mailbox;
 }
 
 void

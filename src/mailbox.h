@@ -49,26 +49,6 @@ typedef struct MoneyAnswer
 	char		hint[512];
 } MoneyAnswer;
 
-typedef enum SlotState
-{
-	SLOT_FREE,
-	SLOT_SUBMITTED,				/* waiting for the worker */
-	SLOT_WORKING,				/* the worker has it */
-	SLOT_DONE,					/* answered; the caller reads and frees it */
-	SLOT_ABANDONED				/* the caller left; the worker frees it */
-} SlotState;
-
-typedef struct MailboxSlot
-{
-	SlotState	state;
-	uint64		serial;			/* tells a reused slot from the caller's */
-	MoneyCall	call;
-	MoneyAnswer answer;
-	ConditionVariable answered;
-} MailboxSlot;
-
-#define MAILBOX_SLOTS 64
-
 typedef enum WorkerRunState
 {
 	WORKER_STOPPED,
@@ -77,25 +57,9 @@ typedef enum WorkerRunState
 	WORKER_WORKING
 } WorkerRunState;
 
-typedef struct Mailbox
-{
-	slock_t		mutex;
-	int			worker_pid;		/* 0 when no worker runs */
-	Latch	   *worker_latch;
-	bool		serving;		/* the worker takes calls */
-	/* What freshpay.worker_status shows. */
-	WorkerRunState run_state;
-	TimestampTz started_at;
-	TimestampTz last_activity_at;
-	TimestampTz last_sync_at;
-	TimestampTz last_error_at;
-	int			in_flight;
-	char		last_error[256];
-	uint64		next_serial;
-	MailboxSlot slots[MAILBOX_SLOTS];
-} Mailbox;
 
-extern void mailbox_init(Mailbox *mailbox);
+extern Size MailboxShmemSize(void);
+extern void MailboxShmemInit(void);
 
 /* Backend side. */
 extern void mailbox_require_worker_database(const char *function);

@@ -36,24 +36,21 @@
 
 #include "http.h"
 #include "paytrace.h"
-#include "shared.h"
+#include "paytrace_int.h"
+#include "token_cache.h"
 
-#define SERVICE "PayTrace"
 
 /* Renew a token this long before PayTrace would expire it. */
 #define PT_TOKEN_MARGIN_S 300
 
-/* Export dates carry no zone; PayTrace is in Spokane, WA. [G] */
-#define PT_EXPORT_TIME_ZONE "America/Los_Angeles"
-
 /* The path of each money call. */
-typedef struct PtCall
+typedef struct PtMoneyPath
 {
 	PtOperation operation;
 	const char *path;
-} PtCall;
+} PtMoneyPath;
 
-static const PtCall calls[] = {
+static const PtMoneyPath calls[] = {
 	{PT_SALE, "/v1/transactions/sale/by_customer"},
 	{PT_AUTHORIZE, "/v1/transactions/authorization/by_customer"},
 	{PT_CAPTURE, "/v1/transactions/authorization/capture"},
@@ -62,28 +59,10 @@ static const PtCall calls[] = {
 	{PT_ACH_SALE, "/v1/checks/sale/by_customer"},
 };
 
-/*
- * Field names of batches/export.  The v1 JSON names are not documented; these
- * follow the legacy API's fields in snake_case ([G] in the research), kept
- * here so that the real names change one table.
- */
-static const struct
-{
-	const char *list;			/* the array of batches */
-	const char *number;
-	const char *created;
-	const char *transaction_count;
-	const char *sales_amount;
-	const char *refund_amount;
-	const char *net_amount;
-}			batch_fields = {
-	"batches", "number", "created", "transaction_count", "sales_amount", "refund_amount", "net_amount"
-};
-
 /* Codes PayTrace answers when a money call did what was asked. */
 static const int approved_codes[] = {101, 106, 109, 112, 120, 122, 124};
 
-static const PtCall *
+static const PtMoneyPath *
 call_of(PtOperation operation)
 {
 	for (size_t i = 0; i < lengthof(calls); i++)
@@ -242,39 +221,93 @@ pt_request(const Administration *admin, const char *path, const char *body_field
 	request->idempotent = idempotent;
 }
 
-/*
- * Send and wait.  "invalid_token" means the call was not processed: renew
- * the token and send it once more.
- */
-static void
-pt_post(const Administration *admin, const char *path, const char *body_fields,
-		bool idempotent, HttpResponse *response)
+/* A PayTrace call other than a money request: made here and now, or in flight in the worker. */
+struct PtQuery
 {
-	uint32		hash = credential_hash(admin);
+	const Administration *admin;
+	const char *path;
+	char	   *fields;			/* the body members after integrator_id */
+	uint32		hash;
+	int			tries;			/* sends so far: "invalid_token" renews the token once */
+	char		token[FRESHPAY_TOKEN_MAX + 1];
+	HttpRequest request;
+};
 
-	for (int attempt = 0; attempt < 2; attempt++)
+PtQuery *
+paytrace_query_new(const Administration *admin, const char *path, char *fields)
+{
+	PtQuery	   *c = palloc0(sizeof(PtQuery));
+
+	c->admin = admin;
+	c->path = path;
+	c->fields = fields;
+	c->hash = credential_hash(admin);
+	return c;
+}
+
+static HttpRequest *
+pt_query_request(PtQuery *c)
+{
+	if (c->tries > 0 ||
+		!token_cache_lookup(c->admin->name, REMOTE_PAYTRACE, c->hash, c->token, sizeof(c->token)))
 	{
-		char		cached[FRESHPAY_TOKEN_MAX + 1];
-		char	   *token;
-		HttpRequest request;
+		char	   *token = pt_authenticate(c->admin, c->hash);
 
-		if (attempt == 0 &&
-			token_cache_lookup(admin->name, REMOTE_PAYTRACE, hash, cached, sizeof(cached)))
-			token = cached;
-		else
-			token = pt_authenticate(admin, hash);
-
-		pt_request(admin, path, body_fields, idempotent, token, &request);
-		http_perform(&request, response);
-		if (response->transport != HTTP_TRANSPORT_OK || !is_invalid_token(response))
-			return;
-		token_cache_forget(admin->name, REMOTE_PAYTRACE, token);
+		strlcpy(c->token, token, sizeof(c->token));
+		explicit_bzero(token, strlen(token));
 	}
+	c->tries++;
+	pt_request(c->admin, c->path, c->fields, true, c->token, &c->request);
+	return &c->request;
+}
+
+/*
+ * Did the call get its answer?  Transport failures are raised (these calls
+ * only read).  "invalid_token" means the call was not processed: the token
+ * is forgotten and the caller sends once more (false); a second refusal is
+ * an error.
+ */
+static bool
+pt_query_answered(PtQuery *c, const HttpResponse *response)
+{
+	if (response->transport != HTTP_TRANSPORT_OK)
+		http_report_transport_error(&c->request, response);
+	if (!is_invalid_token(response))
+		return true;
+	token_cache_forget(c->admin->name, REMOTE_PAYTRACE, c->token);
+	if (c->tries < 2)
+		return false;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 			 errmsg("PayTrace rejected a fresh token of administration \"%s\" for POST %s",
-					admin->name, path),
+					c->admin->name, c->path),
 			 errhint("The API user may lack permission for this call; check it in PayTrace's Virtual Terminal.")));
+	return false;				/* keep compiler quiet */
+}
+
+void
+paytrace_query_perform(PtQuery *c, HttpResponse *response)
+{
+	do
+		http_perform(pt_query_request(c), response);
+	while (!pt_query_answered(c, response));
+}
+
+/* Worker: send the call; owner comes back from http_finished with its answer. */
+void
+paytrace_send(PtQuery *c, void *owner, int priority)
+{
+	(void) http_start(pt_query_request(c), owner, priority);
+}
+
+/* Worker: did the transfer bring the answer?  False when it was sent again. */
+bool
+paytrace_answered(PtQuery *c, const HttpResponse *response, void *owner, int priority)
+{
+	if (pt_query_answered(c, response))
+		return true;
+	paytrace_send(c, owner, priority);
+	return false;
 }
 
 static bool
@@ -287,8 +320,8 @@ is_approved_code(int code)
 }
 
 /* "35: Please provide ...; 43: ..." and "35,43" from errors{code:[msg]}. */
-static void
-describe_errors(json_object *errors, StringInfo message, StringInfo codes)
+void
+paytrace_describe_errors(json_object *errors, StringInfo message, StringInfo codes)
 {
 	json_object_object_foreach(errors, code, messages)
 	{
@@ -356,7 +389,7 @@ result_from_json(PtResult *result, json_object *root)
 
 		initStringInfo(&codes);
 		resetStringInfo(&message);
-		describe_errors(errors, &message, &codes);
+		paytrace_describe_errors(errors, &message, &codes);
 		result->outcome = PT_REJECTED;
 		result->error_codes = codes.data;
 	}
@@ -493,7 +526,7 @@ result_of(const HttpResponse *response)
  * paytrace_finish turns the answer into the outcome.
  */
 HttpTransfer *
-paytrace_start(const Administration *admin, const PtRequest *request, void *owner)
+paytrace_start(const Administration *admin, const PtRequest *request, void *owner, int priority)
 {
 	uint32		hash = credential_hash(admin);
 	char		cached[FRESHPAY_TOKEN_MAX + 1];
@@ -505,7 +538,7 @@ paytrace_start(const Administration *admin, const PtRequest *request, void *owne
 	else
 		token = pt_authenticate(admin, hash);
 	pt_request(admin, call_of(request->operation)->path, money_fields(request), false, token, &http);
-	return http_start(&http, owner);
+	return http_start(&http, owner, priority);
 }
 
 /*
@@ -556,280 +589,3 @@ paytrace_finish(const Administration *admin, const PtRequest *request,
 	return result_of(response);
 }
 
-/* "4/10/2015 4:06:30 PM" (Pacific time) → timestamptz. */
-static bool
-parse_export_time(const char *text, TimestampTz *result)
-{
-	int			month,
-				day,
-				year,
-				hour,
-				minute,
-				second;
-	char		meridiem[3];
-	int			consumed = 0;
-	char	   *iso;
-
-	if (text == NULL || text[0] == '\0')
-		return false;
-	if (sscanf(text, "%d/%d/%d %d:%d:%d %2[AP]M%n", &month, &day, &year,
-			   &hour, &minute, &second, meridiem, &consumed) != 7 ||
-		text[consumed] != '\0' || month < 1 || month > 12 || day < 1 || day > 31 ||
-		hour < 1 || hour > 12 || minute > 59 || second > 59 || minute < 0 || second < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_DATETIME_FORMAT),
-				 errmsg("PayTrace export date \"%s\" is not in the form M/D/YYYY h:mm:ss AM", text)));
-	hour = hour % 12 + (meridiem[0] == 'P' ? 12 : 0);
-	iso = psprintf("%04d-%02d-%02d %02d:%02d:%02d " PT_EXPORT_TIME_ZONE,
-				   year, month, day, hour, minute, second);
-	*result = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(iso),
-													  ObjectIdGetDatum(InvalidOid),
-													  Int32GetDatum(-1)));
-	return true;
-}
-
-static PtState
-state_of(const char *status_code, const char *status_message, int *batch)
-{
-	*batch = 0;
-	if (strncmp(status_code, "GB", 2) == 0 && status_code[2] != '\0')
-	{
-		char	   *end;
-		long		number;
-
-		errno = 0;
-		number = strtol(status_code + 2, &end, 10);
-		if (errno != 0 || *end != '\0' || number <= 0 || number > PG_INT32_MAX ||
-			!isdigit((unsigned char) status_code[2]))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-					 errmsg("PayTrace status_code \"%s\" is not GB followed by a batch number", status_code)));
-		*batch = (int) number;
-		return PT_STATE_SETTLED;
-	}
-	if (pg_strcasecmp(status_code, "Settled") == 0)
-		return PT_STATE_SETTLED;
-	if (strcmp(status_code, "Y") == 0)
-		return PT_STATE_PENDING_SETTLEMENT;
-	if (strcmp(status_code, "N") == 0 && status_message != NULL)
-	{
-		char	   *upper = asc_toupper(status_message, strlen(status_message));
-
-		if (strstr(upper, "AUTH"))
-			return PT_STATE_AUTHORIZED;
-		if (strstr(upper, "VOID"))
-			return PT_STATE_VOIDED;
-		if (strstr(upper, "DECL"))
-			return PT_STATE_DECLINED;
-	}
-	return PT_STATE_OTHER;
-}
-
-static PtTransaction *
-transaction_from_json(json_object *item)
-{
-	PtTransaction *t = palloc0(sizeof(PtTransaction));
-	json_object *amount = jsonconv_member(item, "amount");
-	json_object *created = jsonconv_member(item, "created");
-	char	   *status_code;
-
-	if (!jsonconv_int64_opt(item, "transaction_id", &t->transaction_id))
-		t->transaction_id = jsonconv_int64(item, "check_transaction_id");
-	t->type = jsonconv_string_opt(item, "transaction_type");
-	if (amount == NULL || jsonconv_is_null(amount))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("field \"amount\" is missing")));
-	/* A number or a string; either way its text as written. */
-	t->amount = jsonconv_money_text(json_object_get_string(amount), "amount");
-	t->invoice_id = jsonconv_string_opt(item, "invoice_id");
-	t->customer_id = jsonconv_string_opt(item, "customer_id");
-	t->approval_code = jsonconv_string_opt(item, "approval_code");
-	status_code = jsonconv_string_opt(item, "status_code");
-	t->status_message = jsonconv_string_opt(item, "status_message");
-	t->state = state_of(status_code ? status_code : "", t->status_message, &t->batch_number);
-	t->has_settled_at = parse_export_time(jsonconv_string_opt(item, "settled"), &t->settled_at);
-	if (created != NULL && json_object_is_type(created, json_type_object))
-		t->has_created_at = parse_export_time(jsonconv_string_opt(created, "at"), &t->created_at);
-	if (t->invoice_id == NULL)
-		t->invoice_id = "";
-	if (t->customer_id == NULL)
-		t->customer_id = "";
-	return t;
-}
-
-/* The transactions of an export answer; raises on anything malformed. */
-List *
-paytrace_parse_export(const char *body, size_t len)
-{
-	char		error[128];
-	json_object *root = jsonconv_parse(body, len, error, sizeof(error));
-	List	   *transactions = NIL;
-
-	if (root == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_JSON_TEXT),
-				 errmsg("PayTrace sent malformed JSON in answer to a transaction export"),
-				 errdetail("%s.", error)));
-	PG_TRY();
-	{
-		json_object *success = jsonconv_member(root, "success");
-		json_object *items = jsonconv_member(root, "transactions");
-
-		if (success == NULL || !json_object_get_boolean(success))
-		{
-			StringInfoData message;
-			StringInfoData codes;
-			json_object *errors = jsonconv_member(root, "errors");
-
-			initStringInfo(&message);
-			initStringInfo(&codes);
-			if (errors != NULL && json_object_is_type(errors, json_type_object))
-				describe_errors(errors, &message, &codes);
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("PayTrace refused a transaction export"),
-					 message.len ? errdetail("%s", message.data) : 0));
-		}
-		if (items != NULL && json_object_is_type(items, json_type_array))
-		{
-			for (size_t i = 0; i < json_object_array_length(items); i++)
-				transactions = lappend(transactions,
-									   transaction_from_json(json_object_array_get_idx(items, i)));
-		}
-	}
-	PG_FINALLY();
-	{
-		json_object_put(root);
-	}
-	PG_END_TRY();
-	return transactions;
-}
-
-static List *
-pt_export(const Administration *admin, const char *path, const char *fields)
-{
-	HttpResponse response;
-	HttpRequest request = {0};
-
-	pt_post(admin, path, fields, true, &response);
-	if (response.transport != HTTP_TRANSPORT_OK)
-	{
-		request.service = SERVICE;
-		request.administration = admin->name;
-		request.call = path;
-		http_report_transport_error(&request, &response);
-	}
-	return paytrace_parse_export(response.body, response.body_len);
-}
-
-List *
-paytrace_export_by_id(const Administration *admin, int64 transaction_id)
-{
-	return pt_export(admin, "/v1/transactions/export/by_id",
-					 psprintf(",\"transaction_id\":" INT64_FORMAT, transaction_id));
-}
-
-static char *
-us_date(DateADT date)
-{
-	int			year,
-				month,
-				day;
-
-	j2date(date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
-	return psprintf("%02d/%02d/%04d", month, day, year);
-}
-
-List *
-paytrace_export_by_date_range(const Administration *admin, DateADT start, DateADT end,
-							  const char *including_text)
-{
-	StringInfoData fields;
-
-	initStringInfo(&fields);
-	appendStringInfo(&fields, ",\"start_date\":\"%s\",\"end_date\":\"%s\"",
-					 us_date(start), us_date(end));
-	if (including_text != NULL)
-	{
-		appendStringInfoString(&fields, ",\"including_text\":");
-		escape_json(&fields, including_text);
-	}
-	return pt_export(admin, "/v1/transactions/export/by_date_range", fields.data);
-}
-
-/* An amount that may come as a JSON number or string, exactly as written. */
-static Datum
-amount_member(json_object *item, const char *key)
-{
-	json_object *value = jsonconv_member(item, key);
-
-	if (jsonconv_is_null(value))
-		return jsonconv_money_text("0", key);
-	return jsonconv_money_text(json_object_get_string(value), key);
-}
-
-static PtBatch *
-batch_from_json(json_object *item)
-{
-	PtBatch    *b = palloc0(sizeof(PtBatch));
-	int64		value;
-
-	b->number = (int) jsonconv_int64(item, batch_fields.number);
-	b->has_settled_at = parse_export_time(jsonconv_string_opt(item, batch_fields.created), &b->settled_at);
-	b->transaction_count = jsonconv_int64_opt(item, batch_fields.transaction_count, &value) ? (int) value : 0;
-	b->sales_amount = amount_member(item, batch_fields.sales_amount);
-	b->refund_amount = amount_member(item, batch_fields.refund_amount);
-	b->net_amount = amount_member(item, batch_fields.net_amount);
-	b->raw = jsonconv_jsonb(item);
-	return b;
-}
-
-/* POST batches/export: the settlement batches closed between two dates. */
-List *
-paytrace_export_batches(const Administration *admin, DateADT start, DateADT end)
-{
-	HttpResponse response;
-	char		error[128];
-	json_object *root;
-	List	   *volatile batches = NIL;
-
-	pt_post(admin, "/v1/batches/export",
-			psprintf(",\"start_date\":\"%s\",\"end_date\":\"%s\"", us_date(start), us_date(end)),
-			true, &response);
-	if (response.transport != HTTP_TRANSPORT_OK)
-	{
-		HttpRequest request = {0};
-
-		request.service = SERVICE;
-		request.administration = admin->name;
-		request.call = "POST /v1/batches/export";
-		http_report_transport_error(&request, &response);
-	}
-	root = jsonconv_parse(response.body, response.body_len, error, sizeof(error));
-	if (root == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_JSON_TEXT),
-				 errmsg("PayTrace sent malformed JSON in answer to a batch export for administration \"%s\"",
-						admin->name),
-				 errdetail("%s.", error)));
-	PG_TRY();
-	{
-		json_object *success = jsonconv_member(root, "success");
-		json_object *items = jsonconv_member(root, batch_fields.list);
-
-		if (success == NULL || !json_object_get_boolean(success))
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("PayTrace refused a batch export for administration \"%s\"", admin->name)));
-		if (items != NULL && json_object_is_type(items, json_type_array))
-			for (size_t i = 0; i < json_object_array_length(items); i++)
-				batches = lappend(batches, batch_from_json(json_object_array_get_idx(items, i)));
-	}
-	PG_FINALLY();
-	{
-		json_object_put(root);
-	}
-	PG_END_TRY();
-	return batches;
-}

@@ -105,8 +105,11 @@ typedef struct PtBatch
 	Datum		raw;			/* jsonb */
 } PtBatch;
 
+/* A PayTrace call other than a money request (an export). */
+typedef struct PtQuery PtQuery;
+
 extern HttpTransfer *paytrace_start(const Administration *admin, const PtRequest *request,
-									void *owner);
+									void *owner, int priority);
 extern void paytrace_prepare(const Administration *admin);
 extern PtResult *paytrace_finish(const Administration *admin, const PtRequest *request,
 								 const HttpResponse *response);
@@ -116,5 +119,14 @@ extern List *paytrace_export_by_date_range(const Administration *admin, DateADT 
 										   DateADT end, const char *including_text);
 extern List *paytrace_parse_export(const char *body, size_t len);
 extern List *paytrace_export_batches(const Administration *admin, DateADT start, DateADT end);
+
+/* Exports in flight (the worker): build, send, then read the answer. */
+extern PtQuery *paytrace_export_by_id_query(const Administration *admin, int64 transaction_id);
+extern PtQuery *paytrace_export_by_date_range_query(const Administration *admin, DateADT start,
+													DateADT end, const char *including_text);
+extern void paytrace_send(PtQuery *query, void *owner, int priority);
+extern bool paytrace_answered(PtQuery *query, const HttpResponse *response, void *owner,
+							  int priority);
+extern List *paytrace_export_of(PtQuery *query, const HttpResponse *response);
 
 #endif							/* FRESHPAY_PAYTRACE_H */

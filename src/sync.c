@@ -34,12 +34,13 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "attempt.h"
+#include "mailbox.h"
+#include "payments.h"
 #include "paytrace.h"
 #include "settings.h"
-#include "shared.h"
+#include "spi_txn.h"
+#include "sync_progress.h"
 #include "sync.h"
-#include "worker.h"
 
 /* How far back PayTrace's transactions are re-read for status changes. */
 #define PAYTRACE_LOOKBACK_DAYS 14
@@ -333,13 +334,13 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts,
 	int64		expected = -1;
 
 	if (own_transactions)
-		caller = worker_begin();
+		caller = fp_txn_begin();
 	if (cursor_lock_and_read(admin->name, stream_name, &cursor))
 		since = cursor - (TimestampTz) freshpay_sync_overlap * USECS_PER_SEC;
 	else
 		since = SYNC_EPOCH;
 	if (own_transactions)
-		worker_commit(caller);
+		fp_txn_commit(caller);
 	else
 		plans = stream == FP_STREAM_CUSTOMERS ? prepare_customer_plans() : prepare_invoice_plans();
 	page_context = AllocSetContextCreate(outer, "freshpay sync page", ALLOCSET_DEFAULT_SIZES);
@@ -361,7 +362,7 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts,
 
 		if (own_transactions)
 		{
-			worker_begin();
+			fp_txn_begin();
 			MemoryContextSwitchTo(page_context);
 			plans = stream == FP_STREAM_CUSTOMERS ? prepare_customer_plans() : prepare_invoice_plans();
 		}
@@ -376,7 +377,7 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts,
 			upsert_item(admin, stream, &plans, item, counts);
 		}
 		if (own_transactions)
-			worker_commit(page_context);
+			fp_txn_commit(page_context);
 		if (pages++ == 0)
 			expected = result->total;
 		sync_progress_page(pages, counts->fetched, expected);
@@ -408,14 +409,14 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts,
 	MemoryContextDelete(page_context);
 
 	if (own_transactions)
-		caller = worker_begin();
+		caller = fp_txn_begin();
 	if (stream == FP_STREAM_INVOICES)
 		link_orphan_invoices(admin->name);
 	if (own_transactions)
 		(void) cursor_lock_and_read(admin->name, stream_name, &cursor);
 	cursor_store(admin->name, stream_name, has_next_cursor, next_cursor, counts);
 	if (own_transactions)
-		worker_commit(caller);
+		fp_txn_commit(caller);
 }
 
 /* Pull one stream of one administration inside the caller's transaction. */
@@ -478,7 +479,7 @@ stream_record(const char *administration, const char *stream, const SyncCounts *
 List *
 sync_paytrace_fetch(const Administration *admin)
 {
-	DateADT		today = date_of_timestamp(GetCurrentTimestamp());
+	DateADT		today = fp_date_of(GetCurrentTimestamp());
 
 	return paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS, today + 1, NULL);
 }
@@ -492,7 +493,7 @@ sync_paytrace_apply(const Administration *admin, List *transactions)
 	SPI_connect();
 	foreach(lc, transactions)
 	{
-		char		change = attempt_apply_paytrace(admin->name, lfirst(lc));
+		char		change = payments_apply_paytrace(admin->name, lfirst(lc));
 
 		counts.fetched++;
 		counts.inserted += change == 'i';
@@ -507,7 +508,7 @@ sync_paytrace_apply(const Administration *admin, List *transactions)
 List *
 sync_settlements_fetch(const Administration *admin)
 {
-	DateADT		today = date_of_timestamp(GetCurrentTimestamp());
+	DateADT		today = fp_date_of(GetCurrentTimestamp());
 
 	return paytrace_export_batches(admin, today - SETTLEMENT_LOOKBACK_DAYS, today + 1);
 }

@@ -19,10 +19,20 @@
  * FreshPortal does not know, so a collection meanwhile cannot take it again.
  * The remainder is then registered by the sale's own register job.
  *
- * Jobs run in the worker (worker.c); an ERROR here means "retry later with
- * backoff".  No transaction is open during the HTTP calls.  After each
- * write the invoice is re-read from FreshPortal so that the local amounts
- * and status are FreshPortal's.
+ Each job is a flow of the worker's pipeline (flow.h):
+ *
+ *	  START      a transaction loads the payment (and, for a reversal, takes
+ *	             the registration over); nothing to do ends the job
+ *	  FIND       GET /v1/payments?provider_transaction_id=: a write whose
+ *	             answer was lost is found there
+ *	  REGISTER   POST the registration (or CHECK the registration's status
+ *	             and REVERSE it)
+ *	  RECORD     one transaction records the registration, the invoice as
+ *	             FreshPortal's answer shows it, and the job done; COMMIT
+ *	  REFRESH    only when the answer did not show the invoice: re-read it
+ *
+ * An ERROR anywhere means "retry later with backoff"; the job never dies.
+ * No transaction is open during the HTTP calls.
  *
  *-------------------------------------------------------------------------
  */
@@ -32,11 +42,14 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "administration.h"
 #include "freshportal.h"
-#include "worker.h"
+#include "jobs.h"
+#include "mailbox.h"
+#include "spi_txn.h"
 #include "writeback.h"
 
 /* A payment and what writing it back needs. */
@@ -65,7 +78,7 @@ written_load(int64 payment_id, MemoryContext context)
 	Datum		values[] = {Int64GetDatum(payment_id)};
 	Written    *w = MemoryContextAllocZero(context, sizeof(Written));
 
-	if (spi_run("SELECT p.administration, p.kind, p.status,"
+	if (fp_spi_run("SELECT p.administration, p.kind, p.status,"
 				"       p.amount OPERATOR(pg_catalog.-) p.refunded_amount,"
 				"       p.paytrace_transaction_id::text, p.freshportal_payment_id,"
 				"       i.freshportal_id, i.currency, c.payment_method, p.parent_id,"
@@ -82,17 +95,17 @@ written_load(int64 payment_id, MemoryContext context)
 				1, types, values, NULL, SPI_OK_SELECT) == 0)
 		elog(ERROR, "payment " INT64_FORMAT " does not exist", payment_id);
 	w->payment_id = payment_id;
-	w->administration = spi_text(context, 1);
-	w->kind = spi_text(context, 2);
-	w->status = spi_text(context, 3);
-	w->remaining = spi_text(context, 4);
-	w->transaction_id = spi_text(context, 5);
-	w->registered = spi_int64(6, &w->freshportal_payment_id);
-	spi_int64(7, &w->freshportal_invoice_id);
-	w->currency = spi_text(context, 8);
-	w->method = spi_text(context, 9);
-	w->has_parent = spi_int64(10, &w->parent_id);
-	w->provider_id = spi_text(context, 11);
+	w->administration = fp_spi_text(context, 1);
+	w->kind = fp_spi_text(context, 2);
+	w->status = fp_spi_text(context, 3);
+	w->remaining = fp_spi_text(context, 4);
+	w->transaction_id = fp_spi_text(context, 5);
+	w->registered = fp_spi_int64(6, &w->freshportal_payment_id);
+	fp_spi_int64(7, &w->freshportal_invoice_id);
+	w->currency = fp_spi_text(context, 8);
+	w->method = fp_spi_text(context, 9);
+	w->has_parent = fp_spi_int64(10, &w->parent_id);
+	w->provider_id = fp_spi_text(context, 11);
 	if (w->method == NULL || strcmp(w->kind, "ach_sale") == 0)
 		w->method = strcmp(w->kind, "ach_sale") == 0 ? "ach" : "card";
 	return w;
@@ -105,7 +118,7 @@ note(int64 payment_id, const char *status, const char *event, const char *messag
 	Datum		values[] = {Int64GetDatum(payment_id), CStringGetTextDatum(status),
 	CStringGetTextDatum(event), CStringGetTextDatum(message)};
 
-	spi_run("INSERT INTO freshpay.payment_history (payment_id, old_status, new_status, event, message)"
+	fp_spi_run("INSERT INTO freshpay.payment_history (payment_id, old_status, new_status, event, message)"
 			" VALUES ($1, $2, $2, $3, $4)", 4, types, values, NULL, SPI_OK_INSERT);
 }
 
@@ -116,85 +129,77 @@ set_registration(int64 payment_id, bool registered, int64 freshportal_payment_id
 	Datum		values[] = {Int64GetDatum(payment_id), Int64GetDatum(freshportal_payment_id)};
 	char		nulls[] = {' ', registered ? ' ' : 'n'};
 
-	spi_run("UPDATE freshpay.payments SET freshportal_payment_id = $2, updated_at = pg_catalog.now()"
+	fp_spi_run("UPDATE freshpay.payments SET freshportal_payment_id = $2, updated_at = pg_catalog.now()"
 			" WHERE id OPERATOR(pg_catalog.=) $1", 2, types, values, nulls, SPI_OK_UPDATE);
 }
 
-/* The local invoice takes FreshPortal's amounts and status. */
+/* The local invoice takes FreshPortal's amounts and status (a summary's fields only). */
 static void
-refresh_invoice(const Administration *admin, int64 freshportal_invoice_id)
+mirror_invoice(const char *administration, const FpInvoiceState *inv)
 {
-	FpInvoice  *inv = freshportal_get_invoice(admin, freshportal_invoice_id);
-	MemoryContext caller = worker_begin();
 	Oid			types[] = {TEXTOID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID, TIMESTAMPTZOID, JSONBOID};
 	Datum		values[] = {
-		CStringGetTextDatum(admin->name), Int64GetDatum(freshportal_invoice_id),
+		CStringGetTextDatum(administration), Int64GetDatum(inv->id),
 		inv->amount_paid, inv->open_amount, CStringGetTextDatum(inv->status),
 		TimestampTzGetDatum(inv->mutation_time), inv->raw
 	};
 
-	spi_run("UPDATE freshpay.invoices"
-			"   SET amount_paid = $3, open_amount = $4, status = $5, mutation_time = $6,"
-			"       raw = $7, synced_at = pg_catalog.now()"
-			" WHERE administration OPERATOR(pg_catalog.=) $1"
-			"   AND freshportal_id OPERATOR(pg_catalog.=) $2"
-			"   AND mutation_time OPERATOR(pg_catalog.<=) $6",
-			7, types, values, NULL, SPI_OK_UPDATE);
-	worker_commit(caller);
+	fp_spi_run("UPDATE freshpay.invoices"
+			   "   SET amount_paid = $3, open_amount = $4, status = $5, mutation_time = $6,"
+			   "       raw = COALESCE(raw, '{}') OPERATOR(pg_catalog.||) $7, synced_at = pg_catalog.now()"
+			   " WHERE administration OPERATOR(pg_catalog.=) $1"
+			   "   AND freshportal_id OPERATOR(pg_catalog.=) $2"
+			   "   AND mutation_time OPERATOR(pg_catalog.<=) $6",
+			   7, types, values, NULL, SPI_OK_UPDATE);
 }
 
-/*
- * Register amount against the invoice under provider_transaction_id,
- * unless FreshPortal already has it.  Returns FreshPortal's payment id.
- */
-static int64
-register_once(const Administration *admin, const Written *w, const char *amount,
-			  const char *provider_transaction_id, bool *created)
+/* The whole invoice, re-read: the summary's fields and its raw object. */
+static void
+mirror_read_invoice(const char *administration, const FpInvoice *inv)
 {
-	List	   *existing = freshportal_find_payments(admin, provider_transaction_id);
-	ListCell   *lc;
-	FpRegistration r = {0};
+	Oid			types[] = {TEXTOID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID, TIMESTAMPTZOID, JSONBOID};
+	Datum		values[] = {
+		CStringGetTextDatum(administration), Int64GetDatum(inv->id),
+		inv->amount_paid, inv->open_amount, CStringGetTextDatum(inv->status),
+		TimestampTzGetDatum(inv->mutation_time), inv->raw
+	};
 
-	*created = false;
-	/*
-	 * Checked here, not only by FreshPortal's filter: a payment counts as
-	 * ours only with our provider id on our invoice.
-	 */
-	foreach(lc, existing)
-	{
-		FpPayment  *p = lfirst(lc);
-
-		if (strcmp(p->status, "reversed") != 0 && p->invoice_id == w->freshportal_invoice_id &&
-			p->provider_transaction_id != NULL &&
-			strcmp(p->provider_transaction_id, provider_transaction_id) == 0)
-			return p->id;
-	}
-	r.invoice_id = w->freshportal_invoice_id;
-	r.amount = amount;
-	r.currency = w->currency;
-	r.method = w->method;
-	r.provider_transaction_id = provider_transaction_id;
-	r.payment_date = date_of_timestamp(GetCurrentTimestamp());
-	*created = true;
-	return freshportal_register_payment(admin, &r);
+	fp_spi_run("UPDATE freshpay.invoices"
+			   "   SET amount_paid = $3, open_amount = $4, status = $5, mutation_time = $6,"
+			   "       raw = $7, synced_at = pg_catalog.now()"
+			   " WHERE administration OPERATOR(pg_catalog.=) $1"
+			   "   AND freshportal_id OPERATOR(pg_catalog.=) $2"
+			   "   AND mutation_time OPERATOR(pg_catalog.<=) $6",
+			   7, types, values, NULL, SPI_OK_UPDATE);
 }
 
-/* Job register_payment: captured money → a FreshPortal registration. */
-void
-writeback_register(int64 payment_id)
+typedef enum WriteState
 {
-	MemoryContext context = CurrentMemoryContext;
-	MemoryContext caller;
-	Written    *w;
+	WRITE_START,
+	WRITE_FIND,					/* register: was it written before? */
+	WRITE_REGISTER,
+	WRITE_CHECK,				/* reverse: is it reversed already? */
+	WRITE_REVERSE,
+	WRITE_REFRESH
+} WriteState;
+
+typedef struct Write
+{
+	WriteState	state;
+	Written    *w;				/* the payment written back */
+	Written    *sale;			/* reverse: the sale whose registration is undone */
 	Administration *admin;
-	int64		freshportal_payment_id;
-	bool		created;
+	const char *provider_id;	/* register: provider_transaction_id */
+	int64		reversing;		/* reverse: FreshPortal's payment id */
+	int64		invoice;		/* FreshPortal's invoice id, to re-read */
+	FpCall	   *call;
+} Write;
 
-	caller = worker_begin();
-	MemoryContextSwitchTo(context);
-	w = written_load(payment_id, context);
-	admin = administration_load(w->administration, context);
-	worker_commit(caller);
+/* START of register_payment: false when there is nothing to write. */
+static bool
+start_register(Flow *f, Write *x)
+{
+	Written    *w = x->w;
 
 	/*
 	 * Voided or fully refunded before it was registered, or made at PayTrace
@@ -202,70 +207,256 @@ writeback_register(int64 payment_id)
 	 */
 	if (w->registered || strcmp(w->status, "captured") != 0 || w->transaction_id == NULL ||
 		w->freshportal_invoice_id == 0)
-		return;
-
-	freshportal_payment_id = register_once(admin, w, w->remaining,
-										   w->provider_id ? w->provider_id : w->transaction_id, &created);
-
-	caller = worker_begin();
-	set_registration(payment_id, true, freshportal_payment_id);
-	note(payment_id, w->status, "registered",
-		 psprintf("%s in FreshPortal as payment " INT64_FORMAT,
-				  created ? "Registered" : "Found already registered", freshportal_payment_id));
-	worker_commit(caller);
-	refresh_invoice(admin, w->freshportal_invoice_id);
+		return false;
+	x->provider_id = w->provider_id ? w->provider_id : w->transaction_id;
+	x->invoice = w->freshportal_invoice_id;
+	/* A write whose answer was lost is found here instead of being made twice. */
+	x->call = freshportal_find_payments_call(x->admin, x->provider_id);
+	x->state = WRITE_FIND;
+	freshportal_send(x->call, f, f->priority);
+	return true;
 }
 
-/* Job reverse_payment: a void or refund undoes the sale's registration. */
-void
-writeback_reverse(int64 payment_id)
+/* Not registered yet: register it. */
+static void
+register_now(Flow *f, Write *x)
 {
-	MemoryContext context = CurrentMemoryContext;
-	MemoryContext caller;
-	Written    *w;
-	Written    *sale;
-	Administration *admin;
-	int64		reversing;
+	Written    *w = x->w;
+	FpRegistration r = {0};
 
-	caller = worker_begin();
-	MemoryContextSwitchTo(context);
-	w = written_load(payment_id, context);
-	sale = w->has_parent ? written_load(w->parent_id, context) : NULL;
-	admin = administration_load(w->administration, context);
-	worker_commit(caller);
+	r.invoice_id = w->freshportal_invoice_id;
+	r.amount = w->remaining;
+	r.currency = w->currency;
+	r.method = w->method;
+	r.provider_transaction_id = x->provider_id;
+	r.payment_date = fp_date_of(GetCurrentTimestamp());
+	x->call = freshportal_register_call(x->admin, &r);
+	x->state = WRITE_REGISTER;
+	freshportal_send(x->call, f, f->priority);
+}
+
+/*
+ * START of reverse_payment, inside its transaction: take the sale's
+ * registration over before anything is sent (see the header comment).
+ * False when there is nothing to reverse.
+ */
+static bool
+start_reverse(Flow *f, Write *x)
+{
+	Written    *w = x->w;
+	Written    *sale = x->sale;
 
 	if (sale == NULL)
-		return;
+		return false;
 	if (w->registered)
 		/* An earlier run took the registration over: reverse it. */
-		reversing = w->freshportal_payment_id;
+		x->reversing = w->freshportal_payment_id;
 	else if (sale->registered)
 	{
-		/* Take it over before anything is sent (see the header comment). */
-		reversing = sale->freshportal_payment_id;
-		caller = worker_begin();
-		set_registration(payment_id, true, reversing);
+		x->reversing = sale->freshportal_payment_id;
+		set_registration(w->payment_id, true, x->reversing);
 		set_registration(sale->payment_id, false, 0);
 		note(sale->payment_id, sale->status, "reversing",
-			 psprintf("FreshPortal payment " INT64_FORMAT " is being reversed", reversing));
-		worker_commit(caller);
+			 psprintf("FreshPortal payment " INT64_FORMAT " is being reversed", x->reversing));
 	}
 	else
 		/* Never registered: its register job sees the new status (or the remainder). */
-		return;
+		return false;
+	x->invoice = sale->freshportal_invoice_id;
+	return true;
+}
 
-	if (strcmp(freshportal_get_payment(admin, reversing)->status, "reversed") != 0)
-		freshportal_reverse_payment(admin, reversing,
-									strcmp(w->kind, "void") == 0 ? "voided" : "refunded",
-									w->transaction_id ? w->transaction_id : "",
-									date_of_timestamp(GetCurrentTimestamp()));
+/* FreshPortal registration id found or made: record it (and the invoice, when shown). */
+static FlowStep
+record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool created,
+					const FpInvoiceState *invoice)
+{
+	MemoryContext caller = fp_txn_begin();
+	bool		shown = invoice != NULL && invoice->present && invoice->id == x->invoice;
 
-	/* Reversed: the rest of a partly refunded sale is registered anew. */
-	caller = worker_begin();
-	note(payment_id, w->status, "reversed",
-		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, reversing));
-	if (strcmp(sale->status, "captured") == 0 && strcmp(sale->remaining, "0.00") != 0)
-		job_queue("register_payment", sale->payment_id, 0);
-	worker_commit(caller);
-	refresh_invoice(admin, sale->freshportal_invoice_id);
+	set_registration(x->w->payment_id, true, freshportal_payment_id);
+	note(x->w->payment_id, x->w->status, "registered",
+		 psprintf("%s in FreshPortal as payment " INT64_FORMAT,
+				  created ? "Registered" : "Found already registered", freshportal_payment_id));
+	if (shown)
+	{
+		mirror_invoice(x->admin->name, invoice);
+		job_record(&f->job, true, 0, NULL, false, -1);
+	}
+	fp_txn_commit(caller);
+	return shown ? FLOW_DONE : FLOW_WAITING;
+}
+
+/* Reversed: the rest of a partly refunded sale is registered anew. */
+static FlowStep
+record_reversal(Flow *f, Write *x, const FpInvoiceState *invoice)
+{
+	MemoryContext caller = fp_txn_begin();
+	bool		shown = invoice != NULL && invoice->present && invoice->id == x->invoice;
+
+	note(x->w->payment_id, x->w->status, "reversed",
+		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, x->reversing));
+	if (strcmp(x->sale->status, "captured") == 0 && strcmp(x->sale->remaining, "0.00") != 0)
+		job_queue("register_payment", x->sale->payment_id, 0);
+	if (shown)
+	{
+		mirror_invoice(x->admin->name, invoice);
+		job_record(&f->job, true, 0, NULL, false, -1);
+	}
+	fp_txn_commit(caller);
+	return shown ? FLOW_DONE : FLOW_WAITING;
+}
+
+/* The answer did not show the invoice: re-read it. */
+static void
+send_refresh(Flow *f, Write *x)
+{
+	x->call = freshportal_get_invoice_call(x->admin, x->invoice);
+	x->state = WRITE_REFRESH;
+	freshportal_send(x->call, f, f->priority);
+}
+
+static FlowStep
+advance(Flow *f, Write *x, const HttpResponse *response)
+{
+	bool		reverse = strcmp(f->job.kind, "reverse_payment") == 0;
+
+	if (x->state != WRITE_START && !freshportal_answered(x->call, response, f, f->priority))
+		return FLOW_WAITING;
+
+	switch (x->state)
+	{
+		case WRITE_START:
+			{
+				MemoryContext caller = fp_txn_begin();
+				bool		go;
+
+				MemoryContextSwitchTo(f->context);
+				x->w = written_load(f->job.payment_id, f->context);
+				x->sale = reverse && x->w->has_parent ? written_load(x->w->parent_id, f->context) : NULL;
+				x->admin = administration_load(x->w->administration, f->context);
+				go = reverse ? start_reverse(f, x) : true;
+				if (!go)
+					job_record(&f->job, true, 0, NULL, false, -1);
+				fp_txn_commit(caller);
+				MemoryContextSwitchTo(f->context);
+				if (!go)
+					return FLOW_DONE;
+				if (reverse)
+				{
+					x->call = freshportal_get_payment_call(x->admin, x->reversing);
+					x->state = WRITE_CHECK;
+					freshportal_send(x->call, f, f->priority);
+					return FLOW_WAITING;
+				}
+				if (!start_register(f, x))
+				{
+					job_update(&f->job, true, 0, NULL, false, -1);
+					return FLOW_DONE;
+				}
+				return FLOW_WAITING;
+			}
+
+		case WRITE_FIND:
+			{
+				ListCell   *lc;
+
+				/*
+				 * Checked here, not only by FreshPortal's filter: a payment
+				 * counts as ours only with our provider id on our invoice.
+				 */
+				foreach(lc, freshportal_payments_of(x->call, response))
+				{
+					FpPayment  *p = lfirst(lc);
+
+					if (strcmp(p->status, "reversed") != 0 && p->invoice_id == x->invoice &&
+						p->provider_transaction_id != NULL &&
+						strcmp(p->provider_transaction_id, x->provider_id) == 0)
+					{
+						if (record_registration(f, x, p->id, false, NULL) == FLOW_DONE)
+							return FLOW_DONE;
+						send_refresh(f, x);
+						return FLOW_WAITING;
+					}
+				}
+				register_now(f, x);
+				return FLOW_WAITING;
+			}
+
+		case WRITE_REGISTER:
+			{
+				FpInvoiceState *invoice;
+				int64		id = freshportal_registered_of(x->call, response, &invoice);
+
+				if (record_registration(f, x, id, true, invoice) == FLOW_DONE)
+					return FLOW_DONE;
+				send_refresh(f, x);
+				return FLOW_WAITING;
+			}
+
+		case WRITE_CHECK:
+			if (strcmp(freshportal_payment_of(x->call, response)->status, "reversed") != 0)
+			{
+				x->call = freshportal_reverse_call(x->admin, x->reversing,
+												   strcmp(x->w->kind, "void") == 0 ? "voided" : "refunded",
+												   x->w->transaction_id ? x->w->transaction_id : "",
+												   fp_date_of(GetCurrentTimestamp()));
+				x->state = WRITE_REVERSE;
+				freshportal_send(x->call, f, f->priority);
+				return FLOW_WAITING;
+			}
+			if (record_reversal(f, x, NULL) == FLOW_DONE)
+				return FLOW_DONE;
+			send_refresh(f, x);
+			return FLOW_WAITING;
+
+		case WRITE_REVERSE:
+			if (record_reversal(f, x, freshportal_reversed_of(x->call, response)) == FLOW_DONE)
+				return FLOW_DONE;
+			send_refresh(f, x);
+			return FLOW_WAITING;
+
+		case WRITE_REFRESH:
+			{
+				FpInvoice  *inv = freshportal_invoice_of(x->call, response);
+				MemoryContext caller = fp_txn_begin();
+
+				mirror_read_invoice(x->admin->name, inv);
+				job_record(&f->job, true, 0, NULL, false, -1);
+				fp_txn_commit(caller);
+				return FLOW_DONE;
+			}
+	}
+	return FLOW_DONE;			/* keep compiler quiet */
+}
+
+/*
+ * Step a register_payment or reverse_payment job's flow.  Errors retry the
+ * job with backoff; it never dies.
+ */
+FlowStep
+writeback_step(Flow *f, const HttpResponse *response)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	volatile FlowStep next = FLOW_DONE;
+
+	if (f->state == NULL)
+		f->state = MemoryContextAllocZero(f->context, sizeof(Write));
+	PG_TRY();
+	{
+		MemoryContextSwitchTo(f->context);
+		next = advance(f, f->state, response);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata = fp_txn_catch(outer);
+		char	   *error = fp_error_text(edata);
+
+		worker_status_error(error);
+		job_update(&f->job, false, 0, error, false, -1);
+		next = FLOW_DONE;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(outer);
+	return next;
 }

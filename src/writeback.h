@@ -1,14 +1,15 @@
 /*-------------------------------------------------------------------------
  *
  * writeback.h
- *	  Writing payment outcomes back to FreshPortal, exactly once.
+ *	  Payment outcomes → FreshPortal registrations, exactly once.
  *
  *-------------------------------------------------------------------------
  */
 #ifndef FRESHPAY_WRITEBACK_H
 #define FRESHPAY_WRITEBACK_H
 
-extern void writeback_register(int64 payment_id);
-extern void writeback_reverse(int64 payment_id);
+#include "flow.h"
+
+extern FlowStep writeback_step(Flow *f, const HttpResponse *response);
 
 #endif							/* FRESHPAY_WRITEBACK_H */

@@ -3,7 +3,7 @@
  * stubs.c
  *	  Stand-ins for the parts of freshpay the fuzzed parsers call but that
  *	  have nothing to do with parsing: the HTTP layer (src/http.c), the token
- *	  cache in shared memory (src/shared.c) and the credential hash
+ *	  cache in shared memory (src/token_cache.c) and the credential hash
  *	  (src/administration.c).
  *
  * http_perform() does not talk to any network: it answers every request with
@@ -25,7 +25,7 @@
 
 #include "administration.h"
 #include "http.h"
-#include "shared.h"
+#include "token_cache.h"
 
 #include "fuzz.h"
 
@@ -108,7 +108,7 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 }
 
 HttpTransfer *
-http_start(const HttpRequest *request, void *owner)
+http_start(const HttpRequest *request, void *owner, int priority)
 {
 	elog(ERROR, "fuzz stub: http_start is not available");
 	return NULL;
@@ -120,9 +120,16 @@ http_in_flight(void)
 	return 0;
 }
 
-void
+bool
 http_drive(long timeout_ms)
 {
+	return false;
+}
+
+bool
+http_has_room(const char *service)
+{
+	return true;
 }
 
 bool
@@ -151,7 +158,7 @@ http_url_escape(const char *text)
 	return pstrdup(text);
 }
 
-/* -- src/shared.c ---------------------------------------------------------- */
+/* -- src/token_cache.c ---------------------------------------------------------- */
 
 bool
 token_cache_lookup(const char *administration, RemoteApi api, uint32 credential_hash,

@@ -1,16 +1,15 @@
 /*-------------------------------------------------------------------------
  *
- * shared.h
- *	  freshpay's shared memory: the OAuth token cache and sync progress.
+ * token_cache.h
+ *	  The OAuth tokens of both remote APIs, in shared memory.
  *
- * Tokens of both remote APIs are cached here, one per administration and
- * API, shared by every backend and the worker.  They are never written to a
- * table, a log or an error message.
+ * One token per administration and API, shared by every backend and both
+ * workers.  Tokens are never written to a table, a log or an error message.
  *
  *-------------------------------------------------------------------------
  */
-#ifndef FRESHPAY_SHARED_H
-#define FRESHPAY_SHARED_H
+#ifndef FRESHPAY_TOKEN_CACHE_H
+#define FRESHPAY_TOKEN_CACHE_H
 
 #include "datatype/timestamp.h"
 
@@ -23,8 +22,11 @@ typedef enum RemoteApi
 /* Longest token accepted into the cache; longer ones are refused. */
 #define FRESHPAY_TOKEN_MAX 1024
 
-extern void FreshpaySharedInit(void);
-extern struct Mailbox *freshpay_mailbox(void);
+/* The LWLock tranche of the cache (one lock). */
+#define TOKEN_CACHE_TRANCHE "freshpay token cache"
+
+extern Size TokenCacheShmemSize(void);
+extern void TokenCacheShmemInit(void);
 
 extern bool token_cache_lookup(const char *administration, RemoteApi api,
 							   uint32 credential_hash,
@@ -36,8 +38,4 @@ extern void token_cache_forget(const char *administration, RemoteApi api,
 							   const char *token);
 extern void token_cache_forget_any(const char *administration, RemoteApi api);
 
-extern void sync_progress_begin(const char *administration, const char *stream);
-extern void sync_progress_page(int pages, int64 rows_done, int64 rows_expected);
-extern void sync_progress_end(void);
-
-#endif							/* FRESHPAY_SHARED_H */
+#endif							/* FRESHPAY_TOKEN_CACHE_H */

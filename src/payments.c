@@ -1,0 +1,531 @@
+/*-------------------------------------------------------------------------
+ *
+ * payments.c
+ *	  The payments ledger: freshpay.payments and its history, what an
+ *	  outcome changes (parent statuses, write-back jobs), and what
+ *	  PayTrace's exports say of payments.
+ *
+ * Every function runs inside the caller's transaction with SPI connected
+ * (a worker step or a SQL function); none makes a remote call.
+ *
+ * The local invoice mirrors FreshPortal only (the sync and the write-back
+ * write it); what freshpay collected and FreshPortal does not know yet is
+ * computed from freshpay.payments (captured, not registered).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "jobs.h"
+#include "money.h"
+#include "payments.h"
+#include "spi_txn.h"
+
+/* An exported transaction created this long before the attempt is not its outcome. */
+#define LOOKUP_CLOCK_SKEW_MS (10 * 60 * 1000L)
+
+void
+payments_history(int64 payment_id, const char *old_status, const char *new_status,
+		int response_code, const char *event, const char *message)
+{
+	Oid			types[] = {INT8OID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
+	Datum		values[] = {
+		Int64GetDatum(payment_id),
+		old_status ? CStringGetTextDatum(old_status) : (Datum) 0,
+		CStringGetTextDatum(new_status),
+		Int32GetDatum(response_code),
+		CStringGetTextDatum(event),
+		message ? CStringGetTextDatum(message) : (Datum) 0
+	};
+	char		nulls[] = {' ', old_status ? ' ' : 'n', ' ', response_code ? ' ' : 'n', ' ',
+	message ? ' ' : 'n'};
+
+	fp_spi_run("INSERT INTO freshpay.payment_history"
+			" (payment_id, old_status, new_status, response_code, event, message)"
+			" VALUES ($1, $2, $3, $4, $5, $6)",
+			6, types, values, nulls, SPI_OK_INSERT);
+}
+
+/* Load a payment, locked, into context.  Inside a worker transaction. */
+Attempt *
+payments_load(int64 payment_id, MemoryContext context)
+{
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(payment_id)};
+	Attempt    *a = MemoryContextAllocZero(context, sizeof(Attempt));
+	bool		isnull;
+
+	if (fp_spi_run("SELECT p.administration, p.kind, p.status, p.amount, p.invoice_number,"
+				"       p.invoice_id, p.paytrace_transaction_id, p.parent_id,"
+				"       parent.paytrace_transaction_id,"
+				"       p.created_at, p.response_code IS NOT NULL"
+				"  FROM freshpay.payments p"
+				"  LEFT JOIN freshpay.payments parent ON parent.id OPERATOR(pg_catalog.=) p.parent_id"
+				" WHERE p.id OPERATOR(pg_catalog.=) $1"
+				"   FOR UPDATE OF p",
+				1, types, values, NULL, SPI_OK_SELECT) == 0)
+		fp_refuse(ERRCODE_NO_DATA_FOUND, "payment_id is freshpay.payments.id.",
+			  "payment " INT64_FORMAT " does not exist", payment_id);
+	a->payment_id = payment_id;
+	a->administration = fp_spi_text(context, 1);
+	a->kind = fp_spi_text(context, 2);
+	a->status = fp_spi_text(context, 3);
+	a->amount = fp_spi_text(context, 4);
+	a->invoice_number = fp_spi_text(context, 5);
+	a->has_invoice = fp_spi_int64(6, &a->invoice_id);
+	a->has_transaction_id = fp_spi_int64(7, &a->transaction_id);
+	a->has_parent = fp_spi_int64(8, &a->parent_id);
+	fp_spi_int64(9, &a->parent_transaction_id);
+	a->created_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 10, &isnull));
+	a->has_response_code = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 11, &isnull));
+	return a;
+}
+
+bool
+payments_in_flight(const char *status)
+{
+	return strcmp(status, "pending") == 0 || strcmp(status, "unknown") == 0;
+}
+
+static void
+set_parent_status(int64 parent_id, const char *status)
+{
+	Oid			types[] = {INT8OID, TEXTOID};
+	Datum		values[] = {Int64GetDatum(parent_id), CStringGetTextDatum(status)};
+	char		old_status[32] = "";
+
+	if (fp_spi_run("SELECT status FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1",
+				1, types, values, NULL, SPI_OK_SELECT) == 1)
+		strlcpy(old_status, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+				sizeof(old_status));
+	fp_spi_run("UPDATE freshpay.payments SET status = $2, updated_at = pg_catalog.now()"
+			" WHERE id OPERATOR(pg_catalog.=) $1",
+			2, types, values, NULL, SPI_OK_UPDATE);
+	payments_history(parent_id, old_status, status, 0, "followed", "a capture, void or refund of it succeeded");
+}
+
+/*
+ * The consequences of a money call that happened: parent statuses and the
+ * write-back to FreshPortal.  The local invoice is FreshPortal's and is not
+ * touched here; the write-back re-reads it.
+ */
+static void
+apply_success(const Attempt *a)
+{
+	Oid			types[] = {INT8OID, NUMERICOID};
+
+	if (strcmp(a->kind, "sale") == 0 || strcmp(a->kind, "ach_sale") == 0 ||
+		strcmp(a->kind, "capture") == 0)
+	{
+		if (strcmp(a->kind, "capture") == 0)
+			set_parent_status(a->parent_id, "captured");
+		job_queue("register_payment", a->payment_id, 0);
+	}
+	else if (strcmp(a->kind, "void") == 0)
+	{
+		Datum		values[] = {Int64GetDatum(a->parent_id), (Datum) 0};
+		char	   *parent_kind;
+
+		fp_spi_run("SELECT kind FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1",
+				1, types, values, NULL, SPI_OK_SELECT);
+		parent_kind = fp_spi_text(CurrentMemoryContext, 1);
+		set_parent_status(a->parent_id, "voided");
+		if (strcmp(parent_kind, "authorization") != 0)
+			job_queue("reverse_payment", a->payment_id, 0);
+	}
+	else if (strcmp(a->kind, "refund") == 0)
+	{
+		Datum		values[] = {Int64GetDatum(a->parent_id), money_numeric(a->amount)};
+
+		fp_spi_run("UPDATE freshpay.payments"
+				"   SET refunded_amount = refunded_amount OPERATOR(pg_catalog.+) $2,"
+				"       updated_at = pg_catalog.now()"
+				" WHERE id OPERATOR(pg_catalog.=) $1",
+				2, types, values, NULL, SPI_OK_UPDATE);
+		if (fp_spi_run("SELECT 1 FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1"
+					" AND refunded_amount OPERATOR(pg_catalog.=) amount",
+					1, types, values, NULL, SPI_OK_SELECT) == 1)
+			set_parent_status(a->parent_id, "refunded");
+		job_queue("reverse_payment", a->payment_id, 0);
+	}
+}
+
+static const char *
+success_status(const char *kind)
+{
+	if (strcmp(kind, "authorization") == 0)
+		return "authorized";
+	if (strcmp(kind, "void") == 0)
+		return "voided";
+	if (strcmp(kind, "refund") == 0)
+		return "refunded";
+	return "captured";
+}
+
+/*
+ * A conclusion PayTrace never gave: 'failed' without a response code and
+ * without a transaction (nothing left freshpay, or a person declared it not
+ * processed).  A late approval is recorded over it.
+ */
+static bool
+is_open_conclusion(const Attempt *a)
+{
+	return strcmp(a->status, "failed") == 0 && !a->has_response_code && !a->has_transaction_id;
+}
+
+/*
+ * Record what became of an attempt, once.  Inside a worker (or caller)
+ * transaction.  Returns false if the attempt had already been settled (by a
+ * lookup or the PayTrace pull that raced the answer, say).  A late approval
+ * is recorded even over an earlier conclusion that PayTrace did not give.
+ */
+bool
+payments_record_outcome(int64 payment_id, const PtResult *result, const char *event)
+{
+	Attempt    *a = payments_load(payment_id, CurrentMemoryContext);
+	const char *status;
+	bool		has_id = result->has_transaction_id;
+	int64		transaction_id = result->transaction_id;
+	Oid			types[] = {INT8OID, TEXTOID, INT8OID, INT4OID, TEXTOID, TEXTOID};
+	Datum		values[6];
+	char		nulls[6];
+
+	if (!payments_in_flight(a->status))
+	{
+		if (result->outcome != PT_APPROVED || !is_open_conclusion(a))
+			return false;
+		ereport(WARNING,
+				(errmsg("freshpay: payment " INT64_FORMAT " of invoice %s was %s after all",
+						payment_id, a->invoice_number ? a->invoice_number : "(none)",
+						strcmp(a->kind, "authorization") == 0 ? "authorized" : "processed"),
+				 errdetail("It had been concluded \"%s\" without PayTrace's word; PayTrace's later answer is recorded over that.",
+						   a->status),
+				 errhint("Check freshpay.exceptions for an invoice collected twice.")));
+		event = "late answer";
+	}
+
+	switch (result->outcome)
+	{
+		case PT_APPROVED:
+			status = success_status(a->kind);
+			/* A capture or void answers with the id of the transaction it acted on. */
+			if (!has_id && a->has_parent)
+			{
+				has_id = true;
+				transaction_id = a->parent_transaction_id;
+			}
+			break;
+		case PT_UNKNOWN:
+			status = "unknown";
+			break;
+		default:
+			status = "failed";
+			break;
+	}
+
+	values[0] = Int64GetDatum(payment_id);
+	values[1] = CStringGetTextDatum(status);
+	values[2] = Int64GetDatum(transaction_id);
+	values[3] = Int32GetDatum(result->response_code);
+	values[4] = result->approval_code ? CStringGetTextDatum(result->approval_code) : (Datum) 0;
+	values[5] = result->message ? CStringGetTextDatum(result->message) : (Datum) 0;
+	nulls[0] = nulls[1] = ' ';
+	nulls[2] = has_id ? ' ' : 'n';
+	nulls[3] = result->response_code ? ' ' : 'n';
+	nulls[4] = result->approval_code ? ' ' : 'n';
+	nulls[5] = result->message ? ' ' : 'n';
+	fp_spi_run("UPDATE freshpay.payments"
+			"   SET status = $2,"
+			"       paytrace_transaction_id = COALESCE($3, paytrace_transaction_id),"
+			"       response_code = COALESCE($4, response_code),"
+			"       approval_code = COALESCE($5, approval_code),"
+			"       message = COALESCE($6, message),"
+			"       updated_at = pg_catalog.now()"
+			" WHERE id OPERATOR(pg_catalog.=) $1",
+			6, types, values, nulls, SPI_OK_UPDATE);
+	payments_history(payment_id, a->status, status, result->response_code, event, result->message);
+
+	if (result->outcome == PT_APPROVED)
+		apply_success(a);
+	/*
+	 * A lost answer is looked up after a pause: PayTrace may still be at it,
+	 * and the caller is told 'unknown' (the job already queued when the
+	 * attempt was recorded may be due sooner).
+	 */
+	if (result->outcome == PT_UNKNOWN)
+		job_queue("resolve_payment", payment_id,
+				  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LOOKUP_MIN_MS));
+	else
+		job_finish("resolve_payment", payment_id);
+	return true;
+}
+
+/* Does an exported transaction stand for this attempt? */
+static bool
+matches(const Attempt *a, const PtTransaction *t)
+{
+	const char *type = t->type ? t->type : "";
+
+	if (strcmp(t->invoice_id, a->invoice_number ? a->invoice_number : "") != 0)
+		return false;
+	if (money_compare(money_text(t->amount), a->amount) != 0)
+		return false;
+	if (strcmp(a->kind, "sale") == 0)
+		return pg_strcasecmp(type, "SALE") == 0;
+	if (strcmp(a->kind, "authorization") == 0)
+		return pg_strncasecmp(type, "AUTH", 4) == 0;
+	if (strcmp(a->kind, "ach_sale") == 0)
+		return pg_strncasecmp(type, "CHECK", 5) == 0 || pg_strncasecmp(type, "ACH", 3) == 0;
+	if (strcmp(a->kind, "refund") == 0)
+		return pg_strcasecmp(type, "REFUND") == 0;
+	return false;
+}
+
+/* Is this transaction's state a sign that the attempt happened? */
+static bool
+shows_success(const Attempt *a, const PtTransaction *t)
+{
+	if (strcmp(a->kind, "void") == 0)
+		return t->state == PT_STATE_VOIDED;
+	if (strcmp(a->kind, "authorization") == 0)
+		return t->state == PT_STATE_AUTHORIZED || t->state == PT_STATE_PENDING_SETTLEMENT ||
+			t->state == PT_STATE_SETTLED;
+	return t->state == PT_STATE_PENDING_SETTLEMENT || t->state == PT_STATE_SETTLED;
+}
+
+/* Turn what an export shows into the answer the lost request would have had. */
+PtResult *
+payments_result_from(const Attempt *a, const PtTransaction *t)
+{
+	PtResult   *result = palloc0(sizeof(PtResult));
+
+	result->outcome = shows_success(a, t) ? PT_APPROVED : PT_DECLINED;
+	result->has_transaction_id = true;
+	result->transaction_id = t->transaction_id;
+	result->approval_code = (t->approval_code && t->approval_code[0]) ? t->approval_code : NULL;
+	result->message = psprintf("Found at PayTrace by transaction export: transaction " INT64_FORMAT ", %s.",
+							   t->transaction_id, t->status_message ? t->status_message : "no status");
+	result->retry_after = -1;
+	return result;
+}
+
+/* Is this transaction already another payment's? */
+static bool
+adopted_elsewhere(const Attempt *a, int64 transaction_id)
+{
+	Oid			types[] = {TEXTOID, INT8OID, TEXTOID, INT8OID};
+	Datum		values[] = {CStringGetTextDatum(a->administration), Int64GetDatum(transaction_id),
+		CStringGetTextDatum(a->kind), Int64GetDatum(a->payment_id)};
+
+	return fp_spi_run("SELECT 1 FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
+				   " AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+				   " AND kind OPERATOR(pg_catalog.=) $3 AND id OPERATOR(pg_catalog.<>) $4",
+				   4, types, values, NULL, SPI_OK_SELECT) > 0;
+}
+
+/*
+ * Of the exported transactions, the one that is this attempt's outcome, or
+ * NULL.  For a sale, authorization, ACH debit or refund: same invoice number,
+ * amount and type, not created well before the attempt, not another
+ * payment's; an approved one wins over a declined or voided one (which may
+ * be an earlier attempt's).  Inside a worker transaction.
+ */
+PtTransaction *
+payments_pick_outcome(const Attempt *a, List *candidates)
+{
+	PtTransaction *best = NULL;
+	TimestampTz not_before = TimestampTzPlusMilliseconds(a->created_at, -LOOKUP_CLOCK_SKEW_MS);
+	ListCell   *lc;
+
+	foreach(lc, candidates)
+	{
+		PtTransaction *t = lfirst(lc);
+
+		if (!matches(a, t) || (t->has_created_at && t->created_at < not_before) ||
+			adopted_elsewhere(a, t->transaction_id))
+			continue;
+		if (best == NULL || (shows_success(a, t) && !shows_success(a, best)))
+			best = t;
+	}
+	return best;
+}
+
+/*
+ * Apply what PayTrace's export shows of one transaction (inside a worker or
+ * caller transaction, SPI connected): settlement of our payments; a void made
+ * outside freshpay (PayTrace's Virtual Terminal, say), recorded as a 'void'
+ * row so that everything a void of ours does follows (parent status, invoice
+ * amounts, the reversal in FreshPortal); and a sale, ACH debit or
+ * authorization freshpay did not make, recorded and matched to an invoice by
+ * number when it can be.  Returns 'i'nserted, 'u'pdated or 0.
+ */
+char
+payments_apply_paytrace(const char *administration, const PtTransaction *t)
+{
+	Oid			types[] = {TEXTOID, INT8OID, INT4OID, TIMESTAMPTZOID};
+	Datum		values[] = {CStringGetTextDatum(administration), Int64GetDatum(t->transaction_id),
+		Int32GetDatum(t->batch_number), TimestampTzGetDatum(t->settled_at)};
+	char		nulls[] = {' ', ' ', ' ', t->has_settled_at ? ' ' : 'n'};
+	int64		payment_id;
+	char	   *status;
+	char		change = 0;
+
+	if (fp_spi_run("SELECT id, status FROM freshpay.payments"
+				" WHERE administration OPERATOR(pg_catalog.=) $1"
+				"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+				"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'authorization', 'refund'])"
+				" ORDER BY (kind OPERATOR(pg_catalog.=) 'authorization'), id LIMIT 1",
+				2, types, values, NULL, SPI_OK_SELECT) == 1)
+	{
+		fp_spi_int64(1, &payment_id);
+		status = fp_spi_text(CurrentMemoryContext, 2);
+
+		if (t->state == PT_STATE_SETTLED &&
+			fp_spi_run("UPDATE freshpay.payments SET batch_number = $3, settled_at = $4,"
+					"       updated_at = pg_catalog.now()"
+					" WHERE administration OPERATOR(pg_catalog.=) $1"
+					"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+					"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'refund'])"
+					/* a refund settles under its own id, not under its sale's */
+					"   AND (kind OPERATOR(pg_catalog.<>) 'refund' OR NOT EXISTS (SELECT FROM freshpay.payments s"
+					"        WHERE s.id OPERATOR(pg_catalog.=) payments.parent_id"
+					"          AND s.paytrace_transaction_id OPERATOR(pg_catalog.=) payments.paytrace_transaction_id))"
+					"   AND batch_number IS DISTINCT FROM $3",
+					4, types, values, nulls, SPI_OK_UPDATE) > 0)
+			change = 'u';
+
+		/* A void of it already recorded (one of ours, say) is not learned twice. */
+		if ((t->state == PT_STATE_VOIDED || t->state == PT_STATE_DECLINED) &&
+			(strcmp(status, "captured") == 0 || strcmp(status, "authorized") == 0) &&
+			fp_spi_run("SELECT 1 FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
+					"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+					"   AND kind OPERATOR(pg_catalog.=) 'void'",
+					2, types, values, NULL, SPI_OK_SELECT) == 0)
+		{
+			Oid			vtypes[] = {INT8OID, INT8OID, TEXTOID};
+			Datum		vvalues[] = {Int64GetDatum(payment_id), Int64GetDatum(t->transaction_id),
+				CStringGetTextDatum(psprintf("Voided at PayTrace, outside freshpay: %s",
+											 t->status_message ? t->status_message : "no status"))};
+			int64		void_id;
+
+			fp_spi_run("INSERT INTO freshpay.payments"
+					" (administration, invoice_id, customer_id, kind, parent_id, amount, status,"
+					"  paytrace_transaction_id, message, invoice_number, requested_by)"
+					" SELECT administration, invoice_id, customer_id, 'void', id,"
+					"        amount OPERATOR(pg_catalog.-) refunded_amount, 'pending', $2, $3,"
+					"        invoice_number, 'paytrace'"
+					"   FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1"
+					" RETURNING id",
+					3, vtypes, vvalues, NULL, SPI_OK_INSERT_RETURNING);
+			fp_spi_int64(1, &void_id);
+			payments_history(void_id, NULL, "pending", 0, "learned", "A void made at PayTrace outside freshpay.");
+			{
+				PtResult	result = {0};
+
+				result.outcome = PT_APPROVED;
+				result.retry_after = -1;
+				result.message = psprintf("Voided at PayTrace, outside freshpay (transaction " INT64_FORMAT ").",
+										  t->transaction_id);
+				payments_record_outcome(void_id, &result, "learned");
+			}
+			change = 'u';
+		}
+		return change;
+	}
+
+	/* A transaction freshpay did not make. */
+	if (t->state == PT_STATE_PENDING_SETTLEMENT || t->state == PT_STATE_SETTLED ||
+		t->state == PT_STATE_AUTHORIZED)
+	{
+		const char *type = t->type ? t->type : "";
+		const char *kind = pg_strcasecmp(type, "SALE") == 0 ? "sale" :
+			pg_strncasecmp(type, "CHECK", 5) == 0 ? "ach_sale" :
+			pg_strncasecmp(type, "AUTH", 4) == 0 ? "authorization" : NULL;
+		Oid			itypes[] = {TEXTOID, INT8OID, TEXTOID, NUMERICOID, TEXTOID, TEXTOID, INT4OID,
+		TIMESTAMPTZOID, TEXTOID};
+		Datum		ivalues[9];
+		char		inulls[9];
+		int64		new_id;
+		Attempt    *a;
+
+		if (kind == NULL)
+			return 0;			/* refunds without a parent of ours are not recorded */
+
+		/*
+		 * One of freshpay's own attempts whose answer it does not have:
+		 * PayTrace's record is its outcome.  An attempt still in flight is
+		 * left to its answer.
+		 */
+		if (t->invoice_id[0] != '\0')
+		{
+			Oid			otypes[] = {TEXTOID, TEXTOID, TEXTOID, NUMERICOID};
+			Datum		ovalues[] = {CStringGetTextDatum(administration), CStringGetTextDatum(t->invoice_id),
+				CStringGetTextDatum(kind), t->amount};
+			int64		own_id;
+
+			if (fp_spi_run("SELECT id, status FROM freshpay.payments"
+						" WHERE administration OPERATOR(pg_catalog.=) $1"
+						"   AND invoice_number OPERATOR(pg_catalog.=) $2"
+						"   AND kind OPERATOR(pg_catalog.=) $3 AND amount OPERATOR(pg_catalog.=) $4"
+						"   AND paytrace_transaction_id IS NULL"
+						"   AND (status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])"
+						"        OR (status OPERATOR(pg_catalog.=) 'failed' AND response_code IS NULL))"
+						" ORDER BY (status OPERATOR(pg_catalog.=) 'failed'), id DESC LIMIT 1",
+						4, otypes, ovalues, NULL, SPI_OK_SELECT) == 1)
+			{
+				fp_spi_int64(1, &own_id);
+				if (strcmp(fp_spi_text(CurrentMemoryContext, 2), "pending") == 0)
+					return 0;
+				a = payments_load(own_id, CurrentMemoryContext);
+				return payments_record_outcome(own_id, payments_result_from(a, t), "learned") ? 'u' : 0;
+			}
+		}
+		ivalues[0] = CStringGetTextDatum(administration);
+		ivalues[1] = Int64GetDatum(t->transaction_id);
+		ivalues[2] = CStringGetTextDatum(kind);
+		ivalues[3] = t->amount;
+		ivalues[4] = CStringGetTextDatum(strcmp(kind, "authorization") == 0 ? "authorized" : "captured");
+		ivalues[5] = CStringGetTextDatum(t->invoice_id);
+		ivalues[6] = Int32GetDatum(t->batch_number);
+		ivalues[7] = TimestampTzGetDatum(t->settled_at);
+		ivalues[8] = t->approval_code ? CStringGetTextDatum(t->approval_code) : (Datum) 0;
+		memset(inulls, ' ', sizeof(inulls));
+		inulls[6] = t->batch_number ? ' ' : 'n';
+		inulls[7] = t->has_settled_at ? ' ' : 'n';
+		inulls[8] = t->approval_code && t->approval_code[0] ? ' ' : 'n';
+		fp_spi_run("INSERT INTO freshpay.payments"
+				" (administration, invoice_id, customer_id, kind, amount, status,"
+				"  paytrace_transaction_id, invoice_number, batch_number, settled_at,"
+				"  approval_code, message, requested_by)"
+				" SELECT $1, i.id, i.customer_id, $3, $4, 'pending', $2, NULLIF($6, ''), $7, $8, $9,"
+				"        'Made at PayTrace, outside freshpay.', 'paytrace'"
+				"   FROM (SELECT 1) one"
+				"   LEFT JOIN freshpay.invoices i ON i.administration OPERATOR(pg_catalog.=) $1"
+				"        AND i.number OPERATOR(pg_catalog.=) $6"
+				" ORDER BY i.id LIMIT 1"
+				" RETURNING id",
+				9, itypes, ivalues, inulls, SPI_OK_INSERT_RETURNING);
+		fp_spi_int64(1, &new_id);
+		payments_history(new_id, NULL, "pending", 0, "learned", "A transaction made at PayTrace outside freshpay.");
+		/* Recorded as approved, so that the invoice and FreshPortal follow. */
+		a = payments_load(new_id, CurrentMemoryContext);
+		{
+			Oid			stypes[] = {INT8OID, TEXTOID};
+			Datum		svalues[] = {Int64GetDatum(new_id), CStringGetTextDatum(success_status(kind))};
+
+			fp_spi_run("UPDATE freshpay.payments SET status = $2 WHERE id OPERATOR(pg_catalog.=) $1",
+					   2, stypes, svalues, NULL, SPI_OK_UPDATE);
+		}
+		payments_history(new_id, "pending", success_status(kind), 0, "learned", NULL);
+		apply_success(a);
+		return 'i';
+	}
+	return 0;
+}

@@ -1,0 +1,44 @@
+/*-------------------------------------------------------------------------
+ *
+ * plan.h
+ *	  The checks of a money call, and what they found.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FRESHPAY_PLAN_H
+#define FRESHPAY_PLAN_H
+
+#include "utils/date.h"
+
+#include "freshportal.h"
+#include "mailbox.h"
+#include "paytrace.h"
+
+/* What the checks of a money call found. */
+typedef struct CallPlan
+{
+	MoneyOp		op;
+	char	   *administration;
+	int64		invoice_id;
+	int64		freshportal_invoice_id;
+	char	   *invoice_number;
+	int64		customer_id;
+	char	   *vault_id;
+	char	   *payment_method;
+	char	   *kind;			/* of the payment row to insert */
+	char	   *amount;			/* numeric text */
+	char	   *unregistered;	/* collected, not yet in FreshPortal (numeric text) */
+	int64		freshportal_customer_id;
+	DateADT		invoice_date;
+	bool		has_parent;
+	int64		parent_id;
+	int64		parent_transaction_id;
+	PtOperation operation;
+} CallPlan;
+
+extern void plan_call(CallPlan *plan, const MoneyCall *call, MemoryContext context);
+extern void plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext context);
+extern void plan_check_invoice(CallPlan *plan, const FpInvoice *remote, bool has_amount);
+extern PtRequest plan_request(const CallPlan *plan);
+
+#endif							/* FRESHPAY_PLAN_H */
