@@ -65,7 +65,6 @@ typedef struct UrlParts
 static void
 http_release(int code, Datum arg)
 {
-	http_loop_release();
 	if (cached_handle != NULL)
 	{
 		curl_easy_cleanup(cached_handle);

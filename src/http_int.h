@@ -27,6 +27,5 @@ extern void http_transfer_setup(CURL *handle, const HttpRequest *request, BodyBu
 								char *errbuf, struct curl_slist **headers);
 extern void http_transfer_collect(CURL *handle, CURLcode code, const BodyBuffer *buf,
 								  const char *errbuf, HttpResponse *response);
-extern void http_loop_release(void);
 
 #endif							/* FRESHPAY_HTTP_INT_H */

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/wait_event.h"
 
@@ -90,8 +91,8 @@ transfer_free(HttpTransfer *t)
 	free(t);
 }
 
-void
-http_loop_release(void)
+static void
+release_transfers(int code, Datum arg)
 {
 	while (transfers != NULL)
 		transfer_free(transfers);
@@ -177,11 +178,22 @@ http_start(const HttpRequest *request, void *owner, int priority)
 	HttpTransfer *t;
 
 	http_check_request_url(request);
-	(void) http_handle();		/* libcurl initialized, exit hook registered */
-	if (multi == NULL && (multi = curl_multi_init()) == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("could not create a libcurl multi handle")));
+	(void) http_handle();		/* libcurl initialized, its exit hook registered */
+	if (multi == NULL)
+	{
+		static bool hooked = false;
+
+		if ((multi = curl_multi_init()) == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl multi handle")));
+		/* Registered after http.c's, so it runs before libcurl's global cleanup. */
+		if (!hooked)
+		{
+			on_proc_exit(release_transfers, (Datum) 0);
+			hooked = true;
+		}
+	}
 	t = calloc(1, sizeof(HttpTransfer));
 	if (t == NULL || (t->handle = curl_easy_init()) == NULL)
 	{
