@@ -149,7 +149,10 @@ job_is_permanent(int sqlerrcode)
 
 /*
  * Claim up to max due jobs (of kind only_kind, if given), none of the
- * running ones, in one short transaction.  The claim is a lease: a job is
+ * running ones, in one short transaction.  Administrations take turns: an
+ * administration's due jobs queue behind its running ones, and the claim
+ * takes the first of each queue, then the second, and so on; so one
+ * tenant's month-end backlog cannot hold up another's jobs.  The claim is a lease: a job is
  * not due again before its run can have ended, so one whose worker died
  * comes back.  Returns how many were claimed into jobs[].
  */
@@ -169,13 +172,22 @@ job_claim(Job *jobs, int max, const char *only_kind, const int64 *running, int n
 	values[2] = Int32GetDatum(max);
 	values[3] = PointerGetDatum(construct_array(ids, nrunning, INT8OID, 8, true, TYPALIGN_DOUBLE));
 
-	n = fp_spi_run("WITH due AS ("
-				   "  SELECT id FROM freshpay.jobs"
-				   "   WHERE state OPERATOR(pg_catalog.=) 'queued'"
-				   "     AND next_run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-				   "     AND ($1 OPERATOR(pg_catalog.=) '' OR kind OPERATOR(pg_catalog.=) $1)"
-				   "     AND NOT id OPERATOR(pg_catalog.=) ANY ($4)"
-				   "   ORDER BY next_run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+	n = fp_spi_run("WITH ready AS ("
+				   "  SELECT j.id, j.next_run_at, j.id OPERATOR(pg_catalog.=) ANY ($4) AS running,"
+				   "         pg_catalog.row_number() OVER ("
+				   "           PARTITION BY COALESCE(i.administration, p.administration)"
+				   "           ORDER BY j.id OPERATOR(pg_catalog.=) ANY ($4) DESC, j.next_run_at, j.id) AS turn"
+				   "    FROM freshpay.jobs j"
+				   "    LEFT JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) j.invoice_id"
+				   "    LEFT JOIN freshpay.payments p ON p.id OPERATOR(pg_catalog.=) j.payment_id"
+				   "   WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
+				   "     AND (j.id OPERATOR(pg_catalog.=) ANY ($4)"
+				   "          OR (j.next_run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+				   "              AND ($1 OPERATOR(pg_catalog.=) '' OR j.kind OPERATOR(pg_catalog.=) $1)))),"
+				   " due AS ("
+				   "  SELECT j.id FROM freshpay.jobs j JOIN ready r ON r.id OPERATOR(pg_catalog.=) j.id"
+				   "   WHERE NOT r.running AND j.state OPERATOR(pg_catalog.=) 'queued'"
+				   "   ORDER BY r.turn, r.next_run_at, r.id LIMIT $3 FOR UPDATE OF j SKIP LOCKED)"
 				   " UPDATE freshpay.jobs j SET next_run_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
 				   "        pg_catalog.make_interval(secs => $2), claimed_at = pg_catalog.now()"
 				   "   FROM due WHERE j.id OPERATOR(pg_catalog.=) due.id"

@@ -139,7 +139,13 @@ flow_step(Flow *f, const HttpResponse *response)
 		flow_start_job(&follow);
 }
 
-/* Step every flow whose answer arrived.  Returns how many. */
+static void resume_parked(void);
+
+/*
+ * Step every flow whose answer arrived.  The place an answer frees at
+ * PayTrace goes to a parked flow first, so that it is not idle while
+ * the answer is recorded.  Returns how many.
+ */
 static int
 harvest(void)
 {
@@ -149,6 +155,7 @@ harvest(void)
 
 	while (http_finished(&response, &owner))
 	{
+		resume_parked();
 		flow_step((Flow *) owner, &response);
 		n++;
 	}
