@@ -142,23 +142,42 @@ flow_step(Flow *f, const HttpResponse *response)
 static void resume_parked(void);
 
 /*
- * Step every flow whose answer arrived.  The place an answer frees at
- * PayTrace goes to a parked flow first, so that it is not idle while
- * the answer is recorded.  Returns how many.
+ * Step every flow whose answer arrived.  The places these answers free at
+ * PayTrace go to parked flows first, all of them before any answer is
+ * recorded, so that no place is idle while a burst of answers is.
+ * Returns how many.
  */
 static int
 harvest(void)
 {
-	HttpResponse response;
-	void	   *owner;
+	HttpResponse *responses = NULL;
+	void	  **owners = NULL;
 	int			n = 0;
+	int			size = 0;
 
-	while (http_finished(&response, &owner))
+	for (;;)
 	{
-		resume_parked();
-		flow_step((Flow *) owner, &response);
+		HttpResponse response;
+		void	   *owner;
+
+		if (!http_finished(&response, &owner))
+			break;
+		if (n == size)
+		{
+			size = Max(16, 2 * size);
+			responses = responses ? repalloc(responses, size * sizeof(HttpResponse))
+				: palloc(size * sizeof(HttpResponse));
+			owners = owners ? repalloc(owners, size * sizeof(void *)) : palloc(size * sizeof(void *));
+		}
+		responses[n] = response;
+		owners[n] = owner;
 		n++;
 	}
+	if (n == 0)
+		return 0;
+	resume_parked();
+	for (int i = 0; i < n; i++)
+		flow_step((Flow *) owners[i], &responses[i]);
 	return n;
 }
 
@@ -166,23 +185,19 @@ harvest(void)
 static void
 resume_parked(void)
 {
-	for (int priority = FLOW_PRIORITY_CALL; priority >= FLOW_PRIORITY_JOB; priority--)
+	while (parked != NIL && http_has_room("PayTrace"))
 	{
+		Flow	   *next = NULL;
 		ListCell   *lc;
 
 		foreach(lc, parked)
 		{
 			Flow	   *f = lfirst(lc);
 
-			if (f->priority != priority)
-				continue;
-			if (!http_has_room("PayTrace"))
-				return;
-			flow_step(f, NULL);
-			/* The list changed under us: start over. */
-			resume_parked();
-			return;
+			if (next == NULL || f->priority > next->priority)
+				next = f;
 		}
+		flow_step(next, NULL);
 	}
 }
 
