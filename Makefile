@@ -13,7 +13,7 @@ OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
 # CREATE EXTENSION at the default version runs the chain.
 DATA         = $(wildcard sql/$(EXTENSION)--*.sql)
 
-# pg_regress tests (sql/<name>.sql → expected/<name>.out), in this order.
+# pg_regress tests (test/sql/<name>.sql → test/expected/<name>.out), in this order.
 REGRESS      = install administrations sync_errors paytrace_parse
 
 PG_CONFIG   ?= pg_config
