@@ -5,7 +5,7 @@
 \getenv fp_url FRESHPAY_TEST_FP_URL
 \getenv pt_url FRESHPAY_TEST_PT_URL
 
--- Secrets by reference: the server's environment (see test/run-suites).
+-- Secrets by reference: the server's environment (see the Makefile).
 SELECT name, paytrace_username, paytrace_integrator_id,
 	   freshportal_url = :'fp_url' AS freshportal_url_kept
   FROM freshpay_add_administration(
