@@ -9,8 +9,9 @@
 #          unprivileged user and a throwaway copy of the checkout, build and
 #          install the extension, then hand over to the inner half.
 #   inner  (test/run-suites, test/demo-run): run as the unprivileged user with
-#          the work copy as the current directory; start the stand-in servers
-#          and PostgreSQL instances, and stop them again.
+#          the work copy as the current directory; start PostgreSQL instances
+#          (make installcheck's, the demo's) and the demo's stand-in servers,
+#          and stop them again.
 #
 # Sourcing defines functions and constants only; it runs nothing.  Every
 # process a script starts is recorded and stopped by fp_stop_started, which

@@ -11,7 +11,7 @@ Seeds come from two places:
   * small hand-made bodies in the shapes the stand-ins answer
     (test/standin/paytrace.py: exports and batches; test/standin/freshportal.py:
     list pages, invoices and payments) and the documented PayTrace declines
-    and errors (sql/paytrace_parse.sql).
+    and errors (test/sql/paytrace_parse.sql).
 
 Every seed is written as corpus/<target>/<name>; the script rewrites the
 whole corpus directory of each target, so its output is deterministic.

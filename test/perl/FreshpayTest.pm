@@ -11,10 +11,8 @@ FreshpayTest - helpers for freshpay's TAP tests
   use Test::More;
   use FreshpayTest;
 
-  my $fp   = FreshpayTest::standin('fp');      # the shared FreshPortal stand-in
-  my $pt   = FreshpayTest::standin('pt');      # the shared PayTrace stand-in
-  $fp->reset;
-  $pt->reset;
+  my $fp   = FreshpayTest::standin('fp');      # this file's FreshPortal stand-in
+  my $pt   = FreshpayTest::standin('pt');      # this file's PayTrace stand-in
   $fp->seed({ customers => [...], invoices => [...] });
 
   my $node = FreshpayTest::new_node('main');   # preloaded, database "freshpay"
@@ -24,18 +22,19 @@ FreshpayTest - helpers for freshpay's TAP tests
 
 =head1 DESCRIPTION
 
-test/run-suites starts one FreshPortal and one PayTrace stand-in for the
-whole run and exports FRESHPAY_TEST_FP_URL, FRESHPAY_TEST_PT_URL and
-FRESHPAY_STANDIN_DIR; it also exports the secrets the servers resolve through
-C<env:> references: FRESHPAY_TEST_SECRET (the FreshPortal API key) and
-FRESHPAY_TEST_PT_PASSWORD (the PayTrace password).  Nodes started by a test
-inherit that environment.
+Every test file runs alone: C<make installcheck> runs them all (several at
+once with C<PROVE_FLAGS=-j2>), and one runs with plain prove, e.g.
 
-Most tests run one after another and share the two stand-ins: call C<reset>
-on both at the start of a test.  A test that needs a stand-in of its own
-(TLS, a crash, a restart, faults for minutes) starts one with
-C<start_standin>; the long ones that use only their own stand-ins run beside
-the others (TAP_BACKGROUND_FILES in test/run-suites).
+  PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
+  prove -I test/perl -I /usr/lib/postgresql/15/lib/pgxs/src/test/perl test/t/050_collect.pl
+
+A file shares nothing with the others: C<standin()> starts the file's own
+FreshPortal or PayTrace stand-in the first time it is asked for one, and
+C<start_standin> any further ones (TLS, a stand-in to redirect secrets to);
+all of them stop when the file ends.  Loading this module sets the secrets
+the servers resolve through C<env:> references in the environment the nodes
+inherit: FRESHPAY_TEST_SECRET (the FreshPortal API key) and
+FRESHPAY_TEST_PT_PASSWORD (the PayTrace password).
 
 Only Perl core modules and what PostgreSQL's test framework provides
 (PostgreSQL::Test::Cluster, PostgreSQL::Test::Utils, IPC::Run) are used.
@@ -48,6 +47,7 @@ use strict;
 use warnings;
 
 use Carp;
+use Cwd ();
 use File::Basename ();
 use File::Path qw(make_path);
 use HTTP::Tiny;
@@ -60,19 +60,29 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 
 # Credentials the stand-ins accept by default (see their CONFIG_DEFAULTS).
+# freshpay reads the secrets through env: references from the server's
+# environment, which the nodes a test starts inherit from this process.
+our $FP_API_KEY          = 'fp-test-key';
+our $PT_PASSWORD         = 'pt-pass';
+$ENV{FRESHPAY_TEST_SECRET}       = $FP_API_KEY;
+$ENV{FRESHPAY_TEST_PT_PASSWORD}  = $PT_PASSWORD;
 our $FP_API_KEY_REF      = 'env:FRESHPAY_TEST_SECRET';
 our $PT_USERNAME         = 'pt-user';
 our $PT_PASSWORD_REF     = 'env:FRESHPAY_TEST_PT_PASSWORD';
 our $PT_INTEGRATOR_ID    = 'pt-integrator';
 
 # An SQL expression matching the stand-ins' token prefixes, spelled in pieces:
-# the test clusters log every statement, and 090_no_secrets_in_logs.pl greps
+# the test clusters log every statement, and 990_no_secrets_in_logs.pl greps
 # the server logs for those prefixes, so a statement must not contain them.
 our $TOKEN_PATTERN_SQL = q{('(pt' || 'tok|fp' || 'tok_)')};
 
 my %SCRIPT = (fp => 'freshportal.py', pt => 'paytrace.py');
 my @started;    # stand-ins started by start_standin, stopped in END
 my $started_count = 0;
+my %own;        # the stand-in of each kind standin() started
+
+# test/standin/, next to this module's test/perl/.
+my $STANDIN_DIR = Cwd::abs_path(File::Basename::dirname(__FILE__) . '/../standin');
 
 =pod
 
@@ -152,8 +162,8 @@ sub psql_result
 =item add_administration($node, %opts)
 
 Run freshpay_add_administration() in database C<$opts{database}> (default
-"freshpay") with the shared stand-ins' URLs and the secrets as C<env:>
-references; any argument can be overridden by name (C<name>,
+"freshpay") with the URLs of this file's stand-ins (C<standin()>) and the
+secrets as C<env:> references; any argument can be overridden by name (C<name>,
 C<freshportal_url>, C<freshportal_api_key>, C<paytrace_url>,
 C<paytrace_username>, C<paytrace_password>, C<paytrace_integrator_id>).
 Dies when the call fails; returns psql's output.
@@ -164,11 +174,12 @@ sub add_administration
 {
 	my ($node, %opts) = @_;
 	my $db = delete $opts{database} // 'freshpay';
+	# (a stand-in is started only for a URL not given)
+	$opts{freshportal_url} = standin('fp')->url unless exists $opts{freshportal_url};
+	$opts{paytrace_url}    = standin('pt')->url unless exists $opts{paytrace_url};
 	my %args = (
 		name                   => 'main',
-		freshportal_url        => $ENV{FRESHPAY_TEST_FP_URL},
 		freshportal_api_key    => $FP_API_KEY_REF,
-		paytrace_url           => $ENV{FRESHPAY_TEST_PT_URL},
 		paytrace_username      => $PT_USERNAME,
 		paytrace_password      => $PT_PASSWORD_REF,
 		paytrace_integrator_id => $PT_INTEGRATOR_ID,
@@ -186,8 +197,9 @@ sub add_administration
 
 =item standin($kind)
 
-The shared stand-in of this test run: C<'fp'> (FreshPortal, at
-$FRESHPAY_TEST_FP_URL) or C<'pt'> (PayTrace, at $FRESHPAY_TEST_PT_URL).
+This test file's stand-in of a kind: C<'fp'> (FreshPortal) or C<'pt'>
+(PayTrace), started (quiet: no request lines in its log) the first time it is
+asked for, and the same one every time after; it stops when the file ends.
 Returns a FreshpayTest::Standin (methods below).
 
 =cut
@@ -196,11 +208,19 @@ sub standin
 {
 	my ($kind) = @_;
 	croak "standin: kind must be 'fp' or 'pt'" unless $kind && $SCRIPT{$kind};
-	my $var = $kind eq 'fp' ? 'FRESHPAY_TEST_FP_URL' : 'FRESHPAY_TEST_PT_URL';
-	my $url = $ENV{$var}
-	  or croak "$var is not set: run the TAP tests through test/run (or test/run-suites)";
-	return FreshpayTest::Standin->_new(kind => $kind, url => $url);
+	$own{$kind} //= start_standin($kind, args => ['--quiet']);
+	return $own{$kind};
 }
+
+=pod
+
+=item standin_dir()
+
+The directory of the stand-in scripts, test/standin/.
+
+=cut
+
+sub standin_dir { return $STANDIN_DIR; }
 
 =pod
 
@@ -216,8 +236,10 @@ and return a FreshpayTest::Standin for it, which also has C<stop>.  Options:
 
 Admin calls to an https stand-in go through the curl command line
 (certificate checks off); url() and stop() work in every case.  The output
-of the process goes to tmp_check/log/standin_<test>_<kind>_<n>.log.  Every
-stand-in started this way is stopped when the test script ends.
+of the process goes to tmp_check/log/standin_<test>_<kind>_<n>.log, and
+when it stops, the tokens it issued to ...<n>.tokens beside it (one a line,
+for 990_no_secrets_in_logs.pl).  Every stand-in started this way is stopped
+when the test script ends.
 
 =cut
 
@@ -225,14 +247,13 @@ sub start_standin
 {
 	my ($kind, %opts) = @_;
 	croak "start_standin: kind must be 'fp' or 'pt'" unless $kind && $SCRIPT{$kind};
-	my $dir = $ENV{FRESHPAY_STANDIN_DIR}
-	  or croak "FRESHPAY_STANDIN_DIR is not set: run the TAP tests through test/run";
+	my $dir = $STANDIN_DIR;
 	my $tls = defined $opts{tls_cert};
 
 	$started_count++;
 	my $portfile = PostgreSQL::Test::Utils::tempdir() . "/$kind.port";
-	# Named after the test file too: files that run side by side (see
-	# test/run-suites) must not write one log.
+	# Named after the test file too: files that run side by side (prove -j)
+	# must not write one log.
 	my $test = File::Basename::basename($0, '.pl');
 	my $log = "$PostgreSQL::Test::Utils::log_path/standin_${test}_${kind}_$started_count.log";
 	my @cmd = ('python3', "$dir/$SCRIPT{$kind}", '--port', '0', '--port-file', $portfile);
@@ -563,7 +584,8 @@ Expire every issued OAuth token; the list of all tokens ever issued
 
 =item stop()
 
-Stand-ins from start_standin only: stop the process (TERM, then KILL).
+Stop the process (TERM, then KILL), after writing the tokens it issued to
+its .tokens file (see start_standin).
 
 =back
 
@@ -733,7 +755,9 @@ sub tokens { return $_[0]->admin_get('/_standin/tokens')->{issued}; }
 sub stop
 {
 	my ($self) = @_;
-	my $pid = delete $self->{pid} or return;
+	return unless $self->{pid};
+	$self->_save_tokens;
+	my $pid = delete $self->{pid};
 	kill 'TERM', $pid;
 	my $deadline = time + 10;
 	while (time < $deadline)
@@ -743,6 +767,22 @@ sub stop
 	}
 	kill 'KILL', $pid;
 	waitpid($pid, 0);
+	return;
+}
+
+# Write the tokens this stand-in issued next to its log, one a line; a
+# stand-in that does not answer leaves no file (990_no_secrets_in_logs.pl
+# still greps for the token prefixes).
+sub _save_tokens
+{
+	my ($self) = @_;
+	return unless defined $self->{log};
+	(my $file = $self->{log}) =~ s/\.log\z/.tokens/;
+	my $tokens = eval { $self->tokens };
+	return unless ref $tokens eq 'ARRAY';
+	open(my $fh, '>', $file) or return;
+	print $fh map { "$_\n" } @$tokens;
+	close $fh;
 	return;
 }
 

@@ -13,14 +13,9 @@ use IPC::Run;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $dir = $ENV{FRESHPAY_STANDIN_DIR};
-if (!$dir)
-{
-	fail('FRESHPAY_STANDIN_DIR is set (run this through test/run)');
-	done_testing();
-	exit;
-}
-my $selftest = "$dir/selftest.py";
+use FreshpayTest;
+
+my $selftest = FreshpayTest::standin_dir() . '/selftest.py';
 if (!-f $selftest)
 {
 	fail("stand-in self-test $selftest exists");

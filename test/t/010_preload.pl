@@ -35,8 +35,10 @@ like($err, qr/HINT:\s+Set freshpay.database_name = 'postgres'/, 'the hint names 
 
 ($out, $err, $rc) = FreshpayTest::psql_result($node, 'erp', 'CREATE EXTENSION freshpay');
 is($rc, 0, 'CREATE EXTENSION in the configured database succeeds') or diag($err);
+# (TESTDIR: where make installcheck runs; plain prove runs in the checkout)
+my $makedir = $ENV{TESTDIR} // '.';
 is($node->safe_psql('erp', "SELECT extversion FROM pg_extension WHERE extname = 'freshpay'"),
-	`make -s -C $ENV{TESTDIR} print-version 2>/dev/null` =~ s/\s+$//r || '0.2',
+	`make -s -C '$makedir' print-version 2>/dev/null` =~ s/\s+$//r || '0.2',
 	'the default version is the one the Makefile builds');
 
 # The worker runs in that database and names itself in pg_stat_activity.

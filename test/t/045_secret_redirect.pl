@@ -144,7 +144,7 @@ is($rc, 0, 'pg_read_server_files allows redirecting a file: reference') or diag(
 # The hint's way out: replace the reference with the secret itself.
 ($out, $err, $rc) = as_role('mallory',
 	"UPDATE freshpay.administration_secrets SET paytrace_password = 'a-literal-password' WHERE administration = 'main';\n"
-	  . "UPDATE freshpay.administrations SET paytrace_url = '$ENV{FRESHPAY_TEST_PT_URL}' WHERE name = 'main';");
+	  . "UPDATE freshpay.administrations SET paytrace_url = '" . $pt->url . "' WHERE name = 'main';");
 is($rc, 0, 'with the reference replaced by a literal, freshpay_admin may move the URL') or diag($err);
 
 # A superuser may do anything.

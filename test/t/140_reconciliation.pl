@@ -48,9 +48,9 @@ my $sale703 = sql("SELECT id FROM freshpay_capture(" . invoice('R-703') . ")");
 
 # A sale made at PayTrace for an invoice number freshpay does not know.
 my $http = HTTP::Tiny->new;
-my $token = FreshpayTest::request_body({ body => $http->post_form("$ENV{FRESHPAY_TEST_PT_URL}/oauth/token",
+my $token = FreshpayTest::request_body({ body => $http->post_form($pt->url . "/oauth/token",
 	{ grant_type => 'password', username => 'pt-user', password => 'pt-pass' })->{content} })->{access_token};
-my $outside = $http->post("$ENV{FRESHPAY_TEST_PT_URL}/v1/transactions/sale/by_customer",
+my $outside = $http->post($pt->url . "/v1/transactions/sale/by_customer",
 	{ headers => { 'Content-Type' => 'application/json', Authorization => "Bearer $token" },
 	  content => '{"integrator_id":"pt-integrator","customer_id":"C-BLOOM","amount":42.00,"invoice_id":"ZZ-999"}' });
 is($outside->{status}, 200, 'a sale is made directly at PayTrace for unknown invoice ZZ-999');

@@ -15,8 +15,7 @@ use Time::HiRes qw(time sleep);
 use FreshpayTest;
 
 my $OUTAGE = $ENV{FRESHPAY_OUTAGE_SECONDS} // 180;
-# Stand-ins of its own: the test shares nothing with the other test files,
-# so test/run-suites runs it in a prove of its own, side by side with them.
+# Its own stand-ins, as every test file has (they stop when it ends).
 my $fp = FreshpayTest::start_standin('fp', args => ['--quiet']);
 my $pt = FreshpayTest::start_standin('pt', args => ['--quiet']);
 

@@ -45,8 +45,7 @@ diag("chaos seed $SEED, $N invoices (replay: FRESHPAY_CHAOS_SEED=$SEED test/run 
 my $T0 = time;
 sub elapsed { return sprintf('%.1f s', time - $T0); }
 
-# Stand-ins of its own: a delayed request may still be processed after this
-# test ended, and must not land in the shared stand-ins of the next test.
+# Its own stand-ins, as every test file has (they stop when it ends).
 my $fp = FreshpayTest::start_standin('fp', args => ['--quiet']);
 my $pt = FreshpayTest::start_standin('pt', args => ['--quiet']);
 

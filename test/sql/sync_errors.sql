@@ -4,6 +4,11 @@
 --
 \set SHOW_CONTEXT never
 \getenv fp_url FRESHPAY_TEST_FP_URL
+\getenv pt_url FRESHPAY_TEST_PT_URL
+-- 'main' of administrations.sql points at that test's stand-ins: every test
+-- has its own (test/standin/with_standins.py).
+UPDATE freshpay.administrations SET freshportal_url = :'fp_url', paytrace_url = :'pt_url'
+ WHERE name = 'main';
 
 \! python3 test/standinctl.py fp POST /_standin/reset
 \! python3 test/standinctl.py fp POST /_standin/seed '{"customers": [{"id": 1, "code": "BLOOM", "name": "Bloom & Co Florists", "currency": "USD"}], "invoices": [{"id": 10, "number": "INV-10", "customer_id": 1, "invoice_date": "2026-11-02", "amount_excl_vat": "100.00", "vat_amount": "9.00", "amount_incl_vat": "109.00"}]}'
