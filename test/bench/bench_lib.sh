@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034,SC2153 # the R_* and RAW_* results are read, and N, C, K, DRIVER … set, by the scripts that source this
 #
 # test/bench/bench_lib.sh — what the benchmarks share, sourced after
 # test/lib.sh (whose two halves it follows):
@@ -121,7 +122,9 @@ sql() { "$FP_PG_BINDIR/psql" -X -At -q -v ON_ERROR_STOP=1 -d bench "$@"; }
 # ---------------------------------------------------------------------------
 
 # start_cluster NAME — initdb and start a throwaway cluster under
-# tmp_bench/NAME with freshpay preloaded for database bench; create bench.
+# BENCH_DIR/NAME with freshpay preloaded for database bench; create bench.
+# CLUSTER_EXTRA_CONF (lines of postgresql.conf), when set, comes last and so
+# overrides the settings before it.
 start_cluster() {
 	local dir=$BENCH_DIR/$1 port
 	port=$(fp_free_port)
@@ -134,7 +137,7 @@ start_cluster() {
 		}
 	cat >>"$dir/data/postgresql.conf" <<CONF
 
-# Added by test/bench/collect_throughput-run
+# Added by test/bench (bench_lib.sh, start_cluster)
 port = $port
 listen_addresses = ''
 unix_socket_directories = '$dir'
@@ -147,6 +150,7 @@ freshpay.allow_plain_http = on
 freshpay.sync_interval = 0
 freshpay.max_parallel_requests = $C
 freshpay.request_timeout = '60s'
+${CLUSTER_EXTRA_CONF:-}
 CONF
 	CLUSTER_DATA=$dir/data
 	SERVER_LOG=$dir/postgres.log
@@ -176,29 +180,22 @@ bench_cleanup() {
 	fp_inner_cleanup
 }
 
-# ---------------------------------------------------------------------------
-# One run of freshpay: results in R_* variables
-# ---------------------------------------------------------------------------
-
-# collect_run NAME LATENCY_MS — seed, collect N invoices, measure.
-collect_run() {
-	local name=$1 lat=$2 dir=$BENCH_DIR/$1 out line has_trigger has_status driver collection
-	local t0_ms t_ms deadline_ms timeout_s polls max_polls next_report_ms
-	local captured=0 failed=0 other=0 registered=0 in_flight='' peak='' timed_out=0
-	local sessions=0 pids=() pid i f sync_ms inserted end_s
-
-	fp_banner "Run $name: N = $N invoices, L = $lat ms, C = $C"
-
-	# Stand-ins: nothing left from an earlier run; K customers and their
-	# vault profiles; money calls delayed by L.
+# seed_standins LATENCY_MS — both stand-ins reset (nothing left from an
+# earlier run), PayTrace's money calls delayed by LATENCY_MS, K customers in
+# FreshPortal (ids 1..K) and a card vault profile for each at PayTrace.
+seed_standins() {
 	standin fp POST /_standin/reset >/dev/null
 	standin pt POST /_standin/reset >/dev/null
 	standin pt POST /_standin/config \
-		"{\"approval_delay\": $(awk -v l="$lat" 'BEGIN { printf "%.3f", l / 1000 }')}" >/dev/null
+		"{\"approval_delay\": $(awk -v l="$1" 'BEGIN { printf "%.3f", l / 1000 }')}" >/dev/null
 	standin fp POST /_standin/generate "{\"customers\": $K, \"invoices\": 0, \"start_customer_id\": 1}" >/dev/null
 	standin pt POST /_standin/customers "$(python3 "$HELPER" profiles "$K" "$PROFILE_PREFIX")" >/dev/null
+}
 
-	start_cluster "$name"
+# setup_extension — in the running cluster: CREATE EXTENSION freshpay and
+# the administration 'main' (secrets as env: references, like the demo);
+# sets R_VERSION.
+setup_extension() {
 	local create="CREATE EXTENSION freshpay"
 	[[ -n $EXT_VERSION ]] && create+=" VERSION '$EXT_VERSION'"
 	sql -c "$create"
@@ -213,6 +210,84 @@ SELECT name FROM freshpay_add_administration(
 	paytrace_integrator_id => 'pt-integrator');
 SQL
 	R_VERSION=$(sql -c "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'freshpay'")
+	wait_for_worker
+}
+
+# worker_pid — the pid of the money worker (pg_stat_activity.backend_type
+# 'freshpay worker'), or nothing.
+worker_pid() {
+	sql -c "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'freshpay worker' LIMIT 1" 2>/dev/null || true
+}
+
+# wait_for_worker — wait (up to 30 s) until the money worker runs in
+# database bench.  It starts with the server, before bench exists, exits,
+# and is restarted a second later: a run started before that would count the
+# restart in its figures.
+wait_for_worker() {
+	local i
+	for ((i = 0; i < 300; i++)); do
+		[[ -n $(worker_pid) ]] && return 0
+		sleep 0.1
+	done
+	fp_warn "no 'freshpay worker' in pg_stat_activity after 30 s; going on"
+}
+
+# link_customers COLLECTION [CONDITION] — sync the customers in and link
+# each one whose FreshPortal id satisfies CONDITION (an SQL expression in
+# fpid; default all) to its vault profile with collection COLLECTION; prints
+# how many were linked.
+link_customers() {
+	local collection=$1 condition=${2:-true}
+	sql -c "SELECT 1 FROM freshpay_sync('main')" >/dev/null
+	sql -c "SELECT count(*) FROM (SELECT * FROM (SELECT c.id, c.freshportal_id AS fpid
+			FROM freshpay.customers c WHERE c.administration = 'main') a WHERE ($condition) OFFSET 0) s,
+		LATERAL freshpay_link_customer(s.id, '$PROFILE_PREFIX' || s.fpid, '$collection', 'card') l"
+}
+
+# save_logs DIR — the stand-ins' request logs and PayTrace's state (its
+# transactions) as JSON files in DIR: fp_requests.json, pt_requests.json,
+# fp_state.json, pt_state.json.
+save_logs() {
+	local dir=$1
+	mkdir -p "$dir"
+	standin fp GET /_standin/requests >"$dir/fp_requests.json"
+	standin pt GET /_standin/requests >"$dir/pt_requests.json"
+	standin fp GET /_standin/state >"$dir/fp_state.json"
+	standin pt GET /_standin/state >"$dir/pt_state.json"
+}
+
+# ---------------------------------------------------------------------------
+# One run of freshpay: results in R_* variables
+# ---------------------------------------------------------------------------
+
+# collect_run NAME LATENCY_MS [FP_DELAY_MS] — seed, collect N invoices,
+# measure.  FP_DELAY_MS (default 0) is the FreshPortal stand-in's
+# request_delay while the invoices are collected.
+#
+# Optional knobs (variables): CR_TIMEOUT_S, how long to wait for the
+# captures (default FRESHPAY_BENCH_TIMEOUT, else 30 + 0.05·N + 4·N·L/C s);
+# CR_DEADLINE_S, a limit, counted from the sync's commit, on the wait for
+# the registrations too; CR_POLL_HOOK, a function called after each poll with
+# the counts captured and registered.
+#
+# Sets R_VERSION, R_DRIVER, R_CAPTURED, R_FAILED, R_OTHER, R_REGISTERED,
+# R_TIMED_OUT, R_PEAK, R_ELAPSED, R_RATE, R_REGISTER_ELAPSED; R_SYNC_END_MS
+# (the server's clock after the sync, before its commit: every request
+# after it is the collection's), R_T0_MS (after the commit), R_DIR (where
+# save_logs left the request logs) and R_SAVED_MS (when it read them).
+collect_run() {
+	local name=$1 lat=$2 fp_delay=${3:-0} dir=$BENCH_DIR/$1 out line has_trigger has_status driver collection
+	local t0_ms t_ms deadline_ms timeout_s polls max_polls next_report_ms hard_ms
+	local captured=0 failed=0 other=0 registered=0 in_flight='' peak='' timed_out=0
+	local sessions=0 pids=() pid i f sync_ms inserted end_s
+
+	fp_banner "Run $name: N = $N invoices, L = $lat ms, C = $C${3:+, FreshPortal calls $fp_delay ms}"
+
+	# Stand-ins: K customers and their vault profiles; money calls delayed by L.
+	seed_standins "$lat"
+
+	start_cluster "$name"
+	setup_extension
 
 	has_trigger=$(sql -c "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger
 		WHERE tgrelid = 'freshpay.invoices'::regclass AND tgname = 'invoices_queue_collection')")
@@ -242,28 +317,36 @@ SQL
 	# or by hand (manual) when the capture driver collects them.
 	collection=on_issue
 	[[ $driver == capture ]] && collection=manual
-	sql -c "SELECT 1 FROM freshpay_sync('main')" >/dev/null
-	out=$(sql -c "SELECT count(*) FROM freshpay.customers c,
-		LATERAL freshpay_link_customer(c.id, '$PROFILE_PREFIX' || c.freshportal_id, '$collection', 'card') l
-		WHERE c.administration = 'main'")
+	out=$(link_customers "$collection")
 	[[ $out == "$K" ]] || fp_die "linked $out customers, expected $K"
 	fp_say "freshpay $R_VERSION; driver: $R_DRIVER; $K customers linked, collection $collection"
 
-	# The invoices appear in FreshPortal; the request logs start empty.
+	# The invoices appear in FreshPortal, which from now on answers each call
+	# FP_DELAY_MS late; the request logs start empty.
 	standin fp POST /_standin/generate \
 		"{\"customers\": 0, \"invoices\": $N, \"start_invoice_id\": $FIRST_INVOICE}" >/dev/null
+	if ((fp_delay > 0)); then
+		standin fp POST /_standin/config \
+			"{\"request_delay\": $(awk -v l="$fp_delay" 'BEGIN { printf "%.3f", l / 1000 }')}" >/dev/null
+	fi
 	standin fp POST /_standin/requests/clear >/dev/null
 	standin pt POST /_standin/requests/clear >/dev/null
 
-	timeout_s=${FRESHPAY_BENCH_TIMEOUT:-$(awk -v n="$N" -v l="$lat" -v c="$C" \
-		'BEGIN { printf "%d", 30 + 0.05 * n + 4 * n * l / 1000 / c }')}
+	timeout_s=${CR_TIMEOUT_S:-${FRESHPAY_BENCH_TIMEOUT:-$(awk -v n="$N" -v l="$lat" -v c="$C" \
+		'BEGIN { printf "%d", 30 + 0.05 * n + 4 * n * l / 1000 / c }')}}
 	sync_ms=$(now_ms)
+	R_SYNC_END_MS=
 	if [[ $driver == on_issue ]]; then
-		# Each -c is a transaction of its own: the second reads the clock
-		# right after the sync (and its collect_invoice jobs) committed.
-		out=$(sql -c "SELECT stream || ' ' || inserted FROM freshpay_sync('main')" \
+		# One transaction: the sync, then the clock before its commit (every
+		# request after it is the collection's); then, in a transaction of
+		# its own, the clock right after the sync (and its collect_invoice
+		# jobs) committed.
+		out=$(sql -c "BEGIN" -c "SELECT stream || ' ' || inserted FROM freshpay_sync('main')" \
+			-c "SELECT 'sync_end ' || pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp()) * 1000)" \
+			-c "COMMIT" \
 			-c "SELECT pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp()) * 1000)")
 		t0_ms=$(tail -n 1 <<<"$out")
+		R_SYNC_END_MS=$(awk '$1 == "sync_end" { print $2 }' <<<"$out")
 		inserted=$(awk '$1 == "invoices" { print $2 }' <<<"$out")
 		fp_say "sync inserted ${inserted:-?} invoices in $(fmt_div $((t0_ms - sync_ms)) 1000 %.2f) s (not counted); collection starts at its commit"
 	else
@@ -273,7 +356,8 @@ SQL
 		sql -c "SELECT id FROM freshpay.invoices WHERE administration = 'main' AND status = 'open' ORDER BY id" >"$dir/invoice_ids"
 		rm -f -- "$dir"/capture.*.sql
 		awk -v s="$sessions" -v d="$dir" '{ print "SELECT status FROM freshpay_capture(" $1 ");" > (d "/capture." (NR % s) ".sql") }' "$dir/invoice_ids"
-		t0_ms=$(now_ms)
+		R_SYNC_END_MS=$(now_ms)
+		t0_ms=$R_SYNC_END_MS
 		for f in "$dir"/capture.*.sql; do
 			"$FP_PG_BINDIR/psql" -X -At -q -d bench -f "$f" >/dev/null 2>>"$dir/capture.err" &
 			pid=$!
@@ -281,6 +365,7 @@ SQL
 			pids+=("$pid")
 		done
 	fi
+	R_T0_MS=$t0_ms
 	[[ ${inserted:-} == "$N" ]] || fp_warn "the sync inserted ${inserted:-no} invoices, expected $N"
 
 	# Poll until N captured (or all N settled one way or the other), bounded
@@ -293,9 +378,12 @@ SQL
 		count(*) FILTER (WHERE freshportal_payment_id IS NOT NULL),
 		$inflight_sql FROM freshpay.payments"
 	deadline_ms=$((t0_ms + timeout_s * 1000))
-	max_polls=$((timeout_s * 1000 / POLL_MS + 10))
+	hard_ms=
+	[[ -n ${CR_DEADLINE_S:-} ]] && hard_ms=$((t0_ms + CR_DEADLINE_S * 1000))
+	[[ -n $hard_ms ]] && ((hard_ms < deadline_ms)) && deadline_ms=$hard_ms
+	max_polls=$(((deadline_ms - t0_ms) / POLL_MS + 10))
 	next_report_ms=$((t0_ms + 5000))
-	fp_say "polling every $POLL_MS ms, giving up after $timeout_s s"
+	fp_say "polling every $POLL_MS ms, giving up after $(((deadline_ms - t0_ms) / 1000)) s"
 	for ((polls = 0; polls < max_polls; polls++)); do
 		if line=$(sql -c "$query" 2>/dev/null) && [[ -n $line ]]; then
 			IFS='|' read -r captured failed other registered in_flight <<<"$line"
@@ -303,6 +391,7 @@ SQL
 				peak=$in_flight
 			fi
 		fi
+		[[ -n ${CR_POLL_HOOK:-} ]] && "$CR_POLL_HOOK" "$captured" "$registered"
 		t_ms=$(now_ms)
 		((captured >= N || captured + failed >= N)) && break
 		if ((t_ms >= deadline_ms)); then
@@ -310,7 +399,7 @@ SQL
 			break
 		fi
 		if ((t_ms >= next_report_ms)); then
-			fp_say "  $(fmt_div $((t_ms - t0_ms)) 1000 %5.1f) s: captured $captured/$N, failed $failed, pending $other${in_flight:+, in flight $in_flight}"
+			fp_say "  $(fmt_div $((t_ms - t0_ms)) 1000 %5.1f) s: captured $captured/$N, failed $failed, pending $other, registered $registered${in_flight:+, in flight $in_flight}"
 			next_report_ms=$((next_report_ms + 5000))
 		fi
 		sleep "$(fmt_div "$POLL_MS" 1000 %.3f)"
@@ -328,7 +417,7 @@ SQL
 	R_CAPTURED=$captured R_FAILED=$failed R_OTHER=$other R_TIMED_OUT=$timed_out R_PEAK=${peak:-n/a}
 	[[ $has_status == t ]] || R_PEAK="n/a (no freshpay.worker_status in freshpay $R_VERSION)"
 	R_RATE=$(fmt_div "$captured" "$R_ELAPSED" %.1f)
-	((timed_out)) && fp_say "gave up after $timeout_s s with $captured/$N captured"
+	((timed_out)) && fp_say "gave up after $(((deadline_ms - t0_ms) / 1000)) s with $captured/$N captured"
 
 	# The capture sessions end once their calls are answered.
 	if ((${#pids[@]} > 0)); then
@@ -354,8 +443,10 @@ SQL
 	R_REGISTERED=$registered R_REGISTER_ELAPSED=
 	if ((!timed_out && captured > 0)); then
 		deadline_ms=$(($(now_ms) + REGISTER_TIMEOUT * 1000))
+		[[ -n $hard_ms ]] && ((hard_ms < deadline_ms)) && deadline_ms=$hard_ms
 		for ((polls = 0; polls < REGISTER_TIMEOUT * 1000 / POLL_MS + 10; polls++)); do
 			R_REGISTERED=$(sql -c "SELECT count(*) FROM freshpay.payments WHERE freshportal_payment_id IS NOT NULL" 2>/dev/null || echo "$R_REGISTERED")
+			[[ -n ${CR_POLL_HOOK:-} ]] && "$CR_POLL_HOOK" "$captured" "$R_REGISTERED"
 			((R_REGISTERED >= captured)) && break
 			(($(now_ms) >= deadline_ms)) && break
 			sleep "$(fmt_div "$POLL_MS" 1000 %.3f)"
@@ -373,6 +464,24 @@ SQL
 	fi
 	out=$(sql -c "SELECT count(*) FROM freshpay.jobs WHERE state = 'dead'" 2>/dev/null || echo '?')
 	[[ $out == 0 ]] || fp_say "  dead jobs: $out"
+	server_log_summary
+	R_DIR=$dir
+	R_SAVED_MS=$(now_ms)
+	save_logs "$dir"
+	fp_say "  requests the stand-ins logged since the sync (per invoice: divided by N = $N):"
+	fp_say "   FreshPortal:"
+	python3 "$HELPER" requests "$N" <"$dir/fp_requests.json" || true
+	fp_say "   PayTrace:"
+	python3 "$HELPER" requests "$N" <"$dir/pt_requests.json" || true
+
+	stop_cluster
+	CLUSTER_DATA=
+}
+
+# server_log_summary — the ERROR/WARNING/FATAL/PANIC lines of the running
+# cluster's log, the first five of them.
+server_log_summary() {
+	local out
 	# The worker starts before database bench exists: that FATAL is expected.
 	out=$(grep -E ' (ERROR|WARNING|FATAL|PANIC): ' "$SERVER_LOG" | grep -v 'database "bench" does not exist' || true)
 	if [[ -n $out ]]; then
@@ -381,14 +490,6 @@ SQL
 	else
 		fp_say "  server log: no ERROR, WARNING, FATAL or PANIC"
 	fi
-	fp_say "  requests the stand-ins logged since the sync (per invoice: divided by N = $N):"
-	fp_say "   FreshPortal:"
-	standin fp GET /_standin/requests | python3 "$HELPER" requests "$N" || true
-	fp_say "   PayTrace:"
-	standin pt GET /_standin/requests | python3 "$HELPER" requests "$N" || true
-
-	stop_cluster
-	CLUSTER_DATA=
 }
 
 # raw_curl NAME — N sales by curl at concurrency C against the PayTrace
