@@ -39,10 +39,16 @@ clock_timestamp() and time.time() all read the same clock.
         For each call of CALLS, the time from t0 to the first request for
         its invoice either stand-in received.  Prints the calls and
         "p50_ms=… p95_ms=… max_ms=… n=… missing=…".
+    pipeline.py gaps DIR CALLS
+        Where the calls of CALLS spent their time: the median of each step
+        (call → first request, each request's answer → the next request,
+        the last answer → the call's return) and of each request's own time.
     pipeline.py memory SAMPLES FROM
-        SAMPLES: "epoch captured registered private_kB anon_kB pid" lines.
-        Prints "base_kb=… end_kb=… growth_kb=… …": private memory at the
-        first sample with at least FROM captured, and at the last sample.
+        SAMPLES: "epoch captured registered private_kB anon_kB pid shm_kB"
+        lines (anon_kB and shm_kB: the parts of private_kB in anonymous
+        private mappings and in shared mappings).  Prints
+        "base_kb=… end_kb=… growth_kb=… …": private memory at the first
+        sample with at least FROM captured, and at the last sample.
     pipeline.py machine DIR
         One line: CPU model, cores, memory, the disk DIR is on.
     pipeline.py table ROWS
@@ -437,6 +443,39 @@ def cmd_start(directory, calls_path):
         print(f"p50_ms= p95_ms= max_ms= n=0 missing={missing}")
 
 
+def cmd_gaps(directory, calls_path):
+    """Where a call's time goes: the median of each step between the call's
+    start, the requests for its invoice made during it, and its return."""
+    calls = read_calls(calls_path)
+    windows = {int(f[0]): (float(f[1]), float(f[2])) for f in calls}
+    logs = Logs(directory, set(windows))
+    mine = collections.defaultdict(list)
+    for server, entry, fpid in logs.entries:
+        if fpid is not None and windows[fpid][0] <= entry["received"] <= windows[fpid][1]:
+            mine[fpid].append((server, entry))
+    steps = collections.defaultdict(list)
+    order = []
+    for fpid, (t0, t1) in windows.items():
+        previous, before = t0, "the call"
+        for server, entry in mine[fpid]:
+            name = name_of(server, entry)
+            for key, value in ((f"{before} → {name}", entry["received"] - previous),
+                               (f"  {name}, received → answered",
+                                (entry["answered"] or entry["received"]) - entry["received"])):
+                if key not in steps:
+                    order.append(key)
+                steps[key].append(value * 1000)
+            previous, before = entry["answered"] or entry["received"], name
+        key = f"{before} → the call returns"
+        if key not in steps:
+            order.append(key)
+        steps[key].append((t1 - previous) * 1000)
+    for key in order:
+        values = steps[key]
+        if len(values) * 10 >= len(windows):
+            print(f"    {statistics.median(values):8.3f} ms  {key}  (n = {len(values)})")
+
+
 def cmd_memory(path, start_at):
     samples = []
     with open(path, encoding="utf-8") as handle:
@@ -444,7 +483,8 @@ def cmd_memory(path, start_at):
             fields = line.split()
             if len(fields) >= 5:
                 samples.append([float(fields[0])] + [int(x) for x in fields[1:5]]
-                               + [fields[5] if len(fields) > 5 else "?"])
+                               + [fields[5] if len(fields) > 5 else "?"]
+                               + [int(fields[6]) if len(fields) > 6 else 0])
     if not samples:
         print("base_kb= end_kb= growth_kb= samples=0")
         return
@@ -458,7 +498,8 @@ def cmd_memory(path, start_at):
           f"base_anon_kb={base[4]} end_anon_kb={end[4]} anon_growth_kb={end[4] - base[4]} "
           f"base_captured={base[1]} end_captured={end[1]} end_registered={end[2]} "
           f"peak_kb={max(s[3] for s in samples)} samples={len(samples)} "
-          f"seconds={end[0] - base[0]:.1f} pids={len({s[5] for s in samples})}")
+          f"seconds={end[0] - base[0]:.1f} pids={len({s[5] for s in samples})} "
+          f"base_shm_kb={base[6]} end_shm_kb={end[6]} shm_growth_kb={end[6] - base[6]}")
 
 
 # --------------------------------------------------------------------------
@@ -528,6 +569,7 @@ def main(argv):
         "calls": (1, lambda a: cmd_calls(a[0])),
         "durations": (1, lambda a: cmd_durations(a[0])),
         "start": (2, lambda a: cmd_start(a[0], a[1])),
+        "gaps": (2, lambda a: cmd_gaps(a[0], a[1])),
         "memory": (2, lambda a: cmd_memory(a[0], int(a[1]))),
         "machine": (1, lambda a: cmd_machine(a[0])),
         "table": (1, lambda a: cmd_table(a[0])),
