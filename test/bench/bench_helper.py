@@ -10,6 +10,10 @@
         Prints a curl config (-K) of N POSTs of a sale by_customer to URL,
         round-robin over the vault profiles PREFIX1 .. PREFIXK, each writing
         its HTTP status on a line of its own.
+    bench_helper.py invoices FIRST COUNT CUSTOMER,…
+        JSON body for the FreshPortal stand-in's POST /_standin/seed: COUNT
+        open USD invoices with ids FIRST.., numbers INV-<id>, spread round-robin
+        over the given customer ids (the stand-in's default amounts).
     bench_helper.py requests N
         Reads a stand-in's GET /_standin/requests answer on stdin and prints
         one line per method and path (numbers in the path shown as {id}):
@@ -50,6 +54,14 @@ def curl_config(url, bearer, count, customers, prefix):
     sys.stdout.write("next\n".join(out))
 
 
+def invoices(first, count, customers):
+    owners = [int(c) for c in customers.split(",")]
+    body = {"invoices": [{"id": first + i, "number": f"INV-{first + i:06d}",
+                          "customer_id": owners[i % len(owners)]}
+                         for i in range(count)]}
+    print(json.dumps(body))
+
+
 def requests(invoices):
     log = json.load(sys.stdin).get("requests", [])
     counts = collections.Counter()
@@ -71,6 +83,8 @@ def main(argv):
         token()
     elif len(argv) == 7 and argv[1] == "curl-config":
         curl_config(argv[2], argv[3], int(argv[4]), int(argv[5]), argv[6])
+    elif len(argv) == 5 and argv[1] == "invoices":
+        invoices(int(argv[2]), int(argv[3]), argv[4])
     elif len(argv) == 3 and argv[1] == "requests":
         requests(int(argv[2]))
     else:

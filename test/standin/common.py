@@ -122,8 +122,10 @@ def _plain(value):
 class Request:
     """One parsed HTTP request, independent of the socket it came from."""
 
-    def __init__(self, method, target, headers, body):
+    def __init__(self, method, target, headers, body, received=None):
         split = urllib.parse.urlsplit(target)
+        self.received = time.time() if received is None else received
+        self.log_entry = None       # set by StandinApp.handle for logged requests
         self.method = method
         self.path = split.path
         self.query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
@@ -242,6 +244,8 @@ class RequestLog:
         entry = {
             "seq": self._seq,
             "time": time.time(),
+            "received": request.received,
+            "answered": None,
             "method": request.method,
             "path": request.path,
             "query": request.query,
@@ -484,6 +488,7 @@ class StandinApp:
             return self._handle_admin(request)
         with self.lock:
             entry = self.log.record(request)
+            request.log_entry = entry
             rule = self.faults.claim(request.method, request.path)
             entry["fault"] = rule.action if rule else None
             entry["fault_name"] = rule.spec.get("name") if rule else None
@@ -539,6 +544,12 @@ class StandinApp:
     def _process(self, request):
         with self.lock:
             return self.route(request)
+
+    def answered(self, request):
+        """The last byte of the answer to a logged request has been written."""
+        if request.log_entry is not None:
+            with self.lock:
+                request.log_entry["answered"] = time.time()
 
     def route(self, request):
         handler, params = self.router.resolve(request.method, request.path)
@@ -670,6 +681,12 @@ class StandinHandler(BaseHTTPRequestHandler):
     # after the first on a kept-alive connection waits ~40 ms for a delayed ACK.
     disable_nagle_algorithm = True
 
+    def parse_request(self):
+        # Called as soon as the request line has been read: the receive time
+        # of the request log, before the headers, the body and the lock.
+        self.received = time.time()
+        return super().parse_request()
+
     def do_GET(self):
         self._serve()
 
@@ -682,7 +699,7 @@ class StandinHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.send_error(400, str(exc))
             return
-        request = Request(self.command, self.path, self.headers, body)
+        request = Request(self.command, self.path, self.headers, body, self.received)
         response = self.server.app.handle(request)
         if response.delay_after:
             self.server.app.sleep(response.delay_after)
@@ -690,6 +707,7 @@ class StandinHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._send(response)
+        self.server.app.answered(request)
 
     def _read_body(self):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

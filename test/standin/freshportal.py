@@ -203,7 +203,7 @@ class FreshPortalApp(StandinApp):
     CONFIG_DEFAULTS = {"api_keys": ["fp-test-key"], "token_ttl": 3600, "empty_as_204": True,
                        "max_per_page": 1000, "default_per_page": 100,
                        "allow_overpayment": False, "dedupe_payments": False,
-                       "ignore_payment_filters": False}
+                       "ignore_payment_filters": False, "request_delay": 0.0}
     ASCII_JSON = True           # PHP's json_encode escapes non-ASCII by default [I]
     MALFORMED_BODY = b'{"data": [ {"id": 1, '
 
@@ -220,6 +220,15 @@ class FreshPortalApp(StandinApp):
         self.payments = {}
         self.raw_ids = set()             # ("invoice"|"customer", id) stored verbatim
         self.next_payment_id = 7001
+
+    def _process(self, request):
+        # request_delay: a slow tenant.  Every API call but /v1/auth waits
+        # this long before it is processed, outside the state lock, so
+        # concurrent calls wait side by side (test/bench/pipeline).
+        delay = self.config["request_delay"]
+        if delay > 0 and request.path != "/v1/auth":
+            self.sleep(delay)
+        return super()._process(request)
 
     def state_snapshot(self):
         return {"customers": list(self.customers.values()),

@@ -466,6 +466,34 @@ def concurrency_check(c):
          f"took {elapsed:.2f}s")
 
 
+def freshportal_request_delay(c):
+    """request_delay slows every API call but /v1/auth, side by side; the log
+    has each request's receive and answer times."""
+    admin(c, "config", {"request_delay": 0.4})
+    admin(c, "requests/clear", {})
+    started = time.monotonic()
+    T.eq(c.post("/v1/auth", {"username": "fp-test-key", "type": "api"}).status, 200,
+         "fp: request_delay: auth still answers")
+    T.ok(time.monotonic() - started < 0.3, "fp: request_delay leaves /v1/auth undelayed")
+    other = Client(c.port, c.context, c.token)
+    worker = threading.Thread(target=other.get, args=("/v1/customers/2",))
+    started = time.monotonic()
+    worker.start()
+    reply = c.get("/v1/customers/1")
+    worker.join()
+    elapsed = time.monotonic() - started
+    other.close()
+    T.ok(reply.status == 200 and 0.38 <= elapsed < 0.75,
+         "fp: request_delay delays API calls, two of them side by side", f"took {elapsed:.2f}s")
+    admin(c, "config", {"request_delay": 0.0})
+    log = admin(c, "requests")["requests"]
+    T.ok(len(log) == 3 and all(e["received"] <= e["time"] <= e["answered"] for e in log),
+         "fp: the request log has received <= time <= answered", log)
+    slow = [e["answered"] - e["received"] for e in log if e["path"] != "/v1/auth"]
+    T.ok(len(slow) == 2 and all(0.38 <= s < 0.75 for s in slow),
+         "fp: answered - received spans the delay", slow)
+
+
 def freshportal_faults_and_tokens(c, token):
     admin(c, "config", {"dedupe_payments": False})
     admin(c, "seed", {"invoices": [{"id": 400, "amount_excl_vat": "100000.00"}]})
@@ -494,6 +522,7 @@ def test_freshportal(tls=None, context=None):
         freshportal_seeding(c)
         freshportal_payments(c)
         concurrency_check(c)
+        freshportal_request_delay(c)
         freshportal_faults_and_tokens(c, c.token)
         admin(c, "faults", {"rules": [], "seed": 99})
         admin(c, "reset", {})
