@@ -33,6 +33,7 @@
 #include "utils/builtins.h"
 
 #include "administration.h"
+#include "spi_txn.h"
 #include "http.h"
 
 #define SECRET_FILE_MAX 8192
@@ -136,20 +137,17 @@ administration_load(const char *name, MemoryContext context)
 	MemoryContext caller = MemoryContextSwitchTo(context);
 	char	   *stored_key;
 	char	   *stored_password;
-	int			rc;
+	int64		rc;
 
 	SPI_connect();
-	rc = SPI_execute_with_args(
-		"SELECT a.freshportal_url, a.paytrace_url, a.paytrace_username,"
-		"       a.paytrace_integrator_id, s.freshportal_api_key, s.paytrace_password"
-		"  FROM freshpay.administrations a"
-		"  JOIN freshpay.administration_secrets s"
-		"    ON s.administration OPERATOR(pg_catalog.=) a.name"
-		" WHERE a.name OPERATOR(pg_catalog.=) $1",
-		1, &argtype, &arg, NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read administration \"%s\": %s", name, SPI_result_code_string(rc));
-	if (SPI_processed == 0)
+	rc = fp_spi_run("SELECT a.freshportal_url, a.paytrace_url, a.paytrace_username,"
+					"       a.paytrace_integrator_id, s.freshportal_api_key, s.paytrace_password"
+					"  FROM freshpay.administrations a"
+					"  JOIN freshpay.administration_secrets s"
+					"    ON s.administration OPERATOR(pg_catalog.=) a.name"
+					" WHERE a.name OPERATOR(pg_catalog.=) $1",
+					1, &argtype, &arg, NULL, SPI_OK_SELECT);
+	if (rc == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("administration \"%s\" does not exist", name),

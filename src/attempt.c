@@ -9,9 +9,10 @@
  *
  *	  START      a transaction checks the call against local data (plan.c);
  *	             for a collect_invoice job, first whether it still applies
- *	  REREAD     GET the invoice from FreshPortal (captures, authorizations)
- *	  LOOKUP     what PayTrace already holds for the invoice (sales,
- *	             authorizations), or whether the target of a void settled
+ *	  READING    at once: GET the invoice from FreshPortal (captures,
+ *	             authorizations) and ask PayTrace what it already holds for
+ *	             the invoice (sales, authorizations) or whether the target
+ *	             of a void settled; judged in that order once both answered
  *	  RECORD     when PayTrace has room: the token, then one transaction
  *	             locks the invoice, checks again, inserts the payment as
  *	             'pending' and queues its resolve job; COMMIT; the request
@@ -293,8 +294,7 @@ mark_unknown(int64 payment_id, const char *why)
 typedef enum MoneyState
 {
 	MONEY_START,
-	MONEY_REREAD,
-	MONEY_LOOKUP,
+	MONEY_READING,				/* the re-read and the lookup, both in flight */
 	MONEY_RECORD,
 	MONEY_SENT
 } MoneyState;
@@ -307,8 +307,12 @@ typedef struct Pending
 	MoneyCall	call;
 	CallPlan	plan;
 	Administration *admin;
-	FpCall	   *reread;
-	PtQuery    *lookup;
+	FpCall	   *reread;			/* FreshPortal's invoice; NULL when not asked */
+	PtQuery    *lookup;			/* PayTrace's export; NULL when not asked */
+	FpInvoice  *remote;			/* the re-read's answer */
+	List	   *found;			/* the lookup's answer */
+	bool		reread_done;
+	bool		lookup_done;
 	PtRequest	request;
 	int64		payment_id;
 } Pending;
@@ -440,56 +444,50 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 		case MONEY_START:
 			if (!start_call(f, p))
 				return FLOW_DONE;
+
+			/*
+			 * The re-read and the lookup are both reads, and neither needs
+			 * the other's answer: both go at once.  Their answers are
+			 * judged in the protocol's order once both are in.
+			 */
 			if (p->plan.op == MONEY_CAPTURE || p->plan.op == MONEY_AUTHORIZE)
 			{
 				p->reread = freshportal_get_invoice_call(p->admin, p->plan.freshportal_invoice_id);
 				freshportal_send(p->reread, f, f->priority);
-				p->state = MONEY_REREAD;
-				return FLOW_WAITING;
+				/* PayTrace's holdings for the invoice, before a new sale or authorization. */
+				if (p->plan.operation != PT_CAPTURE)
+					p->lookup = paytrace_export_by_date_range_query(p->admin, p->plan.invoice_date - 1,
+																	fp_date_of(GetCurrentTimestamp()) + 1,
+																	p->plan.invoice_number);
 			}
-			if (p->plan.operation == PT_VOID)
-			{
+			else if (p->plan.operation == PT_VOID)
 				/* PayTrace's word on whether the target settled, which the local row may not know. */
 				p->lookup = paytrace_export_by_id_query(p->admin, p->plan.parent_transaction_id);
+			if (p->lookup != NULL)
 				paytrace_send(p->lookup, f, f->priority);
-				p->state = MONEY_LOOKUP;
+			p->reread_done = p->reread == NULL;
+			p->lookup_done = p->lookup == NULL;
+			p->state = MONEY_READING;
+			if (!p->reread_done || !p->lookup_done)
 				return FLOW_WAITING;
-			}
-			p->state = MONEY_RECORD;
 			break;
 
-		case MONEY_REREAD:
-			if (!freshportal_answered(p->reread, response, f, f->priority))
-				return FLOW_WAITING;
-			plan_check_invoice(&p->plan, freshportal_invoice_of(p->reread, response), p->call.has_amount);
-			if (p->plan.operation == PT_CAPTURE)
+		case MONEY_READING:
+			if (p->reread != NULL && freshportal_answers(p->reread, response))
 			{
-				p->state = MONEY_RECORD;
-				break;
+				if (freshportal_answered(p->reread, response, f, f->priority))
+				{
+					p->remote = freshportal_invoice_of(p->reread, response);
+					p->reread_done = true;
+				}
 			}
-			p->lookup = paytrace_export_by_date_range_query(p->admin, p->plan.invoice_date - 1,
-															fp_date_of(GetCurrentTimestamp()) + 1,
-															p->plan.invoice_number);
-			paytrace_send(p->lookup, f, f->priority);
-			p->state = MONEY_LOOKUP;
-			return FLOW_WAITING;
-
-		case MONEY_LOOKUP:
-			if (!paytrace_answered(p->lookup, response, f, f->priority))
-				return FLOW_WAITING;
-			if (p->plan.operation != PT_VOID)
-				lookup_before_charge(p->admin, &p->plan, paytrace_export_of(p->lookup, response));
-			else if (target_is_settled(p->admin, &p->plan, paytrace_export_of(p->lookup, response)))
+			else if (paytrace_answered(p->lookup, response, f, f->priority))
 			{
-				/* The local row did not know yet: a reversal becomes a refund. */
-				if (p->plan.op != MONEY_REVERSE)
-					fp_refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-							  "Refund it with freshpay_refund() instead.",
-							  "payment " INT64_FORMAT " is settled and cannot be voided", p->plan.parent_id);
-				p->plan.kind = "refund";
-				p->plan.operation = PT_REFUND;
+				p->found = paytrace_export_of(p->lookup, response);
+				p->lookup_done = true;
 			}
-			p->state = MONEY_RECORD;
+			if (!p->reread_done || !p->lookup_done)
+				return FLOW_WAITING;
 			break;
 
 		case MONEY_RECORD:
@@ -497,6 +495,25 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 			break;
 	}
 
+	if (p->state == MONEY_READING)
+	{
+		/* Both answers are in: FreshPortal's first, then PayTrace's. */
+		if (p->remote != NULL)
+			plan_check_invoice(&p->plan, p->remote, p->call.has_amount);
+		if (p->lookup != NULL && p->plan.operation != PT_VOID)
+			lookup_before_charge(p->admin, &p->plan, p->found);
+		else if (p->lookup != NULL && target_is_settled(p->admin, &p->plan, p->found))
+		{
+			/* The local row did not know yet: a reversal becomes a refund. */
+			if (p->plan.op != MONEY_REVERSE)
+				fp_refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+						  "Refund it with freshpay_refund() instead.",
+						  "payment " INT64_FORMAT " is settled and cannot be voided", p->plan.parent_id);
+			p->plan.kind = "refund";
+			p->plan.operation = PT_REFUND;
+		}
+		p->state = MONEY_RECORD;
+	}
 	Assert(p->state == MONEY_RECORD);
 	if (!http_has_room("PayTrace"))
 		return FLOW_PARKED;

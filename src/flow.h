@@ -40,6 +40,7 @@ typedef enum FlowStep
 typedef struct Flow
 {
 	FlowKind	kind;
+	uint64		serial;			/* tells a flow from a later one at the same address */
 	MemoryContext context;		/* everything of the flow; deleted when it ends */
 	int			priority;
 	Job			job;			/* job.id 0: a money call from the mailbox */

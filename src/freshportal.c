@@ -279,6 +279,13 @@ freshportal_send(FpCall *c, void *owner, int priority)
 	(void) http_start(fp_request(c), owner, priority);
 }
 
+/* Worker: is this the answer to call (a flow may have another call in flight)? */
+bool
+freshportal_answers(const FpCall *c, const HttpResponse *response)
+{
+	return response->request == &c->request;
+}
+
 /*
  * Worker: did the transfer bring the call's answer?  False when it was sent
  * again (a renewed token): wait for the next answer.

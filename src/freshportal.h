@@ -134,6 +134,7 @@ extern FpCall *freshportal_reverse_call(const Administration *admin, int64 payme
 										const char *reason, const char *provider_transaction_id,
 										DateADT date);
 extern void freshportal_send(FpCall *call, void *owner, int priority);
+extern bool freshportal_answers(const FpCall *call, const HttpResponse *response);
 extern bool freshportal_answered(FpCall *call, const HttpResponse *response, void *owner,
 								 int priority);
 extern FpInvoice *freshportal_invoice_of(FpCall *call, const HttpResponse *response);

@@ -460,6 +460,7 @@ http_perform(const HttpRequest *request, HttpResponse *response)
 		http_transfer_setup(handle, request, &buf, errbuf, headers);
 		code = curl_easy_perform(handle);
 		http_transfer_collect(handle, code, &buf, errbuf, response);
+		response->request = request;
 	}
 	PG_FINALLY();
 	{

@@ -44,6 +44,7 @@ typedef struct HttpResponse
 	char	   *body;			/* palloc'd, NUL-terminated */
 	size_t		body_len;
 	int			retry_after;	/* seconds from Retry-After, or -1 */
+	const HttpRequest *request; /* what http_start was given: tells answers apart */
 	char		error[CURL_ERROR_SIZE]; /* libcurl's explanation */
 } HttpResponse;
 
@@ -53,6 +54,7 @@ typedef struct HttpTransfer HttpTransfer;
 extern void http_perform(const HttpRequest *request, HttpResponse *response);
 extern HttpTransfer *http_start(const HttpRequest *request, void *owner, int priority);
 extern bool http_has_room(const char *service);
+extern void http_cancel(void *owner);
 extern int	http_in_flight(void);
 extern bool http_drive(long timeout_ms);
 extern bool http_finished(HttpResponse *response, void **owner);

@@ -36,6 +36,7 @@ struct HttpTransfer
 	BodyBuffer	buf;
 	char		error[CURL_ERROR_SIZE];
 	void	   *owner;
+	const HttpRequest *request; /* the caller's, living as long as the transfer */
 	HttpTransfer *next;
 	int			service;		/* HTTP_SERVICE_* */
 	char		administration[NAMEDATALEN];
@@ -167,7 +168,8 @@ promote_queued(void)
 
 /*
  * Start request without waiting; owner comes back with the response from
- * http_finished.  When its API already has freshpay.max_parallel_requests
+ * http_finished (and request, which must live as long as the transfer, in
+ * response->request).  When its API already has freshpay.max_parallel_requests
  * in flight the request waits in a queue (priority: higher first) and
  * leaves as soon as one of them ends.  Policy violations raise before
  * anything is sent.
@@ -203,6 +205,7 @@ http_start(const HttpRequest *request, void *owner, int priority)
 				 errmsg("could not create a libcurl handle")));
 	}
 	t->owner = owner;
+	t->request = request;
 	t->service = service_of(request->service);
 	strlcpy(t->administration, request->administration ? request->administration : "",
 			sizeof(t->administration));
@@ -227,6 +230,26 @@ http_start(const HttpRequest *request, void *owner, int priority)
 	}
 	PG_END_TRY();
 	return t;
+}
+
+/*
+ * Drop every transfer of owner still in flight or queued (a flow that
+ * ended while a read of it was out); its answers are never looked at.
+ */
+void
+http_cancel(void *owner)
+{
+	HttpTransfer *t = transfers;
+
+	while (t != NULL)
+	{
+		HttpTransfer *next = t->next;
+
+		if (t->owner == owner)
+			transfer_free(t);
+		t = next;
+	}
+	promote_queued();
 }
 
 /* May a request to service leave now, without waiting in the queue? */
@@ -358,6 +381,7 @@ http_finished(HttpResponse *response, void **owner)
 		PG_TRY();
 		{
 			http_transfer_collect(t->handle, msg->data.result, &t->buf, t->error, response);
+			response->request = t->request;
 		}
 		PG_FINALLY();
 		{

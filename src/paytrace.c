@@ -300,6 +300,13 @@ paytrace_send(PtQuery *c, void *owner, int priority)
 	(void) http_start(pt_query_request(c), owner, priority);
 }
 
+/* Worker: is this the answer to query (it may have another call in flight)? */
+bool
+paytrace_answers(const PtQuery *query, const HttpResponse *response)
+{
+	return response->request == &query->request;
+}
+
 /* Worker: did the transfer bring the answer?  False when it was sent again. */
 bool
 paytrace_answered(PtQuery *c, const HttpResponse *response, void *owner, int priority)
@@ -531,14 +538,14 @@ paytrace_start(const Administration *admin, const PtRequest *request, void *owne
 	uint32		hash = credential_hash(admin);
 	char		cached[FRESHPAY_TOKEN_MAX + 1];
 	char	   *token;
-	HttpRequest http;
+	HttpRequest *http = palloc0(sizeof(HttpRequest));
 
 	if (token_cache_lookup(admin->name, REMOTE_PAYTRACE, hash, cached, sizeof(cached)))
 		token = cached;
 	else
 		token = pt_authenticate(admin, hash);
-	pt_request(admin, call_of(request->operation)->path, money_fields(request), false, token, &http);
-	return http_start(&http, owner, priority);
+	pt_request(admin, call_of(request->operation)->path, money_fields(request), false, token, http);
+	return http_start(http, owner, priority);
 }
 
 /*

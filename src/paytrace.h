@@ -125,6 +125,7 @@ extern PtQuery *paytrace_export_by_id_query(const Administration *admin, int64 t
 extern PtQuery *paytrace_export_by_date_range_query(const Administration *admin, DateADT start,
 													DateADT end, const char *including_text);
 extern void paytrace_send(PtQuery *query, void *owner, int priority);
+extern bool paytrace_answers(const PtQuery *query, const HttpResponse *response);
 extern bool paytrace_answered(PtQuery *query, const HttpResponse *response, void *owner,
 							  int priority);
 extern List *paytrace_export_of(PtQuery *query, const HttpResponse *response);

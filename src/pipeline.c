@@ -48,6 +48,7 @@
 #define CLAIM_IDLE_MS 1000L
 
 static List *flows = NIL;		/* every flow, in TopMemoryContext */
+static uint64 next_serial = 1;
 static List *parked = NIL;		/* flows waiting for room at PayTrace, oldest first */
 static int	job_flows = 0;
 static TimestampTz next_claim_at = 0;
@@ -61,6 +62,7 @@ flow_new(FlowKind kind, int priority, const Job *job)
 	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
 	f->kind = kind;
+	f->serial = next_serial++;
 	f->context = context;
 	f->priority = priority;
 	if (job != NULL)
@@ -130,6 +132,8 @@ flow_step(Flow *f, const HttpResponse *response)
 		return;
 
 	follow = f->follow;
+	/* A read of it may still be out (its other answer made it fail). */
+	http_cancel(f);
 	flows = list_delete_ptr(flows, f);
 	if (f->job.id != 0)
 		job_flows--;
@@ -151,7 +155,8 @@ static int
 harvest(void)
 {
 	HttpResponse *responses = NULL;
-	void	  **owners = NULL;
+	Flow	  **owners = NULL;
+	uint64	   *serials = NULL;
 	int			n = 0;
 	int			size = 0;
 
@@ -167,17 +172,23 @@ harvest(void)
 			size = Max(16, 2 * size);
 			responses = responses ? repalloc(responses, size * sizeof(HttpResponse))
 				: palloc(size * sizeof(HttpResponse));
-			owners = owners ? repalloc(owners, size * sizeof(void *)) : palloc(size * sizeof(void *));
+			owners = owners ? repalloc(owners, size * sizeof(Flow *)) : palloc(size * sizeof(Flow *));
+			serials = serials ? repalloc(serials, size * sizeof(uint64)) : palloc(size * sizeof(uint64));
 		}
 		responses[n] = response;
 		owners[n] = owner;
+		serials[n] = owners[n]->serial;
 		n++;
 	}
 	if (n == 0)
 		return 0;
 	resume_parked();
 	for (int i = 0; i < n; i++)
-		flow_step((Flow *) owners[i], &responses[i]);
+	{
+		/* A flow that ended meanwhile (its other answer failed it) gets no more. */
+		if (list_member_ptr(flows, owners[i]) && owners[i]->serial == serials[i])
+			flow_step(owners[i], &responses[i]);
+	}
 	return n;
 }
 

@@ -132,6 +132,11 @@ http_has_room(const char *service)
 	return true;
 }
 
+void
+http_cancel(void *owner)
+{
+}
+
 bool
 http_finished(HttpResponse *response, void **owner)
 {
