@@ -84,17 +84,23 @@ amount_argument(FunctionCallInfo fcinfo, int argno, MoneyCall *call)
 static Datum
 payment_row(int64 payment_id, char **status)
 {
+	static SPIPlanPtr plan = NULL;	/* kept for the session */
 	Oid			types[] = {INT8OID};
 	Datum		values[] = {Int64GetDatum(payment_id)};
-	SPIPlanPtr	plan;
 	Datum		row;
 	bool		isnull;
 
 	SPI_connect();
-	plan = SPI_prepare("SELECT p, p.status FROM freshpay.payments p WHERE p.id OPERATOR(pg_catalog.=) $1",
-					   1, types);
-	if (plan == NULL ||
-		SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+	if (plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare("SELECT p, p.status FROM freshpay.payments p"
+										   " WHERE p.id OPERATOR(pg_catalog.=) $1", 1, types);
+
+		if (prepared == NULL || SPI_keepplan(prepared) != 0)
+			elog(ERROR, "could not prepare the payment's statement");
+		plan = prepared;
+	}
+	if (SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
 							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "payment " INT64_FORMAT " recorded by the worker cannot be read", payment_id);
 	row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

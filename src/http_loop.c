@@ -104,10 +104,16 @@ release_transfers(int code, Datum arg)
 	}
 }
 
-/* Put a transfer into the multi handle: it is in flight from now on. */
+/*
+ * Put a transfer into the multi handle: it is in flight from now on, and
+ * libcurl starts it at once (connection, request) rather than at the
+ * worker's next wait.
+ */
 static void
 transfer_activate(HttpTransfer *t)
 {
+	int			running;
+
 	if (curl_multi_add_handle(multi, t->handle) != CURLM_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
@@ -115,6 +121,7 @@ transfer_activate(HttpTransfer *t)
 	t->active = true;
 	queued_count[t->service]--;
 	active_count[t->service]++;
+	curl_multi_perform(multi, &running);
 }
 
 /* In flight for this administration and service. */

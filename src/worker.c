@@ -62,6 +62,9 @@
 /* Longest idle wait: settings and the extension's existence are rechecked. */
 #define WORKER_IDLE_TIMEOUT_MS (10 * 1000L)
 
+/* While serving, how often the worker makes sure the extension is still there. */
+#define WORKER_READY_RECHECK_MS 1000
+
 /* Under load, how often the pipeline pauses for the due pass and pruning. */
 #define WORKER_TIMERS_MS (1000L)
 
@@ -224,12 +227,26 @@ worker_start(const char *name)
 	SetConfigOption("lock_timeout", WORKER_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
 }
 
+/*
+ * Serving, and the extension was found ready less than a second ago: skip
+ * the check (a transaction) on this wake-up, so that a money call does not
+ * wait for it.  A dropped or outdated extension is noticed within a second.
+ */
+static bool
+checked_recently(bool recovered, TimestampTz last_check)
+{
+	return recovered &&
+		!TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), WORKER_READY_RECHECK_MS);
+}
+
 void
 freshpay_worker_main(Datum main_arg)
 {
 	MemoryContext loop_context;
 	TimestampTz last_prune = 0;
 	TimestampTz last_due_pass = 0;
+	TimestampTz last_ready_check = 0;
+	bool		ready = false;
 	bool		recovered = false;
 
 	worker_start("freshpay worker");
@@ -247,7 +264,12 @@ freshpay_worker_main(Datum main_arg)
 		CHECK_FOR_INTERRUPTS();
 		reload_settings_if_asked();
 
-		if (freshpay_worker_enabled && extension_ready())
+		if (freshpay_worker_enabled && !checked_recently(recovered, last_ready_check))
+		{
+			ready = extension_ready();
+			last_ready_check = GetCurrentTimestamp();
+		}
+		if (freshpay_worker_enabled && ready)
 		{
 			if (!recovered)
 			{
