@@ -35,17 +35,13 @@
 #include "utils/timestamp.h"
 
 #include "mailbox.h"
-#include "payments.h"
 #include "paytrace.h"
 #include "settings.h"
 #include "spi_txn.h"
 #include "sync_progress.h"
 #include "sync.h"
-
-/* How far back PayTrace's transactions are re-read for status changes. */
-#define PAYTRACE_LOOKBACK_DAYS 14
-/* How far back settlement batches are re-read. */
-#define SETTLEMENT_LOOKBACK_DAYS 35
+#include "sync_paytrace.h"
+#include "sync_state.h"
 
 /* 1970-01-01 00:00:00 UTC: "since the beginning" for a first, full pull. */
 #define SYNC_EPOCH ((TimestampTz) -INT64CONST(946684800000000))
@@ -213,60 +209,6 @@ upsert_item(const Administration *admin, FpStream stream, SyncPlans *plans,
 		counts->inserted++;
 }
 
-/* Lock this stream's cursor row (creating it on first use) and read it. */
-static bool
-cursor_lock_and_read(const char *administration, const char *stream, TimestampTz *cursor)
-{
-	Oid			types[] = {TEXTOID, TEXTOID};
-	Datum		values[] = {CStringGetTextDatum(administration), CStringGetTextDatum(stream)};
-	bool		isnull;
-	int			rc;
-
-	rc = SPI_execute_with_args(
-		"INSERT INTO freshpay.sync_state (administration, stream) VALUES ($1, $2)"
-		" ON CONFLICT (administration, stream) DO NOTHING",
-		2, types, values, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "could not create the sync cursor: %s", SPI_result_code_string(rc));
-	rc = SPI_execute_with_args(
-		"SELECT cursor FROM freshpay.sync_state"
-		" WHERE administration OPERATOR(pg_catalog.=) $1"
-		"   AND stream OPERATOR(pg_catalog.=) $2"
-		" FOR UPDATE",
-		2, types, values, NULL, false, 1);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not lock the sync cursor: %s", SPI_result_code_string(rc));
-	*cursor = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 1, &isnull));
-	return !isnull;
-}
-
-static void
-cursor_store(const char *administration, const char *stream,
-			 bool has_cursor, TimestampTz cursor, const SyncCounts *counts)
-{
-	Oid			types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID};
-	Datum		values[] = {
-		CStringGetTextDatum(administration), CStringGetTextDatum(stream),
-		TimestampTzGetDatum(cursor), Int64GetDatum(counts->fetched),
-		Int64GetDatum(counts->inserted), Int64GetDatum(counts->updated)
-	};
-	char		nulls[] = {' ', ' ', has_cursor ? ' ' : 'n', ' ', ' ', ' '};
-	int			rc;
-
-	/* A pull that saw no server time (only empty answers) keeps its cursor. */
-	rc = SPI_execute_with_args(
-		"UPDATE freshpay.sync_state"
-		"   SET cursor = COALESCE($3, cursor),"
-		"       last_synced_at = pg_catalog.now(),"
-		"       last_fetched = $4, last_inserted = $5, last_updated = $6"
-		" WHERE administration OPERATOR(pg_catalog.=) $1"
-		"   AND stream OPERATOR(pg_catalog.=) $2",
-		6, types, values, nulls, false, 0);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "could not store the sync cursor: %s", SPI_result_code_string(rc));
-}
-
 /* Invoices whose customer arrived after them get linked now. */
 static void
 link_orphan_invoices(const char *administration)
@@ -335,7 +277,7 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts,
 
 	if (own_transactions)
 		caller = fp_txn_begin();
-	if (cursor_lock_and_read(admin->name, stream_name, &cursor))
+	if (sync_state_lock(admin->name, stream_name, &cursor))
 		since = cursor - (TimestampTz) freshpay_sync_overlap * USECS_PER_SEC;
 	else
 		since = SYNC_EPOCH;
@@ -413,8 +355,8 @@ pull_stream(const Administration *admin, FpStream stream, SyncCounts *counts,
 	if (stream == FP_STREAM_INVOICES)
 		link_orphan_invoices(admin->name);
 	if (own_transactions)
-		(void) cursor_lock_and_read(admin->name, stream_name, &cursor);
-	cursor_store(admin->name, stream_name, has_next_cursor, next_cursor, counts);
+		(void) sync_state_lock(admin->name, stream_name, &cursor);
+	sync_state_store(admin->name, stream_name, has_next_cursor, next_cursor, counts);
 	if (own_transactions)
 		fp_txn_commit(caller);
 }
@@ -456,108 +398,6 @@ sync_freshportal_stream_paged(const Administration *admin, FpStream stream)
 		sync_progress_end();
 	}
 	PG_END_TRY();
-	return counts;
-}
-
-/* Record a pull of a stream without a cursor (the PayTrace ones). */
-static void
-stream_record(const char *administration, const char *stream, const SyncCounts *counts)
-{
-	TimestampTz no_cursor;
-
-	(void) cursor_lock_and_read(administration, stream, &no_cursor);
-	cursor_store(administration, stream, false, 0, counts);
-}
-
-/*
- * PayTrace → freshpay.payments: statuses changed outside freshpay (voids in
- * PayTrace's terminal, settlements, ACH declines) and transactions freshpay
- * did not make, over a look-back window; each change follows to FreshPortal
- * through the usual jobs.  There is no cursor: the window is re-read, and
- * applying a transaction twice changes nothing.
- */
-List *
-sync_paytrace_fetch(const Administration *admin)
-{
-	DateADT		today = fp_date_of(GetCurrentTimestamp());
-
-	return paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS, today + 1, NULL);
-}
-
-SyncCounts
-sync_paytrace_apply(const Administration *admin, List *transactions)
-{
-	SyncCounts	counts = {0};
-	ListCell   *lc;
-
-	SPI_connect();
-	foreach(lc, transactions)
-	{
-		char		change = payments_apply_paytrace(admin->name, lfirst(lc));
-
-		counts.fetched++;
-		counts.inserted += change == 'i';
-		counts.updated += change == 'u';
-	}
-	stream_record(admin->name, "paytrace_transactions", &counts);
-	SPI_finish();
-	return counts;
-}
-
-/* PayTrace's settlement batches → freshpay.settlements. */
-List *
-sync_settlements_fetch(const Administration *admin)
-{
-	DateADT		today = fp_date_of(GetCurrentTimestamp());
-
-	return paytrace_export_batches(admin, today - SETTLEMENT_LOOKBACK_DAYS, today + 1);
-}
-
-SyncCounts
-sync_settlements_apply(const Administration *admin, List *batches)
-{
-	SyncCounts	counts = {0};
-	ListCell   *lc;
-	Oid			types[] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT4OID, NUMERICOID, NUMERICOID,
-	NUMERICOID, JSONBOID};
-
-	SPI_connect();
-	foreach(lc, batches)
-	{
-		PtBatch    *b = lfirst(lc);
-		Datum		values[] = {CStringGetTextDatum(admin->name), Int32GetDatum(b->number),
-			TimestampTzGetDatum(b->settled_at), Int32GetDatum(b->transaction_count),
-		b->sales_amount, b->refund_amount, b->net_amount, b->raw};
-		char		nulls[] = {' ', ' ', b->has_settled_at ? ' ' : 'n', ' ', ' ', ' ', ' ', ' '};
-		int			rc;
-
-		counts.fetched++;
-		rc = SPI_execute_with_args(
-			"INSERT INTO freshpay.settlements AS s"
-			" (administration, batch_number, settled_at, transaction_count, sales_amount,"
-			"  refund_amount, net_amount, raw, synced_at)"
-			" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, pg_catalog.now())"
-			" ON CONFLICT (administration, batch_number) DO UPDATE"
-			"   SET settled_at = EXCLUDED.settled_at, transaction_count = EXCLUDED.transaction_count,"
-			"       sales_amount = EXCLUDED.sales_amount, refund_amount = EXCLUDED.refund_amount,"
-			"       net_amount = EXCLUDED.net_amount, raw = EXCLUDED.raw, synced_at = EXCLUDED.synced_at"
-			"   WHERE s.raw IS DISTINCT FROM EXCLUDED.raw"
-			" RETURNING (s.xmax OPERATOR(pg_catalog.=) 0)",
-			8, types, values, nulls, false, 0);
-		if (rc != SPI_OK_INSERT_RETURNING)
-			elog(ERROR, "could not store settlement batch %d: %s", b->number, SPI_result_code_string(rc));
-		if (SPI_processed == 1)
-		{
-			bool		isnull;
-
-			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-				counts.inserted++;
-			else
-				counts.updated++;
-		}
-	}
-	stream_record(admin->name, "settlements", &counts);
-	SPI_finish();
 	return counts;
 }
 

@@ -54,6 +54,7 @@
 #include "settings.h"
 #include "spi_txn.h"
 #include "sync.h"
+#include "sync_paytrace.h"
 #include "worker.h"
 
 /* How long the worker waits for a row lock before trying again later. */

@@ -1,0 +1,122 @@
+/*-------------------------------------------------------------------------
+ *
+ * sync_paytrace.c
+ *	  The PayTrace pull: PayTrace's transactions into freshpay.payments
+ *	  (payments.c applies each), its settlement batches into
+ *	  freshpay.settlements.
+ *
+ * Fetching and applying are separate calls, so that the worker makes the
+ * request without a transaction open and applies the answer in a short
+ * one; freshpay_sync() does both in the caller's transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "payments.h"
+#include "paytrace.h"
+#include "spi_txn.h"
+#include "sync_paytrace.h"
+#include "sync_state.h"
+
+/* How far back PayTrace's transactions are re-read for status changes. */
+#define PAYTRACE_LOOKBACK_DAYS 14
+/* How far back settlement batches are re-read. */
+#define SETTLEMENT_LOOKBACK_DAYS 35
+
+/*
+ * PayTrace → freshpay.payments: statuses changed outside freshpay (voids in
+ * PayTrace's terminal, settlements, ACH declines) and transactions freshpay
+ * did not make, over a look-back window; each change follows to FreshPortal
+ * through the usual jobs.  There is no cursor: the window is re-read, and
+ * applying a transaction twice changes nothing.
+ */
+List *
+sync_paytrace_fetch(const Administration *admin)
+{
+	DateADT		today = fp_date_of(GetCurrentTimestamp());
+
+	return paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS, today + 1, NULL);
+}
+
+SyncCounts
+sync_paytrace_apply(const Administration *admin, List *transactions)
+{
+	SyncCounts	counts = {0};
+	ListCell   *lc;
+
+	SPI_connect();
+	foreach(lc, transactions)
+	{
+		char		change = payments_apply_paytrace(admin->name, lfirst(lc));
+
+		counts.fetched++;
+		counts.inserted += change == 'i';
+		counts.updated += change == 'u';
+	}
+	sync_state_record(admin->name, "paytrace_transactions", &counts);
+	SPI_finish();
+	return counts;
+}
+
+/* PayTrace's settlement batches → freshpay.settlements. */
+List *
+sync_settlements_fetch(const Administration *admin)
+{
+	DateADT		today = fp_date_of(GetCurrentTimestamp());
+
+	return paytrace_export_batches(admin, today - SETTLEMENT_LOOKBACK_DAYS, today + 1);
+}
+
+SyncCounts
+sync_settlements_apply(const Administration *admin, List *batches)
+{
+	SyncCounts	counts = {0};
+	ListCell   *lc;
+	Oid			types[] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT4OID, NUMERICOID, NUMERICOID,
+	NUMERICOID, JSONBOID};
+
+	SPI_connect();
+	foreach(lc, batches)
+	{
+		PtBatch    *b = lfirst(lc);
+		Datum		values[] = {CStringGetTextDatum(admin->name), Int32GetDatum(b->number),
+			TimestampTzGetDatum(b->settled_at), Int32GetDatum(b->transaction_count),
+		b->sales_amount, b->refund_amount, b->net_amount, b->raw};
+		char		nulls[] = {' ', ' ', b->has_settled_at ? ' ' : 'n', ' ', ' ', ' ', ' ', ' '};
+		int			rc;
+
+		counts.fetched++;
+		rc = SPI_execute_with_args(
+			"INSERT INTO freshpay.settlements AS s"
+			" (administration, batch_number, settled_at, transaction_count, sales_amount,"
+			"  refund_amount, net_amount, raw, synced_at)"
+			" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, pg_catalog.now())"
+			" ON CONFLICT (administration, batch_number) DO UPDATE"
+			"   SET settled_at = EXCLUDED.settled_at, transaction_count = EXCLUDED.transaction_count,"
+			"       sales_amount = EXCLUDED.sales_amount, refund_amount = EXCLUDED.refund_amount,"
+			"       net_amount = EXCLUDED.net_amount, raw = EXCLUDED.raw, synced_at = EXCLUDED.synced_at"
+			"   WHERE s.raw IS DISTINCT FROM EXCLUDED.raw"
+			" RETURNING (s.xmax OPERATOR(pg_catalog.=) 0)",
+			8, types, values, nulls, false, 0);
+		if (rc != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not store settlement batch %d: %s", b->number, SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+
+			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+				counts.inserted++;
+			else
+				counts.updated++;
+		}
+	}
+	sync_state_record(admin->name, "settlements", &counts);
+	SPI_finish();
+	return counts;
+}

@@ -1,0 +1,21 @@
+/*-------------------------------------------------------------------------
+ *
+ * sync_paytrace.h
+ *	  Pulling PayTrace's transactions and settlement batches.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FRESHPAY_SYNC_PAYTRACE_H
+#define FRESHPAY_SYNC_PAYTRACE_H
+
+#include "nodes/pg_list.h"
+
+#include "administration.h"
+#include "sync_state.h"
+
+extern List *sync_paytrace_fetch(const Administration *admin);
+extern SyncCounts sync_paytrace_apply(const Administration *admin, List *transactions);
+extern List *sync_settlements_fetch(const Administration *admin);
+extern SyncCounts sync_settlements_apply(const Administration *admin, List *batches);
+
+#endif							/* FRESHPAY_SYNC_PAYTRACE_H */
