@@ -9,10 +9,10 @@
  *
  *	  START      a transaction checks the call against local data (plan.c);
  *	             for a collect_invoice job, first whether it still applies
- *	  READING    at once: GET the invoice from FreshPortal (captures,
- *	             authorizations) and ask PayTrace what it already holds for
- *	             the invoice (sales, authorizations) or whether the target
- *	             of a void settled; judged in that order once both answered
+ *	  READING    GET the invoice from FreshPortal (captures,
+ *	             authorizations); once it passed the checks, ask PayTrace
+ *	             what it already holds for the invoice (sales,
+ *	             authorizations); or, for a void, whether its target settled
  *	  RECORD     when PayTrace has room: the token, then one transaction
  *	             locks the invoice, checks again, inserts the payment as
  *	             'pending' and queues its resolve job; COMMIT; the request
@@ -72,7 +72,8 @@
 static int64
 record_attempt(const CallPlan *plan, const char *requested_by)
 {
-	Oid			types[] = {TEXTOID, INT8OID, INT8OID, TEXTOID, INT8OID, NUMERICOID, TEXTOID, TEXTOID};
+	Oid			types[] = {TEXTOID, INT8OID, INT8OID, TEXTOID, INT8OID, NUMERICOID, TEXTOID, TEXTOID,
+	TEXTOID, TIMESTAMPTZOID};
 	Datum		values[] = {
 		CStringGetTextDatum(plan->administration),
 		Int64GetDatum(plan->invoice_id),
@@ -81,24 +82,29 @@ record_attempt(const CallPlan *plan, const char *requested_by)
 		Int64GetDatum(plan->parent_id),
 		money_numeric(plan->amount),
 		CStringGetTextDatum(plan->invoice_number),
-		CStringGetTextDatum(requested_by)
+		CStringGetTextDatum(requested_by),
+		CStringGetTextDatum(psprintf("%s of %s requested by %s", plan->kind, plan->amount, requested_by)),
+		/* If the worker dies from here on, this job looks the attempt up. */
+		TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														freshpay_request_timeout + RESOLVE_GRACE_MS))
 	};
 	char		nulls[] = {' ', plan->invoice_id ? ' ' : 'n', plan->customer_id ? ' ' : 'n', ' ',
-	plan->has_parent ? ' ' : 'n', ' ', ' ', ' '};
+	plan->has_parent ? ' ' : 'n', ' ', ' ', ' ', ' ', ' '};
 	int64		payment_id;
 
-	fp_spi_run("INSERT INTO freshpay.payments"
-			" (administration, invoice_id, customer_id, kind, parent_id, amount, invoice_number,"
-			"  requested_by, status)"
-			" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending') RETURNING id",
-			8, types, values, nulls, SPI_OK_INSERT_RETURNING);
+	/* The row, its history and its resolve job, in one statement. */
+	fp_spi_run("WITH p AS ("
+			   "  INSERT INTO freshpay.payments"
+			   "   (administration, invoice_id, customer_id, kind, parent_id, amount, invoice_number,"
+			   "    requested_by, status)"
+			   "  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending') RETURNING id),"
+			   " h AS (INSERT INTO freshpay.payment_history (payment_id, new_status, event, message)"
+			   "       SELECT id, 'pending', 'recorded', $9 FROM p),"
+			   " j AS (INSERT INTO freshpay.jobs (kind, payment_id, next_run_at)"
+			   "       SELECT 'resolve_payment', id, $10 FROM p)"
+			   " SELECT id FROM p",
+			   10, types, values, nulls, SPI_OK_SELECT);
 	fp_spi_int64(1, &payment_id);
-	payments_history(payment_id, NULL, "pending", 0, "recorded",
-			psprintf("%s of %s requested by %s", plan->kind, plan->amount, requested_by));
-	/* If the worker dies from here on, this job looks the attempt up. */
-	job_queue("resolve_payment", payment_id,
-			  TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										  freshpay_request_timeout + RESOLVE_GRACE_MS));
 	return payment_id;
 }
 
@@ -294,7 +300,7 @@ mark_unknown(int64 payment_id, const char *why)
 typedef enum MoneyState
 {
 	MONEY_START,
-	MONEY_READING,				/* the re-read and the lookup, both in flight */
+	MONEY_READING,				/* the re-read, then the lookup */
 	MONEY_RECORD,
 	MONEY_SENT
 } MoneyState;
@@ -446,25 +452,20 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 				return FLOW_DONE;
 
 			/*
-			 * The re-read and the lookup are both reads, and neither needs
-			 * the other's answer: both go at once.  Their answers are
-			 * judged in the protocol's order once both are in.
+			 * FreshPortal's word first: nothing at all goes to PayTrace for
+			 * an invoice that changed or was paid meanwhile.
 			 */
 			if (p->plan.op == MONEY_CAPTURE || p->plan.op == MONEY_AUTHORIZE)
 			{
 				p->reread = freshportal_get_invoice_call(p->admin, p->plan.freshportal_invoice_id);
 				freshportal_send(p->reread, f, f->priority);
-				/* PayTrace's holdings for the invoice, before a new sale or authorization. */
-				if (p->plan.operation != PT_CAPTURE)
-					p->lookup = paytrace_export_by_date_range_query(p->admin, p->plan.invoice_date - 1,
-																	fp_date_of(GetCurrentTimestamp()) + 1,
-																	p->plan.invoice_number);
 			}
 			else if (p->plan.operation == PT_VOID)
+			{
 				/* PayTrace's word on whether the target settled, which the local row may not know. */
 				p->lookup = paytrace_export_by_id_query(p->admin, p->plan.parent_transaction_id);
-			if (p->lookup != NULL)
 				paytrace_send(p->lookup, f, f->priority);
+			}
 			p->reread_done = p->reread == NULL;
 			p->lookup_done = p->lookup == NULL;
 			p->state = MONEY_READING;
@@ -475,18 +476,29 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 		case MONEY_READING:
 			if (p->reread != NULL && freshportal_answers(p->reread, response))
 			{
-				if (freshportal_answered(p->reread, response, f, f->priority))
+				if (!freshportal_answered(p->reread, response, f, f->priority))
+					return FLOW_WAITING;
+				p->remote = freshportal_invoice_of(p->reread, response);
+				plan_check_invoice(&p->plan, p->remote, p->call.has_amount);
+				p->reread_done = true;
+				/* Then PayTrace's holdings for the invoice, before a new sale or authorization. */
+				if (p->plan.operation != PT_CAPTURE)
 				{
-					p->remote = freshportal_invoice_of(p->reread, response);
-					p->reread_done = true;
+					p->lookup = paytrace_export_by_date_range_query(p->admin, p->plan.invoice_date - 1,
+																	fp_date_of(GetCurrentTimestamp()) + 1,
+																	p->plan.invoice_number);
+					paytrace_send(p->lookup, f, f->priority);
+					return FLOW_WAITING;
 				}
 			}
-			else if (paytrace_answered(p->lookup, response, f, f->priority))
+			else
 			{
+				if (!paytrace_answered(p->lookup, response, f, f->priority))
+					return FLOW_WAITING;
 				p->found = paytrace_export_of(p->lookup, response);
 				p->lookup_done = true;
 			}
-			if (!p->reread_done || !p->lookup_done)
+			if (!p->reread_done || (p->lookup != NULL && !p->lookup_done))
 				return FLOW_WAITING;
 			break;
 
@@ -497,9 +509,7 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 
 	if (p->state == MONEY_READING)
 	{
-		/* Both answers are in: FreshPortal's first, then PayTrace's. */
-		if (p->remote != NULL)
-			plan_check_invoice(&p->plan, p->remote, p->call.has_amount);
+		/* The answers are in: FreshPortal's was checked when it came, now PayTrace's. */
 		if (p->lookup != NULL && p->plan.operation != PT_VOID)
 			lookup_before_charge(p->admin, &p->plan, p->found);
 		else if (p->lookup != NULL && target_is_settled(p->admin, &p->plan, p->found))
@@ -567,8 +577,10 @@ finish(Flow *f, Pending *p, const HttpResponse *response)
 		payments_record_outcome(p->payment_id, result, "answered");
 		if (f->job.id != 0)
 			end_collect_job(f, result);
-		if (result->outcome == PT_APPROVED)
-			(void) job_claim_for("register_payment", p->payment_id, &f->follow);
+		/* Its write-back runs next (a void of an authorization has none). */
+		if (result->outcome == PT_APPROVED &&
+			!job_claim_for("register_payment", p->payment_id, &f->follow))
+			(void) job_claim_for("reverse_payment", p->payment_id, &f->follow);
 		fp_txn_commit(caller);
 		recorded = true;
 

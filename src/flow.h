@@ -48,4 +48,9 @@ typedef struct Flow
 	void	   *state;			/* the kind's own */
 } Flow;
 
+/* One step of a flow: a short transaction or two, then the next call. */
+typedef FlowStep (*FlowAdvance) (Flow *f, const HttpResponse *response);
+
+extern FlowStep flow_job_step(Flow *f, const HttpResponse *response, FlowAdvance advance);
+
 #endif							/* FRESHPAY_FLOW_H */

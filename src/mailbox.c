@@ -62,6 +62,7 @@ typedef struct Mailbox
 	int			worker_pid;		/* 0 when no worker runs */
 	Latch	   *worker_latch;
 	bool		serving;		/* the worker takes calls */
+	bool		jobs_queued;	/* someone queued jobs since the worker last looked */
 	/* What freshpay.worker_status shows. */
 	WorkerRunState run_state;
 	TimestampTz started_at;
@@ -110,6 +111,10 @@ freshpay_mailbox(void)
 	return shared_mailbox;
 }
 
+/*
+ * Jobs were queued: the worker looks at its queue at once.  The worker
+ * itself, queueing a job, has no need to wake up.
+ */
 void
 mailbox_wake_worker(void)
 {
@@ -118,9 +123,25 @@ mailbox_wake_worker(void)
 
 	SpinLockAcquire(&mailbox->mutex);
 	latch = mailbox->worker_latch;
+	if (latch != MyLatch)
+		mailbox->jobs_queued = true;
 	SpinLockRelease(&mailbox->mutex);
-	if (latch != NULL)
+	if (latch != NULL && latch != MyLatch)
 		SetLatch(latch);
+}
+
+/* Worker: were jobs queued since the last time it asked? */
+bool
+mailbox_jobs_queued(void)
+{
+	Mailbox    *mailbox = freshpay_mailbox();
+	bool		queued;
+
+	SpinLockAcquire(&mailbox->mutex);
+	queued = mailbox->jobs_queued;
+	mailbox->jobs_queued = false;
+	SpinLockRelease(&mailbox->mutex);
+	return queued;
 }
 
 /*

@@ -71,6 +71,7 @@ extern void mailbox_register_worker(void);
 extern void mailbox_attach_worker(void);
 extern void mailbox_detach_worker(void);
 extern bool mailbox_take(int *slot, MoneyCall *call);
+extern bool mailbox_jobs_queued(void);
 extern void mailbox_progress(int slot, int64 payment_id);
 extern void mailbox_answer(int slot, const MoneyAnswer *answer);
 

@@ -51,6 +51,8 @@ static List *flows = NIL;		/* every flow, in TopMemoryContext */
 static uint64 next_serial = 1;
 static List *parked = NIL;		/* flows waiting for room at PayTrace, oldest first */
 static int	job_flows = 0;
+
+
 static TimestampTz next_claim_at = 0;
 
 static Flow *
@@ -70,6 +72,7 @@ flow_new(FlowKind kind, int priority, const Job *job)
 		f->job = *job;
 		job_flows++;
 	}
+
 	flows = lappend(flows, f);
 	MemoryContextSwitchTo(old);
 	return f;
@@ -137,6 +140,7 @@ flow_step(Flow *f, const HttpResponse *response)
 	flows = list_delete_ptr(flows, f);
 	if (f->job.id != 0)
 		job_flows--;
+
 	MemoryContextDelete(f->context);
 	/* The write-back the flow claimed runs at once, in a flow of its own. */
 	if (follow.id != 0)
@@ -183,11 +187,21 @@ harvest(void)
 	if (n == 0)
 		return 0;
 	resume_parked();
-	for (int i = 0; i < n; i++)
+	/* Calls sessions wait for first, then jobs. */
+	for (int priority = FLOW_PRIORITY_CALL; priority >= FLOW_PRIORITY_JOB; priority--)
 	{
-		/* A flow that ended meanwhile (its other answer failed it) gets no more. */
-		if (list_member_ptr(flows, owners[i]) && owners[i]->serial == serials[i])
-			flow_step(owners[i], &responses[i]);
+		for (int i = 0; i < n; i++)
+		{
+			/* A flow that ended meanwhile (its other answer failed it) gets no more. */
+			if (owners[i] != NULL && list_member_ptr(flows, owners[i]) &&
+				owners[i]->serial == serials[i] && owners[i]->priority == priority)
+			{
+				Flow	   *f = owners[i];
+
+				owners[i] = NULL;
+				flow_step(f, &responses[i]);
+			}
+		}
 	}
 	return n;
 }
@@ -288,7 +302,6 @@ pipeline_serve(MemoryContext loop_context, const char *only_kind, long max_ms)
 	for (;;)
 	{
 		bool		busy = false;
-		bool		woken;
 
 		CHECK_FOR_INTERRUPTS();
 		reload_settings_if_asked();
@@ -296,10 +309,11 @@ pipeline_serve(MemoryContext loop_context, const char *only_kind, long max_ms)
 		MemoryContextSwitchTo(loop_context);
 
 		http_drive(0);
-		busy |= harvest() > 0;
-		resume_parked();
+		/* A money call a session waits for starts before any answer is recorded. */
 		if (only_kind == NULL)
 			busy |= admit_calls();
+		busy |= harvest() > 0;
+		resume_parked();
 		if (GetCurrentTimestamp() >= next_claim_at)
 			busy |= admit_jobs(only_kind) > 0;
 
@@ -312,10 +326,13 @@ pipeline_serve(MemoryContext loop_context, const char *only_kind, long max_ms)
 		if (busy)
 			continue;
 
-		/* Wait for an answer, a money call or a wake-up; the queue is asked again after one. */
-		woken = http_drive(next_claim_at == 0 ? CLAIM_IDLE_MS :
-						   Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_claim_at)));
-		if (woken)
+		/*
+		 * Wait for an answer, a money call or a wake-up; the queue is asked
+		 * again at once when someone queued jobs meanwhile.
+		 */
+		(void) http_drive(next_claim_at == 0 ? CLAIM_IDLE_MS :
+						  Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_claim_at)));
+		if (mailbox_jobs_queued())
 			next_claim_at = 0;
 	}
 }

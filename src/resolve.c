@@ -136,6 +136,46 @@ record_lookup(Lookup *l, List *candidates)
 	return next_lookup(a);
 }
 
+static FlowStep
+advance_lookup(Flow *f, const HttpResponse *response)
+{
+	Lookup	   *l = f->state;
+
+	if (l == NULL)
+	{
+		f->state = palloc0(sizeof(Lookup));
+		if (attempt_in_flight(f->job.payment_id))
+		{
+			/* The worker's own request is still out: its answer settles it. */
+			job_update(&f->job, false,
+					   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LOOKUP_MIN_MS),
+					   NULL, false, -1);
+			return FLOW_DONE;
+		}
+		return start_lookup(f, f->state) ? FLOW_WAITING : FLOW_DONE;
+	}
+	if (!paytrace_answered(l->query, response, f, f->priority))
+		return FLOW_WAITING;
+	{
+		List	   *candidates = paytrace_export_of(l->query, response);
+		MemoryContext caller = fp_txn_begin();
+		Attempt    *reloaded;
+		TimestampTz again = 0;
+
+		MemoryContextSwitchTo(f->context);
+		/* Locked again: the pull or an answer may have settled it meanwhile. */
+		reloaded = payments_load(f->job.payment_id, f->context);
+		if (payments_in_flight(reloaded->status))
+		{
+			l->attempt = reloaded;
+			again = record_lookup(l, candidates);
+		}
+		job_record(&f->job, again == 0, again, NULL, false, -1);
+		fp_txn_commit(caller);
+	}
+	return FLOW_DONE;
+}
+
 /*
  * Step a resolve_payment job's flow.  Errors (PayTrace unreachable, say)
  * retry the job with backoff; it never dies.
@@ -143,59 +183,7 @@ record_lookup(Lookup *l, List *candidates)
 FlowStep
 resolve_step(Flow *f, const HttpResponse *response)
 {
-	MemoryContext outer = CurrentMemoryContext;
-	Lookup	   *l = f->state;
-	volatile FlowStep next = FLOW_DONE;
-
-	PG_TRY();
-	{
-		MemoryContextSwitchTo(f->context);
-		if (l == NULL)
-		{
-			l = f->state = palloc0(sizeof(Lookup));
-			if (attempt_in_flight(f->job.payment_id))
-				/* The worker's own request is still out: its answer settles it. */
-				job_update(&f->job, false,
-						   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LOOKUP_MIN_MS),
-						   NULL, false, -1);
-			else if (start_lookup(f, l))
-				next = FLOW_WAITING;
-		}
-		else if (!paytrace_answered(l->query, response, f, f->priority))
-			next = FLOW_WAITING;
-		else
-		{
-			List	   *candidates = paytrace_export_of(l->query, response);
-			MemoryContext caller = fp_txn_begin();
-			Attempt    *reloaded;
-			TimestampTz again;
-
-			MemoryContextSwitchTo(f->context);
-			/* Locked again: the pull or an answer may have settled it meanwhile. */
-			reloaded = payments_load(f->job.payment_id, f->context);
-			if (!payments_in_flight(reloaded->status))
-				again = 0;
-			else
-			{
-				l->attempt = reloaded;
-				again = record_lookup(l, candidates);
-			}
-			job_record(&f->job, again == 0, again, NULL, false, -1);
-			fp_txn_commit(caller);
-		}
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata = fp_txn_catch(outer);
-		char	   *error = fp_error_text(edata);
-
-		worker_status_error(error);
-		job_update(&f->job, false, 0, error, false, -1);
-		next = FLOW_DONE;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(outer);
-	return next;
+	return flow_job_step(f, response, advance_lookup);
 }
 
 /*

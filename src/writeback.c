@@ -133,44 +133,29 @@ set_registration(int64 payment_id, bool registered, int64 freshportal_payment_id
 			" WHERE id OPERATOR(pg_catalog.=) $1", 2, types, values, nulls, SPI_OK_UPDATE);
 }
 
-/* The local invoice takes FreshPortal's amounts and status (a summary's fields only). */
+/*
+ * The local invoice takes FreshPortal's amounts and status, and its raw
+ * object: the whole of it (a re-read), or the fields of a summary merged in.
+ */
 static void
-mirror_invoice(const char *administration, const FpInvoiceState *inv)
+mirror_invoice(const char *administration, int64 id, Datum amount_paid, Datum open_amount,
+			   const char *status, TimestampTz mutation_time, Datum raw, bool whole)
 {
-	Oid			types[] = {TEXTOID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID, TIMESTAMPTZOID, JSONBOID};
+	Oid			types[] = {TEXTOID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID, TIMESTAMPTZOID, JSONBOID,
+	BOOLOID};
 	Datum		values[] = {
-		CStringGetTextDatum(administration), Int64GetDatum(inv->id),
-		inv->amount_paid, inv->open_amount, CStringGetTextDatum(inv->status),
-		TimestampTzGetDatum(inv->mutation_time), inv->raw
+		CStringGetTextDatum(administration), Int64GetDatum(id), amount_paid, open_amount,
+		CStringGetTextDatum(status), TimestampTzGetDatum(mutation_time), raw, BoolGetDatum(whole)
 	};
 
 	fp_spi_run("UPDATE freshpay.invoices"
 			   "   SET amount_paid = $3, open_amount = $4, status = $5, mutation_time = $6,"
-			   "       raw = COALESCE(raw, '{}') OPERATOR(pg_catalog.||) $7, synced_at = pg_catalog.now()"
+			   "       raw = CASE WHEN $8 THEN $7 ELSE raw OPERATOR(pg_catalog.||) $7 END,"
+			   "       synced_at = pg_catalog.now()"
 			   " WHERE administration OPERATOR(pg_catalog.=) $1"
 			   "   AND freshportal_id OPERATOR(pg_catalog.=) $2"
 			   "   AND mutation_time OPERATOR(pg_catalog.<=) $6",
-			   7, types, values, NULL, SPI_OK_UPDATE);
-}
-
-/* The whole invoice, re-read: the summary's fields and its raw object. */
-static void
-mirror_read_invoice(const char *administration, const FpInvoice *inv)
-{
-	Oid			types[] = {TEXTOID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID, TIMESTAMPTZOID, JSONBOID};
-	Datum		values[] = {
-		CStringGetTextDatum(administration), Int64GetDatum(inv->id),
-		inv->amount_paid, inv->open_amount, CStringGetTextDatum(inv->status),
-		TimestampTzGetDatum(inv->mutation_time), inv->raw
-	};
-
-	fp_spi_run("UPDATE freshpay.invoices"
-			   "   SET amount_paid = $3, open_amount = $4, status = $5, mutation_time = $6,"
-			   "       raw = $7, synced_at = pg_catalog.now()"
-			   " WHERE administration OPERATOR(pg_catalog.=) $1"
-			   "   AND freshportal_id OPERATOR(pg_catalog.=) $2"
-			   "   AND mutation_time OPERATOR(pg_catalog.<=) $6",
-			   7, types, values, NULL, SPI_OK_UPDATE);
+			   8, types, values, NULL, SPI_OK_UPDATE);
 }
 
 typedef enum WriteState
@@ -280,7 +265,8 @@ record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool create
 				  created ? "Registered" : "Found already registered", freshportal_payment_id));
 	if (shown)
 	{
-		mirror_invoice(x->admin->name, invoice);
+		mirror_invoice(x->admin->name, invoice->id, invoice->amount_paid, invoice->open_amount,
+					   invoice->status, invoice->mutation_time, invoice->raw, false);
 		job_record(&f->job, true, 0, NULL, false, -1);
 	}
 	fp_txn_commit(caller);
@@ -300,7 +286,8 @@ record_reversal(Flow *f, Write *x, const FpInvoiceState *invoice)
 		job_queue("register_payment", x->sale->payment_id, 0);
 	if (shown)
 	{
-		mirror_invoice(x->admin->name, invoice);
+		mirror_invoice(x->admin->name, invoice->id, invoice->amount_paid, invoice->open_amount,
+					   invoice->status, invoice->mutation_time, invoice->raw, false);
 		job_record(&f->job, true, 0, NULL, false, -1);
 	}
 	fp_txn_commit(caller);
@@ -421,13 +408,22 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 				FpInvoice  *inv = freshportal_invoice_of(x->call, response);
 				MemoryContext caller = fp_txn_begin();
 
-				mirror_read_invoice(x->admin->name, inv);
+				mirror_invoice(x->admin->name, inv->id, inv->amount_paid, inv->open_amount,
+							   inv->status, inv->mutation_time, inv->raw, true);
 				job_record(&f->job, true, 0, NULL, false, -1);
 				fp_txn_commit(caller);
 				return FLOW_DONE;
 			}
 	}
 	return FLOW_DONE;			/* keep compiler quiet */
+}
+
+static FlowStep
+advance_write(Flow *f, const HttpResponse *response)
+{
+	if (f->state == NULL)
+		f->state = palloc0(sizeof(Write));
+	return advance(f, f->state, response);
 }
 
 /*
@@ -437,26 +433,5 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 FlowStep
 writeback_step(Flow *f, const HttpResponse *response)
 {
-	MemoryContext outer = CurrentMemoryContext;
-	volatile FlowStep next = FLOW_DONE;
-
-	if (f->state == NULL)
-		f->state = MemoryContextAllocZero(f->context, sizeof(Write));
-	PG_TRY();
-	{
-		MemoryContextSwitchTo(f->context);
-		next = advance(f, f->state, response);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata = fp_txn_catch(outer);
-		char	   *error = fp_error_text(edata);
-
-		worker_status_error(error);
-		job_update(&f->job, false, 0, error, false, -1);
-		next = FLOW_DONE;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(outer);
-	return next;
+	return flow_job_step(f, response, advance_write);
 }
