@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""PayTrace stand-in: the JSON API v1 subset freshpay speaks, plus replay of real traffic.
+"""PayTrace stand-in: the JSON API v1 subset freshpay speaks, the v3 calls of contract
+sections 10-12 beside it, plus replay of real traffic.
 
 Owns the PayTrace wire format of the tests: the OAuth password grant, card
 sales and authorizations (keyed, by_customer, by_transaction), capture, void,
 refund, ACH checks, vault profiles, transaction and batch exports, the sandbox
 settle helper, Level 3 data, and a replay mode that answers the recorded
 sandbox exchanges of test/fixtures/paytrace-recorded/ byte for byte.
+API v3 (its own token, payment requests, ACH debits with idempotency keys,
+their status, void and refund) is one section, "API v3", with its own tags;
+a payer's payment through a v3 payment request becomes a v1 transaction.
 
 Shapes tagged [C] in research/paytrace-api.md are reproduced field by field
 and in order; everything the research marks [P]/[G] is kept in the tables at
@@ -25,8 +29,10 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 
-from common import (ZERO, AdminError, Response, StandinApp, has_cents_only, money_str,
-                    parse_decimal, parse_json, run)
+from decimal import Decimal
+
+from common import (ZERO, AdminError, Response, StandinApp, TokenStore, has_cents_only,
+                    money_str, parse_decimal, parse_json, run)
 
 # --------------------------------------------------------------------------
 # Wire constants
@@ -268,20 +274,587 @@ def load_fixtures(directory):
 
 
 # --------------------------------------------------------------------------
+# API v3 (beside v1): contract sections 10-12, research section 9
+# --------------------------------------------------------------------------
+# Every v3 path, header, field and answer of the stand-in is in this section,
+# each with its tag: [C] confirmed, [P] probable, [G] the stand-in's guess.
+
+V3_TOKEN_PATH = "/v3/token"                                             # [C]
+V3_TOKEN_TYPE = "Bearer"                                                # [C]
+V3_INTEGRATOR_HEADER = "X-Integrator-Id"                                # [C]
+V3_INVOICE_TYPES = ("SALE", "AUTHORIZATION", "CREATE_CUSTOMER", "SALE_AND_CUSTOMER")  # [C]
+V3_ACH_STATUSES = ("INITIATED", "ACCEPTED", "VOIDED", "ORIGINATED", "SETTLED",      # [C]
+                   "PARTIALLY_SETTLED", "ERROR", "DECLINED", "NSF_DECLINED", "REJECTED",
+                   "FAILED", "VERIFYING", "RETURNED", "TECHNICAL_ERROR")
+V3_IN_PROGRESS = ("INITIATED", "ACCEPTED", "ORIGINATED", "VERIFYING")     # [G] voidable
+V3_RETURN_STATUSES = ("RETURNED", "NSF_DECLINED", "REJECTED")             # [C] contract §12
+V3_DATE_TYPES = {"PROCESSED": "processed_at", "SETTLED": "settled_at"}  # PROCESSED [C]
+V3_INVALID = "The given data was invalid."                              # [G] 422 message
+V3_UNAUTHENTICATED = {"message": "Unauthenticated.", "data": []}        # [G] 401 body
+V3_BAD_CLIENT = {"message": "Invalid client credentials.", "data": []}  # [G] 401 body
+V3_NOT_FOUND = {"message": "Transaction not found.", "data": []}        # [G] 404 body
+_V3_MONEY = re.compile(r"^\d{1,9}\.\d{2}$")                  # "612.00" [C] format
+_V3_EXPIRE_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")   # [C] contract §11
+_V3_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")                # list start/end_date [G]
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                   r"[0-9a-fA-F]{12}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class V3Invalid(Exception):
+    """422 {"message", "data":[{"field","detail"}]} [C]."""
+
+    def __init__(self, problems):
+        super().__init__(problems)
+        self.problems = problems
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+def iso_z(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+@dataclass
+class PaymentRequest:
+    """A v3 invoice (payment request) and what the payer did with it."""
+    invoice_id: str
+    transaction_type: str
+    invoice_number: str
+    invoice_amount: object          # Decimal or None (CREATE_CUSTOMER without an amount)
+    email: str
+    expire_at: datetime.datetime
+    customer_label: str = ""
+    is_amount_editable: bool = False
+    is_invoice_number_editable: bool = False
+    email_required: bool = True
+    status: str = "open"            # open, paid, expired
+    created_at: datetime.datetime = None
+    paid_at: datetime.datetime = None
+    transaction_id: object = None   # the v1 transaction the payer's payment became
+    customer_id: str = None         # the vault profile the payer stored
+
+
+@dataclass
+class AchTransaction:
+    """A v3 ACH debit (PAYMENT) or its refund (REFUND)."""
+    ach_transaction_id: str
+    transaction_status: str
+    amount: object                  # Decimal
+    invoice_number: str
+    customer_id: str
+    idempotency_key: str
+    processed_at: datetime.datetime
+    settled_at: datetime.datetime = None
+    return_reason: str = None
+    transaction_type: str = "PAYMENT"       # [G] extra field: PAYMENT or REFUND
+    original_transaction_id: str = None     # [G] extra field: a refund's debit
+
+    def wire(self):
+        """The contract's transaction object [P], then the stand-in's two extras [G]."""
+        return {"ach_transaction_id": self.ach_transaction_id,
+                "transaction_status": self.transaction_status,
+                "amount": money_str(self.amount), "invoice_number": self.invoice_number,
+                "customer_id": self.customer_id, "idempotency_key": self.idempotency_key,
+                "processed_at": iso_z(self.processed_at),
+                "settled_at": iso_z(self.settled_at), "return_reason": self.return_reason,
+                "transaction_type": self.transaction_type,
+                "original_transaction_id": self.original_transaction_id}
+
+
+class PayTraceV3:
+    """The v3 routes and admin endpoints; mixed into PayTraceApp."""
+
+    V3_CONFIG = {"merchant_id": 1234567, "v3_token_ttl": 900,
+                 "start_request_id": 81000001, "start_ach_id": 93000001,
+                 "ach_initial_status": "ACCEPTED"}
+
+    def mint_v3_token(self):
+        """One segment, distinct from v1's three; still starts with "pttok" (990 test)."""
+        return f"pttokv3{secrets.token_hex(24)}"
+
+    def v3_reset(self):
+        self.v3_tokens.clear()
+        self.payment_requests = {}
+        self.ach = {}                       # ach_transaction_id -> AchTransaction
+        self.ach_keys = {}                  # idempotency_key -> (fingerprint, ach id)
+        self.last_request_id = 0
+        self.last_ach_id = 0
+
+    def v3_snapshot(self):
+        return {"payment_requests": [self.request_row(r)
+                                     for r in self.payment_requests.values()],
+                "ach_transactions": [t.wire() for t in self.ach.values()]}
+
+    def request_row(self, req):
+        self.request_status(req)
+        row = dict(vars(req))
+        for key in ("expire_at", "created_at", "paid_at"):
+            row[key] = iso_z(row[key])
+        row["invoice_amount"] = money_str(req.invoice_amount) \
+            if req.invoice_amount is not None else None
+        return row
+
+    @staticmethod
+    def request_status(req):
+        """An open request past its expire_at is expired."""
+        if req.status == "open" and utc_now() >= req.expire_at:
+            req.status = "expired"
+        return req.status
+
+    # -- routes ------------------------------------------------------------------
+    def v3_routes(self, router):
+        router.add("POST", V3_TOKEN_PATH, self.v3_token)
+        call = self.v3_call
+        router.add("POST", "/v3/invoice", call(self.v3_invoice))                    # [C]
+        router.add("POST", "/v3/checks/payment", call(self.v3_ach_payment, True))   # [C]
+        router.add("GET", "/v3/checks/transactions/idempotency-keys/{key}",         # [C]
+                   call(self.v3_ach_by_key))
+        router.add("GET", "/v3/checks/transactions/{ach_id}", call(self.v3_ach_get))  # [C]
+        router.add("GET", "/v3/checks/transactions", call(self.v3_ach_list))        # [C]
+        router.add("POST", "/v3/checks/void", call(self.v3_ach_void, True))         # [P]
+        router.add("POST", "/v3/checks/refund", call(self.v3_ach_refund, True))     # [P]
+
+    def v3_admin_routes(self, router):
+        router.add("POST", "/_standin/payment_requests/{invoice_id}/pay", self.admin_v3_pay)
+        router.add("POST", "/_standin/payment_requests/{invoice_id}/expire",
+                   self.admin_v3_expire)
+        router.add("POST", "/_standin/ach/{ach_id}/settle", self.admin_ach_settle)
+        router.add("POST", "/_standin/ach/{ach_id}/return", self.admin_ach_return)
+        router.add("POST", "/_standin/ach/{ach_id}/status", self.admin_ach_status)
+
+    def v3_call(self, handler, money=False):
+        """Bearer v3 token (401), X-Integrator-Id and merchant_id (422), then handler."""
+        def call(request, **params):
+            scheme, _, token = request.header("Authorization", "").partition(" ")
+            if scheme != "Bearer" or not self.v3_tokens.is_valid(token):
+                return self.json(401, V3_UNAUTHENTICATED)
+            try:
+                if request.method == "GET":
+                    body = {k: v[0] for k, v in request.query.items()}
+                else:
+                    body = self.v3_body(request)
+                problems = []
+                integrator = request.header(V3_INTEGRATOR_HEADER)
+                if integrator is None or integrator == "":
+                    problems.append((V3_INTEGRATOR_HEADER,
+                                     "The X-Integrator-Id header is required."))
+                elif integrator != self.config["integrator_id"]:
+                    problems.append((V3_INTEGRATOR_HEADER,
+                                     "The X-Integrator-Id header is invalid."))
+                problems += self.v3_merchant(body, request.method == "GET")
+                if problems:
+                    raise V3Invalid(problems)
+                status, payload = handler(body, **params)
+                response = self.json(status, payload)
+            except V3Invalid as exc:
+                response = self.json(422, {"message": V3_INVALID, "data": [
+                    {"field": f, "detail": d} for f, d in exc.problems]})
+            if money:
+                response.delay_after = self.config["approval_delay"]
+            return response
+        return call
+
+    @staticmethod
+    def v3_body(request):
+        try:
+            body = parse_json(request.body)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise V3Invalid([("body", "The request body must be a JSON object.")])
+        return body
+
+    def v3_merchant(self, body, from_query):
+        """merchant_id: an integer in the body, digits in a GET's query [C]."""
+        value = body.get("merchant_id")
+        if value is None or value == "":
+            return [("merchant_id", "The merchant id field is required.")]
+        if from_query:
+            ok = isinstance(value, str) and value.isdigit() and \
+                int(value) == self.config["merchant_id"]
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and \
+                value == self.config["merchant_id"]
+        if not ok:
+            return [("merchant_id", "The selected merchant id is invalid.")]
+        return []
+
+    # -- token [C shape, P lifetime] -----------------------------------------------
+    def v3_token(self, request):
+        """Form-encoded client_credentials only; 201 {"data":{...}}."""
+        form = {k: v[0] for k, v in
+                urllib.parse.parse_qs(request.text, keep_blank_values=True).items()}
+        problems = [(name, f"The {name.replace('_', ' ')} field is required.")
+                    for name in ("grant_type", "client_id", "client_secret")
+                    if not form.get(name)]
+        if form.get("grant_type") and form["grant_type"] != "client_credentials":
+            problems.append(("grant_type", "The selected grant type is invalid."))   # [G]
+        if problems:
+            return self.json(422, {"message": V3_INVALID, "data": [
+                {"field": f, "detail": d} for f, d in problems]})
+        if (form["client_id"] != self.config["username"]
+                or form["client_secret"] != self.config["password"]):
+            return self.json(401, V3_BAD_CLIENT)
+        ttl = self.config["v3_token_ttl"]
+        token = self.v3_tokens.issue(ttl)
+        return self.json(201, {"data": {"access_token": token, "token_type": V3_TOKEN_TYPE,
+                                        "expires_in": ttl}})
+
+    # -- field checks ---------------------------------------------------------------
+    @staticmethod
+    def v3_money(body, name, problems, required=True, allow_zero=False):
+        """A string with two decimals, "612.00" [C format; G strictness]."""
+        value = body.get(name)
+        if value is None:
+            if required:
+                problems.append((name, f"The {name.replace('_', ' ')} field is required."))
+            return None
+        if not (isinstance(value, str) and _V3_MONEY.match(value)) or \
+                (Decimal(value) <= 0 and not allow_zero):
+            problems.append((name, f"The {name.replace('_', ' ')} must be a positive "
+                                   "amount with two decimals, like \"612.00\"."))
+            return None
+        return Decimal(value)
+
+    @staticmethod
+    def v3_text(body, name, problems, required=True, limit=50):
+        value = body.get(name)
+        if value is None or value == "":
+            if required:
+                problems.append((name, f"The {name.replace('_', ' ')} field is required."))
+            return ""
+        if not isinstance(value, str) or len(value) > limit:
+            problems.append((name, f"The {name.replace('_', ' ')} must be a string of at "
+                                   f"most {limit} characters."))
+            return ""
+        return value
+
+    @staticmethod
+    def v3_bool(body, name, problems, default):
+        value = body.get(name, default)
+        if not isinstance(value, bool):
+            problems.append((name, f"The {name.replace('_', ' ')} field must be true or "
+                                   "false."))
+            return default
+        return value
+
+    @staticmethod
+    def v3_uuid(body, problems):
+        value = body.get("idempotency_key")
+        if value is None or value == "":
+            problems.append(("idempotency_key", "The idempotency key field is required."))
+        elif not (isinstance(value, str) and _UUID.match(value)):
+            problems.append(("idempotency_key", "The idempotency key must be a valid UUID."))
+        else:
+            return value.lower()
+        return None
+
+    # -- payment requests -------------------------------------------------------------
+    def v3_invoice(self, body):
+        """POST /v3/invoice [C request fields; G answer and strictness]."""
+        problems = []
+        kind = body.get("transaction_type")
+        if kind is None:
+            problems.append(("transaction_type", "The transaction type field is required."))
+        elif kind not in V3_INVOICE_TYPES:
+            problems.append(("transaction_type", "The selected transaction type is invalid."))
+        number = self.v3_text(body, "invoice_number", problems)
+        amount = self.v3_money(body, "invoice_amount", problems,
+                               required=kind != "CREATE_CUSTOMER",
+                               allow_zero=kind == "CREATE_CUSTOMER")
+        email = body.get("email")
+        if email is None or email == "":
+            problems.append(("email", "The email field is required."))
+        elif not (isinstance(email, str) and _EMAIL.match(email) and len(email) <= 254):
+            problems.append(("email", "The email must be a valid email address."))
+        expire_at = None
+        raw_expiry = body.get("expire_at")
+        if raw_expiry is None or raw_expiry == "":
+            problems.append(("expire_at", "The expire at field is required."))
+        else:
+            try:
+                if not (isinstance(raw_expiry, str) and _V3_EXPIRE_AT.match(raw_expiry)):
+                    raise ValueError
+                expire_at = datetime.datetime.strptime(raw_expiry, "%Y-%m-%dT%H:%M:%SZ") \
+                    .replace(tzinfo=datetime.timezone.utc)
+            except ValueError:
+                problems.append(("expire_at", "The expire at must be a date like "
+                                              "2026-12-31T23:59:59Z."))
+            else:
+                if expire_at <= utc_now():
+                    problems.append(("expire_at", "The expire at must be a date after now."))
+        label = self.v3_text(body, "customer_label", problems, required=False, limit=100)
+        flags = {name: self.v3_bool(body, name, problems, default)
+                 for name, default in (("is_amount_editable", False),
+                                       ("is_invoice_number_editable", False),
+                                       ("email_required", True))}
+        if problems:
+            raise V3Invalid(problems)
+        request_id = self.last_request_id = max(self.config["start_request_id"],
+                                                self.last_request_id + 1)
+        req = PaymentRequest(invoice_id=str(request_id), transaction_type=kind,
+                             invoice_number=number, invoice_amount=amount, email=email,
+                             expire_at=expire_at, customer_label=label,
+                             created_at=utc_now(), **flags)
+        self.payment_requests[req.invoice_id] = req
+        return 201, {"data": {"invoice_id": req.invoice_id}}
+
+    # -- ACH -------------------------------------------------------------------------
+    def new_ach(self, **fields):
+        ach_id = self.last_ach_id = max(self.config["start_ach_id"], self.last_ach_id + 1)
+        txn = AchTransaction(ach_transaction_id=str(ach_id), processed_at=utc_now(), **fields)
+        self.ach[txn.ach_transaction_id] = txn
+        self.ach_keys[txn.idempotency_key] = txn.ach_transaction_id
+        return txn
+
+    def v3_ach_payment(self, body):
+        """POST /v3/checks/payment [C path and key; P fields]; one debit per key."""
+        problems = []
+        customer_id = body.get("customer_id")
+        customer_id = str(customer_id) if isinstance(customer_id, (str, int)) and \
+            not isinstance(customer_id, bool) else ""
+        profile = self.profiles.get(customer_id)
+        if not customer_id:
+            problems.append(("customer_id", "The customer id field is required."))
+        elif profile is None or profile.method != "ach":
+            problems.append(("customer_id", "The selected customer id is invalid."))
+        amount = self.v3_money(body, "amount", problems)
+        number = self.v3_text(body, "invoice_number", problems)
+        key = self.v3_uuid(body, problems)
+        if problems:
+            raise V3Invalid(problems)
+        earlier = self.ach.get(self.ach_keys.get(key, ""))
+        if earlier is not None:
+            if (earlier.transaction_type, earlier.customer_id, earlier.amount,
+                    earlier.invoice_number) != ("PAYMENT", customer_id, amount, number):
+                raise V3Invalid([("idempotency_key", "The idempotency key has already been "
+                                                     "used for another request.")])   # [G]
+            return 200, {"transaction_id": earlier.ach_transaction_id, "data": []}
+        status = "DECLINED" if amount == DECLINE_AMOUNT else self.config["ach_initial_status"]
+        txn = self.new_ach(transaction_status=status, amount=amount, invoice_number=number,
+                           customer_id=customer_id, idempotency_key=key)
+        return 200, {"transaction_id": txn.ach_transaction_id, "data": []}
+
+    def v3_ach_by_key(self, body, key):
+        txn = self.ach.get(self.ach_keys.get(key.lower(), ""))
+        if txn is None:
+            return 404, V3_NOT_FOUND
+        return 200, {"data": txn.wire()}
+
+    def v3_ach_get(self, body, ach_id):
+        txn = self.ach.get(ach_id)
+        if txn is None:
+            return 404, V3_NOT_FOUND
+        return 200, {"data": txn.wire()}
+
+    def v3_ach_list(self, body):
+        """GET /v3/checks/transactions [C]: a date range, paged; {"data","total"} [P]."""
+        problems, dates = [], []
+        for name in ("start_date", "end_date"):
+            try:
+                if not _V3_DATE.match(body.get(name, "")):
+                    raise ValueError
+                dates.append(datetime.date.fromisoformat(body[name]))
+            except ValueError:
+                problems.append((name, f"The {name.replace('_', ' ')} must be a date like "
+                                       "2026-12-31."))
+        date_type = body.get("date_type", "PROCESSED")
+        if date_type not in V3_DATE_TYPES:
+            problems.append(("date_type", "The selected date type is invalid."))
+        numbers = {}
+        for name, default, low, high in (("limit", 30, 1, 100), ("offset", 0, 0, 10 ** 9)):
+            raw = body.get(name, "")
+            value = int(raw) if raw.isdigit() else (default if raw == "" else None)
+            if value is None or not low <= value <= high:
+                problems.append((name, f"The {name} must be an integer from {low} to "
+                                       f"{high}."))
+            numbers[name] = value
+        if problems:
+            raise V3Invalid(problems)
+        attribute = V3_DATE_TYPES[date_type]
+        found = [t for t in self.ach.values() if getattr(t, attribute) is not None
+                 and dates[0] <= getattr(t, attribute).date() <= dates[1]]
+        found.sort(key=lambda t: (getattr(t, attribute), int(t.ach_transaction_id)))
+        page = found[numbers["offset"]:numbers["offset"] + numbers["limit"]]
+        return 200, {"data": [t.wire() for t in page], "total": len(found)}
+
+    def v3_ach_target(self, body, problems):
+        ach_id = body.get("ach_transaction_id")
+        ach_id = str(ach_id) if isinstance(ach_id, (str, int)) and \
+            not isinstance(ach_id, bool) else ""
+        if not ach_id:
+            problems.append(("ach_transaction_id", "The ach transaction id field is required."))
+            return None
+        txn = self.ach.get(ach_id)
+        if txn is None:
+            problems.append(("ach_transaction_id",
+                             "The selected ach transaction id is invalid."))
+        return txn
+
+    def v3_ach_void(self, body):
+        """POST /v3/checks/void [P]: only before settlement (in progress) [G]."""
+        problems = []
+        txn = self.v3_ach_target(body, problems)
+        if problems:
+            raise V3Invalid(problems)
+        if txn.transaction_status not in V3_IN_PROGRESS:
+            raise V3Invalid([("ach_transaction_id", "The transaction cannot be voided in "
+                                                    f"status {txn.transaction_status}.")])
+        txn.transaction_status = "VOIDED"
+        return 200, {"transaction_id": txn.ach_transaction_id, "data": []}     # [G]
+
+    def v3_ach_refund(self, body):
+        """POST /v3/checks/refund [P]: a settled debit, at most what remains; a new
+        REFUND transaction, exactly once per idempotency key."""
+        problems = []
+        txn = self.v3_ach_target(body, problems)
+        amount = self.v3_money(body, "amount", problems)
+        key = self.v3_uuid(body, problems)
+        if problems:
+            raise V3Invalid(problems)
+        earlier = self.ach.get(self.ach_keys.get(key, ""))
+        if earlier is not None:
+            if (earlier.transaction_type, earlier.original_transaction_id, earlier.amount) != \
+                    ("REFUND", txn.ach_transaction_id, amount):
+                raise V3Invalid([("idempotency_key", "The idempotency key has already been "
+                                                     "used for another request.")])
+            return 200, {"transaction_id": earlier.ach_transaction_id, "data": []}
+        if txn.transaction_type != "PAYMENT" or txn.transaction_status != "SETTLED":
+            raise V3Invalid([("ach_transaction_id", "Only a settled payment can be refunded; "
+                                                    f"this one is {txn.transaction_status}.")])
+        refunded = sum((r.amount for r in self.ach.values()
+                        if r.original_transaction_id == txn.ach_transaction_id
+                        and r.transaction_status not in ("VOIDED", "DECLINED", "FAILED",
+                                                         "ERROR", "TECHNICAL_ERROR")), ZERO)
+        if amount > txn.amount - refunded:
+            raise V3Invalid([("amount", "The amount exceeds what remains to be refunded ("
+                                        f"{money_str(txn.amount - refunded)}).")])
+        refund = self.new_ach(transaction_status=self.config["ach_initial_status"],
+                              amount=amount, invoice_number=txn.invoice_number,
+                              customer_id=txn.customer_id, idempotency_key=key,
+                              transaction_type="REFUND",
+                              original_transaction_id=txn.ach_transaction_id)
+        return 200, {"transaction_id": refund.ach_transaction_id, "data": []}
+
+    # -- admin: play the payer and the bank ---------------------------------------------
+    def admin_payment_request(self, invoice_id):
+        req = self.payment_requests.get(invoice_id)
+        if req is None:
+            raise AdminError(f"unknown payment request {invoice_id}")
+        return req
+
+    def admin_v3_pay(self, request, body, invoice_id):
+        """The payer pays (and/or stores a card) on the hosted page."""
+        req = self.admin_payment_request(invoice_id)
+        if self.request_status(req) != "open":
+            raise AdminError(f"payment request {invoice_id} is {req.status}")
+        body = body if isinstance(body, dict) else {}
+        store = body.get("store_card", req.transaction_type in ("SALE_AND_CUSTOMER",
+                                                                "CREATE_CUSTOMER"))
+        if not isinstance(store, bool):
+            raise AdminError("store_card must be true or false")
+        amount = req.invoice_amount
+        if "amount" in body:
+            amount = parse_decimal(body["amount"])
+            if amount is None or amount <= 0 or not has_cents_only(amount):
+                raise AdminError("amount must be a positive amount with two decimals")
+            if not req.is_amount_editable and amount != req.invoice_amount:
+                raise AdminError("the amount of this payment request is not editable")
+        masked = str(body.get("masked_number", "xxxxxxxxxxxx1111"))
+        source = {"masked_number": masked, "expiration_month": 12, "expiration_year": 2030,
+                  "billing_address": {"name": req.customer_label}, "customer_id": ""}
+        if store:
+            customer_id = str(body.get("customer_id") or f"HP{req.invoice_id}")
+            if customer_id in self.profiles:
+                raise AdminError(f"vault profile {customer_id} exists already")
+            profile = Profile(customer_id=customer_id, method="card", masked_number=masked,
+                              billing_address={"name": req.customer_label}, email=req.email)
+            self.profiles[customer_id] = profile
+            source = self.card_of_profile(profile)
+            req.customer_id = customer_id
+        payload = None
+        if req.transaction_type != "CREATE_CUSTOMER":
+            kind = AUTHORIZATION if req.transaction_type == "AUTHORIZATION" else SALE
+            payload = self.charge(kind, {"invoice_id": req.invoice_number}, source, amount,
+                                  show_card=False)
+            req.transaction_id = payload["transaction_id"]
+            if not payload["success"]:          # declined (0.29): the request stays open
+                return {"request": self.request_row(req), "transaction": payload,
+                        "customer_id": req.customer_id}
+        req.status, req.paid_at = "paid", utc_now()
+        return {"request": self.request_row(req), "transaction": payload,
+                "customer_id": req.customer_id}
+
+    def admin_v3_expire(self, request, body, invoice_id):
+        req = self.admin_payment_request(invoice_id)
+        if self.request_status(req) == "paid":
+            raise AdminError(f"payment request {invoice_id} is paid")
+        req.status = "expired"
+        req.expire_at = min(req.expire_at, utc_now())
+        return {"request": self.request_row(req)}
+
+    def admin_ach(self, ach_id):
+        txn = self.ach.get(ach_id)
+        if txn is None:
+            raise AdminError(f"unknown ACH transaction {ach_id}")
+        return txn
+
+    def admin_ach_settle(self, request, body, ach_id):
+        txn = self.admin_ach(ach_id)
+        if txn.transaction_status not in V3_IN_PROGRESS:
+            raise AdminError(f"ACH transaction {ach_id} is {txn.transaction_status}")
+        txn.transaction_status, txn.settled_at = "SETTLED", utc_now()
+        return {"transaction": txn.wire()}
+
+    def admin_ach_return(self, request, body, ach_id):
+        txn = self.admin_ach(ach_id)
+        body = body if isinstance(body, dict) else {}
+        status = body.get("status", "RETURNED")
+        if status not in V3_RETURN_STATUSES:
+            raise AdminError(f"status must be one of {', '.join(V3_RETURN_STATUSES)}")
+        if txn.transaction_status not in V3_IN_PROGRESS + ("SETTLED", "PARTIALLY_SETTLED"):
+            raise AdminError(f"ACH transaction {ach_id} is {txn.transaction_status}")
+        txn.transaction_status = status
+        txn.return_reason = str(body.get("reason", "R01"))
+        return {"transaction": txn.wire()}
+
+    def admin_ach_status(self, request, body, ach_id):
+        """Any status of the [C] list, no questions asked (settled_at follows SETTLED)."""
+        txn = self.admin_ach(ach_id)
+        body = body if isinstance(body, dict) else {}
+        status = body.get("status")
+        if status not in V3_ACH_STATUSES:
+            raise AdminError(f"status must be one of {', '.join(V3_ACH_STATUSES)}")
+        txn.transaction_status = status
+        if status in ("SETTLED", "PARTIALLY_SETTLED") and txn.settled_at is None:
+            txn.settled_at = utc_now()
+        if "reason" in body:
+            txn.return_reason = body["reason"]
+        return {"transaction": txn.wire()}
+
+
+# --------------------------------------------------------------------------
 # The application
 # --------------------------------------------------------------------------
 
-class PayTraceApp(StandinApp):
-    """PayTrace stand-in: OAuth, card and ACH money calls, exports, batches, replay."""
+class PayTraceApp(PayTraceV3, StandinApp):
+    """PayTrace stand-in: OAuth, card and ACH money calls, exports, batches, replay, v3."""
 
     NAME = "paytrace"
     CONFIG_DEFAULTS = {"username": "pt-user", "password": "pt-pass",
                        "integrator_id": "pt-integrator", "token_ttl": 7200,
                        "auto_void": False, "invalid_grant_status": 400,
                        "approval_delay": 0.0, "start_transaction_id": 125391300,
-                       "replay": False}
+                       "replay": False, **PayTraceV3.V3_CONFIG}
     CHUNKED = True                                  # [C] recorded answers are chunked
     MALFORMED_BODY = b'{"success":true,"response_code":101,"status_message":"Your transa'
+
+    def __init__(self, options):
+        self.v3_tokens = TokenStore(self.mint_v3_token)    # v3 tokens, apart from v1's
+        super().__init__(options)
 
     @classmethod
     def add_arguments(cls, parser):
@@ -307,12 +880,14 @@ class PayTraceApp(StandinApp):
         self.next_batch = 571
         startup_dir = getattr(self.options, "replay", None)
         self.fixtures = load_fixtures(startup_dir) if startup_dir else []
+        self.v3_reset()
 
     def state_snapshot(self):
         return {"customers": [vars(p) for p in self.profiles.values()],
                 "transactions": [self._state_row(t) for t in self.transactions.values()],
                 "batches": [self.batch_summary(b) for b in self.batches],
-                "replay_fixtures": [f.name for f in self.fixtures]}
+                "replay_fixtures": [f.name for f in self.fixtures],
+                "v3_tokens_issued": len(self.v3_tokens.issued), **self.v3_snapshot()}
 
     @staticmethod
     def _state_row(txn):
@@ -349,11 +924,20 @@ class PayTraceApp(StandinApp):
                 ("level_three/visa", self.level_three, False),
                 ("level_three/mastercard", self.level_three, False)):
             router.add("POST", "/v1/" + path, api(handler, money))
+        self.v3_routes(router)
 
     def add_admin_routes(self, router):
         router.add("POST", "/_standin/customers", self.admin_customers)
         router.add("POST", "/_standin/settle", self.admin_settle)
         router.add("POST", "/_standin/replay", self.admin_replay)
+        self.v3_admin_routes(router)
+
+    # v1 and v3 tokens alike: expired together, listed together (990's token files)
+    def _admin_expire_tokens(self, request, body):
+        return {"expired": self.tokens.expire_all() + self.v3_tokens.expire_all()}
+
+    def _admin_tokens(self, request, body):
+        return {"issued": list(self.tokens.issued) + list(self.v3_tokens.issued)}
 
     def route(self, request):
         if self.config["replay"]:
