@@ -129,6 +129,7 @@ class Client:
 
     def __init__(self, port, context=None, token=None):
         self.port, self.context, self.token = port, context, token
+        self.headers = {}           # sent with every call; a call's None drops one
         self.conn = None
 
     def connection(self):
@@ -146,7 +147,8 @@ class Client:
             self.conn = None
 
     def call(self, method, path, body=None, headers=None, token=None):
-        headers = dict(headers or {})
+        headers = {name: value for name, value in {**self.headers, **(headers or {})}.items()
+                   if value is not None}
         token = self.token if token is None else token
         if token and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {token}"
@@ -430,6 +432,7 @@ def random_fault_checks(c, prefix, path, body, state_probe, processed_status, me
     rules([{"path": path, "action": "delay_after", "seconds": 1.0}])
     before = state_probe()
     slow = Client(c.port, c.context, c.token)
+    slow.headers = c.headers
     outcome = {}
 
     def call_slowly():
@@ -835,6 +838,417 @@ def raw_chunked_check(port):
          and rest.endswith(b"}\r\n0\r\n\r\n"), "pt: raw wire shows chunked framing", data[:300])
 
 
+# --------------------------------------------------------------------------
+# PayTrace API v3
+# --------------------------------------------------------------------------
+
+MERCHANT = {"merchant_id": 1234567}
+V3_HEADERS = {"X-Integrator-Id": "pt-integrator"}
+V3_FIELDS = ["ach_transaction_id", "transaction_status", "amount", "invoice_number",
+             "customer_id", "idempotency_key", "processed_at", "settled_at", "return_reason",
+             "transaction_type", "original_transaction_id"]
+ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+def v3_token(c, secret="pt-pass"):
+    return c.post("/v3/token", f"grant_type=client_credentials&client_id=pt-user&"
+                               f"client_secret={secret}", headers=FORM, token="")
+
+
+def v3(c, method, path, body=None, headers=None, **kw):
+    """A v3 call with the integrator header; merchant_id joins a POST body."""
+    headers = {**V3_HEADERS, **(headers or {})}
+    if method == "POST" and isinstance(body, dict):
+        body = {**MERCHANT, **body}
+    return c.call(method, path, body if body is not None else {}, headers=headers, **kw)
+
+
+def v3_fields(reply):
+    return sorted(item["field"] for item in (reply.json or {}).get("data", []))
+
+
+def future(days=14):
+    moment = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def invoice_body(**changes):
+    return {"transaction_type": "SALE_AND_CUSTOMER", "invoice_number": "INV-000612",
+            "invoice_amount": "612.00", "is_amount_editable": False,
+            "is_invoice_number_editable": False, "expire_at": future(), "email": "ap@acme.test",
+            "email_required": True, "customer_label": "Acme Inc", **changes}
+
+
+def paytrace_v3_auth(c, v1_token):
+    reply = v3_token(c)
+    body = reply.json
+    T.eq((reply.status, list(body), list(body["data"])),
+         (201, ["data"], ["access_token", "token_type", "expires_in"]),
+         "pt v3: POST /v3/token -> 201 {data:{access_token,token_type,expires_in}}")
+    token = body["data"]["access_token"]
+    T.ok(body["data"]["token_type"] == "Bearer" and body["data"]["expires_in"] == 900
+         and re.fullmatch(r"pttokv3[0-9a-f]{48}", token), "pt v3: Bearer, 900 s, pttokv3<hex>",
+         body)
+    T.eq(v3_token(c, "nope").status, 401, "pt v3: wrong client_secret -> 401")
+    wrong_grant = c.post("/v3/token", "grant_type=password&client_id=pt-user&"
+                                      "client_secret=pt-pass", headers=FORM, token="")
+    T.eq((wrong_grant.status, v3_fields(wrong_grant)), (422, ["grant_type"]),
+         "pt v3: grant_type password -> 422 on grant_type")
+    as_json = c.post("/v3/token", {"grant_type": "client_credentials", "client_id": "pt-user",
+                                   "client_secret": "pt-pass"}, token="")
+    T.eq(as_json.status, 422, "pt v3: a JSON token body is refused (form-encoded only)")
+    probe = "/v3/checks/transactions/1?merchant_id=1234567"
+    T.eq(v3(c, "GET", probe, token=token).status, 404, "pt v3: a v3 token opens v3 calls")
+    T.eq(v3(c, "GET", probe, token=v1_token).status, 401, "pt v3: a v1 token -> 401 on v3")
+    T.eq(v3(c, "GET", probe, token="").status, 401, "pt v3: no Authorization -> 401")
+    T.eq(v3(c, "GET", probe, token="", headers={"Authorization": f"bearer {token}"}).status,
+         401, "pt v3: lowercase bearer -> 401")
+    T.eq(pt(Client(c.port, c.context, token), "transactions/export/by_id",
+            {"transaction_id": 1}).status, 401, "pt v3: a v3 token -> 401 on v1")
+    issued = admin(c, "tokens")["issued"]
+    T.ok(token in issued and v1_token in issued,
+         "pt v3: GET /_standin/tokens lists v3 tokens beside v1's (990's token files)")
+    admin(c, "config", {"v3_token_ttl": 1})
+    short = v3_token(c).json["data"]
+    time.sleep(1.1)
+    T.ok(short["expires_in"] == 1 and
+         v3(c, "GET", probe, token=short["access_token"]).status == 401,
+         "pt v3: a token past its expires_in -> 401")
+    admin(c, "config", {"v3_token_ttl": 900})
+    return token
+
+
+def paytrace_v3_envelope(c):
+    probe = "/v3/checks/transactions/1"
+    missing = c.call("GET", probe + "?merchant_id=1234567", headers={"X-Integrator-Id": None})
+    T.eq((missing.status, v3_fields(missing)), (422, ["X-Integrator-Id"]),
+         "pt v3: no X-Integrator-Id -> 422 on X-Integrator-Id")
+    wrong = c.call("GET", probe + "?merchant_id=1234567", headers={"X-Integrator-Id": "other"})
+    T.eq((wrong.status, v3_fields(wrong)), (422, ["X-Integrator-Id"]),
+         "pt v3: another X-Integrator-Id -> 422")
+    T.eq(list(wrong.json), ["message", "data"], "pt v3: 422 body is {message, data[]}")
+    T.eq(list(wrong.json["data"][0]), ["field", "detail"], "pt v3: 422 items {field, detail}")
+    for query, why in (("", "no merchant_id"), ("?merchant_id=7", "another merchant_id"),
+                       ("?merchant_id=x", "a merchant_id that is not a number")):
+        reply = v3(c, "GET", probe + query)
+        T.eq((reply.status, v3_fields(reply)), (422, ["merchant_id"]),
+             f"pt v3: GET with {why} -> 422 on merchant_id")
+    for merchant, why in ((None, "no merchant_id"), ("1234567", "merchant_id as a string"),
+                          (7654321, "another merchant_id"), (True, "merchant_id true")):
+        body = invoice_body()
+        if merchant is not None:
+            body["merchant_id"] = merchant
+        reply = c.call("POST", "/v3/invoice", body, headers=V3_HEADERS)
+        T.eq((reply.status, v3_fields(reply)), (422, ["merchant_id"]),
+             f"pt v3: POST with {why} -> 422 on merchant_id")
+    reply = v3(c, "POST", "/v3/invoice", "not json",
+               headers={"Content-Type": "application/json"})
+    T.eq((reply.status, v3_fields(reply)), (422, ["body"]), "pt v3: a body that is not JSON "
+                                                            "-> 422")
+
+
+def paytrace_v3_requests(c, c1):
+    reply = v3(c, "POST", "/v3/invoice", invoice_body())
+    T.ok(reply.status == 201 and list(reply.json) == ["data"]
+         and list(reply.json["data"]) == ["invoice_id"]
+         and isinstance(reply.json["data"]["invoice_id"], str),
+         "pt v3: POST /v3/invoice -> 201 {data:{invoice_id}}", reply.raw)
+    onboard_id = reply.json["data"]["invoice_id"]
+    bad = v3(c, "POST", "/v3/invoice", invoice_body(
+        transaction_type="REFUND", invoice_amount="612.0", email="acme.test",
+        expire_at="2030-01-01 00:00:00", is_amount_editable="false", email_required=1,
+        invoice_number=""))
+    T.eq((bad.status, v3_fields(bad)),
+         (422, ["email", "email_required", "expire_at", "invoice_amount", "invoice_number",
+                "is_amount_editable", "transaction_type"]),
+         "pt v3: invoice validation names every bad field")
+    cases = (({"invoice_amount": 612}, "invoice_amount", "an amount as a number"),
+             ({"invoice_amount": "0.00"}, "invoice_amount", "a zero amount"),
+             ({"invoice_amount": "612.001"}, "invoice_amount", "three decimals"),
+             ({"expire_at": "2020-01-01T00:00:00Z"}, "expire_at", "expire_at in the past"),
+             ({"expire_at": "2030-02-30T00:00:00Z"}, "expire_at", "an impossible date"),
+             ({"expire_at": "2030-01-01T00:00:00+00:00"}, "expire_at", "an offset, not Z"),
+             ({"is_invoice_number_editable": None}, "is_invoice_number_editable",
+              "a null boolean"),
+             ({"transaction_type": "sale"}, "transaction_type", "a lowercase type"))
+    for change, field_name, why in cases:
+        reply = v3(c, "POST", "/v3/invoice", invoice_body(**change))
+        T.eq((reply.status, v3_fields(reply)), (422, [field_name]), f"pt v3: invoice with {why}"
+                                                                    " -> 422")
+    body = invoice_body(transaction_type="CREATE_CUSTOMER")
+    del body["invoice_amount"]
+    T.eq(v3(c, "POST", "/v3/invoice", body).status, 201,
+         "pt v3: CREATE_CUSTOMER needs no invoice_amount")
+    create_id = v3(c, "POST", "/v3/invoice", body).json["data"]["invoice_id"]
+    sale_id = v3(c, "POST", "/v3/invoice", invoice_body(
+        transaction_type="SALE", invoice_number="INV-000613", invoice_amount="13.50",
+        is_amount_editable=True)).json["data"]["invoice_id"]
+    auth_id = v3(c, "POST", "/v3/invoice", invoice_body(
+        transaction_type="AUTHORIZATION", invoice_number="INV-000614",
+        invoice_amount="14.00")).json["data"]["invoice_id"]
+    expiring_id = v3(c, "POST", "/v3/invoice", invoice_body(
+        invoice_number="INV-000615")).json["data"]["invoice_id"]
+    requests = {r["invoice_id"]: r for r in admin(c, "state")["payment_requests"]}
+    T.ok(requests[onboard_id]["status"] == "open" and
+         requests[onboard_id]["invoice_amount"] == "612.00" and
+         requests[onboard_id]["customer_label"] == "Acme Inc",
+         "pt v3: GET state lists the open payment request", requests.get(onboard_id))
+
+    # the payer on the hosted page
+    paid = admin(c, f"payment_requests/{onboard_id}/pay", {})
+    T.ok(paid["request"]["status"] == "paid" and paid["customer_id"]
+         and paid["transaction"]["success"],
+         "pt v3: admin pay on SALE_AND_CUSTOMER stores a card and pays", paid)
+    row = export_one(c1, paid["transaction"]["transaction_id"])
+    today = datetime.date.today().strftime("%m/%d/%Y")
+    rows = pt(c1, "transactions/export/by_date_range",
+              {"start_date": today, "end_date": today}).json["transactions"]
+    T.ok(any(r["transaction_id"] == row["transaction_id"] for r in rows),
+         "pt v3: the payer's payment is in the v1 export by_date_range")
+    T.eq((row["transaction_type"], row["amount"], row["invoice_id"], row["customer_id"],
+          row["status_code"]),
+         ("SALE", Decimal(612), "INV-000612", paid["customer_id"], "Y"),
+         "pt v3: exported as a SALE with invoice_id = the invoice number, the new profile")
+    check_export_row(row, "pt v3 payer's sale")
+    profiles = {p["customer_id"]: p for p in admin(c, "state")["customers"]}
+    T.ok(profiles.get(paid["customer_id"], {}).get("method") == "card",
+         "pt v3: the stored card is a vault card profile")
+    again = pt(c1, "transactions/sale/by_customer",
+               {"customer_id": paid["customer_id"], "amount": "20.00"})
+    T.eq(again.json["response_code"], 101, "pt v3: the new profile can be charged on v1")
+    reply = c.call("POST", f"/_standin/payment_requests/{onboard_id}/pay", {}, token="")
+    T.eq(reply.status, 400, "pt v3: a paid request cannot be paid again")
+
+    refused = c.call("POST", f"/_standin/payment_requests/{auth_id}/pay", {"amount": "1.00"},
+                     token="")
+    T.eq(refused.status, 400, "pt v3: admin pay refuses another amount when not editable")
+    paid = admin(c, f"payment_requests/{sale_id}/pay", {"amount": "10.00"})
+    row = export_one(c1, paid["transaction"]["transaction_id"])
+    T.eq((row["amount"], row["customer_id"], row["invoice_id"], paid["customer_id"]),
+         (Decimal(10), "", "INV-000613", None),
+         "pt v3: SALE with an editable amount: the payer's amount, no profile")
+    paid = admin(c, f"payment_requests/{auth_id}/pay", {"store_card": True})
+    row = export_one(c1, paid["transaction"]["transaction_id"])
+    T.eq((row["transaction_type"], row["status_message"], row["customer_id"]),
+         ("AUTHORIZATION", "Authorization Only", paid["customer_id"]),
+         "pt v3: AUTHORIZATION becomes an open v1 authorization (store_card on request)")
+    created = admin(c, f"payment_requests/{create_id}/pay", {"customer_id": "ONBOARD1"})
+    T.ok(created["transaction"] is None and created["customer_id"] == "ONBOARD1"
+         and created["request"]["status"] == "paid",
+         "pt v3: CREATE_CUSTOMER stores a profile and makes no payment", created)
+    declined_id = v3(c, "POST", "/v3/invoice", invoice_body(
+        transaction_type="SALE", invoice_number="INV-000616",
+        invoice_amount="0.29")).json["data"]["invoice_id"]
+    declined = admin(c, f"payment_requests/{declined_id}/pay", {})
+    T.ok(declined["transaction"]["response_code"] == 102
+         and declined["request"]["status"] == "open",
+         "pt v3: a declined payment (0.29) leaves the request open", declined)
+
+    expired = admin(c, f"payment_requests/{expiring_id}/expire", {})
+    T.eq(expired["request"]["status"], "expired", "pt v3: admin expire")
+    reply = c.call("POST", f"/_standin/payment_requests/{expiring_id}/pay", {}, token="")
+    T.eq(reply.status, 400, "pt v3: an expired request cannot be paid")
+    reply = c.call("POST", "/_standin/payment_requests/999/pay", {}, token="")
+    T.eq(reply.status, 400, "pt v3: admin pay of an unknown request -> 400")
+    statuses = {r["invoice_id"]: r["status"] for r in admin(c, "state")["payment_requests"]}
+    T.eq((statuses[onboard_id], statuses[expiring_id], statuses[declined_id]),
+         ("paid", "expired", "open"), "pt v3: GET state shows paid, expired and open requests")
+
+
+KEY1 = "6f1c2a9e-1b2c-4d3e-8f90-123456789abc"
+KEY2 = "0b7d5a3c-9e1f-4a2b-8c3d-4e5f6a7b8c9d"
+
+
+def ach_get(c, ach_id):
+    return v3(c, "GET", f"/v3/checks/transactions/{ach_id}?merchant_id=1234567")
+
+
+def ach_pay(c, key, amount="607.00", customer="ACH1", number="INV-000607"):
+    return v3(c, "POST", "/v3/checks/payment", {"customer_id": customer, "amount": amount,
+                                                "invoice_number": number,
+                                                "idempotency_key": key})
+
+
+def paytrace_v3_ach(c):
+    admin(c, "customers", {"customers": [{"customer_id": "ACH1", "method": "ach"}]})
+    first = ach_pay(c, KEY1)
+    T.ok(first.status == 200 and list(first.json) == ["transaction_id", "data"]
+         and first.json["data"] == [] and isinstance(first.json["transaction_id"], str),
+         "pt v3: POST /v3/checks/payment -> 200 {transaction_id, data:[]}", first.raw)
+    ach_id = first.json["transaction_id"]
+    second = ach_pay(c, KEY1)
+    T.eq((second.status, second.json), (200, first.json),
+         "pt v3: the same idempotency key answers the same transaction")
+    T.eq(len(admin(c, "state")["ach_transactions"]), 1, "pt v3: ... and debits once")
+    T.eq(ach_pay(c, KEY1.upper()).json, first.json, "pt v3: the key is case-insensitive")
+    changed = ach_pay(c, KEY1, amount="608.00")
+    T.eq((changed.status, v3_fields(changed)), (422, ["idempotency_key"]),
+         "pt v3: the same key with another amount -> 422")
+    by_key = v3(c, "GET", f"/v3/checks/transactions/idempotency-keys/{KEY1}?merchant_id=1234567")
+    txn = by_key.json["data"]
+    T.eq((by_key.status, list(by_key.json), list(txn)), (200, ["data"], V3_FIELDS),
+         "pt v3: lookup by key -> 200 {data:{…the contract's fields…}}")
+    T.eq((txn["ach_transaction_id"], txn["transaction_status"], txn["amount"],
+          txn["invoice_number"], txn["customer_id"], txn["idempotency_key"],
+          txn["settled_at"], txn["return_reason"]),
+         (ach_id, "ACCEPTED", "607.00", "INV-000607", "ACH1", KEY1, None, None),
+         "pt v3: the transaction's values")
+    T.ok(ISO_Z.match(txn["processed_at"]), "pt v3: processed_at is YYYY-MM-DDTHH:MM:SSZ")
+    missing = v3(c, "GET", f"/v3/checks/transactions/idempotency-keys/{KEY2}"
+                           "?merchant_id=1234567")
+    T.eq(missing.status, 404, "pt v3: lookup of an unknown key -> 404")
+    T.eq((ach_get(c, ach_id).status, ach_get(c, ach_id).json["data"]), (200, txn),
+         "pt v3: GET /v3/checks/transactions/{id} -> {data:{…}}")
+    T.eq(ach_get(c, "1").status, 404, "pt v3: an unknown ACH id -> 404")
+    admin(c, "customers", {"customers": [{"customer_id": "CARD9", "method": "card"}]})
+    for change, field_name, why in (
+            ({"customer_id": "NOPE"}, "customer_id", "an unknown profile"),
+            ({"customer_id": "CARD9"}, "customer_id", "a card profile"),
+            ({"amount": "607"}, "amount", "an amount without cents"),
+            ({"amount": 607}, "amount", "an amount as a number"),
+            ({"idempotency_key": "abc"}, "idempotency_key", "a key that is not a UUID"),
+            ({"invoice_number": None}, "invoice_number", "no invoice_number")):
+        body = {"customer_id": "ACH1", "amount": "1.00", "invoice_number": "X",
+                "idempotency_key": KEY2, **change}
+        body = {k: v for k, v in body.items() if v is not None}
+        reply = v3(c, "POST", "/v3/checks/payment", body)
+        T.eq((reply.status, v3_fields(reply)), (422, [field_name]),
+             f"pt v3: ACH debit with {why} -> 422")
+    keys = [f"00000000-0000-4000-8000-00000000000{n}" for n in range(5)]
+    ids = [ach_pay(c, key, amount=f"{n + 1}.00", number=f"INV-{n}").json["transaction_id"]
+           for n, key in enumerate(keys)]
+    declined = ach_pay(c, "00000000-0000-4000-8000-0000000000ff", amount="0.29")
+    T.eq(ach_get(c, declined.json["transaction_id"]).json["data"]["transaction_status"],
+         "DECLINED", "pt v3: an ACH debit of 0.29 is DECLINED")
+
+    # list and paging
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    listing = f"/v3/checks/transactions?merchant_id=1234567&start_date={today}&end_date={today}"
+    page = v3(c, "GET", listing + "&date_type=PROCESSED&limit=2&offset=1")
+    T.eq((page.status, list(page.json), page.json["total"],
+          [t["ach_transaction_id"] for t in page.json["data"]]),
+         (200, ["data", "total"], 7, ids[0:2]),
+         "pt v3: list pages with limit and offset, total counts all")
+    T.eq(len(v3(c, "GET", listing + "&date_type=PROCESSED&limit=30&offset=").json["data"]), 7,
+         "pt v3: an empty offset is 0")
+    T.eq(v3(c, "GET", listing + "&date_type=SETTLED").json["total"], 0,
+         "pt v3: date_type SETTLED: nothing settled yet")
+    for query, field_name in (("&date_type=CREATED", "date_type"), ("&limit=0", "limit"),
+                              ("&limit=x", "limit"), ("&offset=-1", "offset")):
+        reply = v3(c, "GET", listing + query)
+        T.eq((reply.status, v3_fields(reply)), (422, [field_name]),
+             f"pt v3: list with {query[1:]} -> 422")
+    reply = v3(c, "GET", "/v3/checks/transactions?merchant_id=1234567&start_date=11/30/2026"
+                         f"&end_date={today}")
+    T.eq((reply.status, v3_fields(reply)), (422, ["start_date"]),
+         "pt v3: list with a start_date not YYYY-MM-DD -> 422")
+
+    # void, settle, refund, return
+    void = v3(c, "POST", "/v3/checks/void", {"ach_transaction_id": ids[0]})
+    T.eq((void.status, void.json, ach_get(c, ids[0]).json["data"]["transaction_status"]),
+         (200, {"transaction_id": ids[0], "data": []}, "VOIDED"), "pt v3: void -> VOIDED")
+    T.eq(v3(c, "POST", "/v3/checks/void", {"ach_transaction_id": ids[0]}).status, 422,
+         "pt v3: a second void -> 422")
+    T.eq(v3(c, "POST", "/v3/checks/void", {"ach_transaction_id": "1"}).status, 422,
+         "pt v3: void of an unknown id -> 422")
+    early = v3(c, "POST", "/v3/checks/refund", {"ach_transaction_id": ach_id,
+                                                "amount": "7.00", "idempotency_key": KEY2})
+    T.eq((early.status, v3_fields(early)), (422, ["ach_transaction_id"]),
+         "pt v3: refund before settlement -> 422")
+    settled = admin(c, f"ach/{ach_id}/settle", {})["transaction"]
+    T.ok(settled["transaction_status"] == "SETTLED" and ISO_Z.match(settled["settled_at"]),
+         "pt v3: admin settle -> SETTLED with settled_at", settled)
+    T.eq(v3(c, "GET", listing + "&date_type=SETTLED").json["total"], 1,
+         "pt v3: date_type SETTLED lists the settled debit")
+    late = v3(c, "POST", "/v3/checks/void", {"ach_transaction_id": ach_id})
+    T.eq(late.status, 422, "pt v3: void after settlement -> 422")
+    too_much = v3(c, "POST", "/v3/checks/refund", {"ach_transaction_id": ach_id,
+                                                   "amount": "607.01", "idempotency_key": KEY2})
+    T.eq((too_much.status, v3_fields(too_much)), (422, ["amount"]),
+         "pt v3: refund of more than the amount -> 422")
+    refund = v3(c, "POST", "/v3/checks/refund", {"ach_transaction_id": ach_id,
+                                                 "amount": "600.00", "idempotency_key": KEY2})
+    T.ok(refund.status == 200 and refund.json["transaction_id"] not in (ach_id, None)
+         and refund.json["data"] == [], "pt v3: refund -> 200 with a new ACH id", refund.raw)
+    same = v3(c, "POST", "/v3/checks/refund", {"ach_transaction_id": ach_id,
+                                               "amount": "600.00", "idempotency_key": KEY2})
+    T.eq(same.json, refund.json, "pt v3: the same refund key answers the same refund")
+    credit = ach_get(c, refund.json["transaction_id"]).json["data"]
+    T.eq((credit["transaction_type"], credit["original_transaction_id"], credit["amount"]),
+         ("REFUND", ach_id, "600.00"), "pt v3: the refund names its debit")
+    rest = v3(c, "POST", "/v3/checks/refund",
+              {"ach_transaction_id": ach_id, "amount": "7.01",
+               "idempotency_key": "11111111-2222-4333-8444-555555555555"})
+    T.eq(rest.status, 422, "pt v3: a refund beyond what remains -> 422")
+    missing_key = v3(c, "POST", "/v3/checks/refund", {"ach_transaction_id": ach_id,
+                                                      "amount": "1.00"})
+    T.eq(v3_fields(missing_key), ["idempotency_key"], "pt v3: refund without a key -> 422")
+
+    returned = admin(c, f"ach/{ids[1]}/return", {"status": "NSF_DECLINED", "reason": "R01"})
+    T.eq((returned["transaction"]["transaction_status"], returned["transaction"]
+          ["return_reason"]), ("NSF_DECLINED", "R01"), "pt v3: admin return NSF_DECLINED R01")
+    admin(c, f"ach/{ids[2]}/settle", {})
+    admin(c, f"ach/{ids[2]}/return", {})
+    data = ach_get(c, ids[2]).json["data"]
+    T.eq((data["transaction_status"], data["return_reason"]), ("RETURNED", "R01"),
+         "pt v3: a settled debit returned later shows RETURNED with its reason")
+    for path, body, why in ((f"ach/{ids[0]}/return", {}, "return of a voided debit"),
+                            (f"ach/{ids[3]}/return", {"status": "SETTLED"},
+                             "return with a status that is no return"),
+                            (f"ach/{ids[3]}/status", {"status": "LOST"}, "an unknown status"),
+                            ("ach/1/settle", {}, "settle of an unknown id")):
+        T.eq(c.call("POST", "/_standin/" + path, body, token="").status, 400,
+             f"pt v3: admin {why} -> 400")
+    moved = admin(c, f"ach/{ids[3]}/status", {"status": "ORIGINATED"})["transaction"]
+    T.eq(moved["transaction_status"], "ORIGINATED", "pt v3: admin status sets any [C] status")
+    state = admin(c, "state")
+    T.ok(len(state["ach_transactions"]) == 8 and "payment_requests" in state,
+         "pt v3: GET state lists ACH transactions and payment requests")
+
+
+def paytrace_v3_faults(c):
+    admin(c, "requests/clear", {})
+
+    def count():
+        return len(admin(c, "state")["payment_requests"])
+    fault_checks(c, "pt v3", "/v3/invoice",
+                 {**MERCHANT, **invoice_body(invoice_number="INV-FAULT")}, count)
+    random_fault_checks(c, "pt v3", "/v3/invoice",
+                        {**MERCHANT, **invoice_body(invoice_number="INV-FAULT")}, count, 201)
+    # a lost answer to an ACH debit: found by its key, and a retry debits nothing more
+    key = "22222222-3333-4444-8555-666666666666"
+    admin(c, "faults", {"rules": [{"path": "/v3/checks/payment", "action": "close_after"}]})
+    before = len(admin(c, "state")["ach_transactions"])
+    body = {**MERCHANT, "customer_id": "ACH1", "amount": "5.00", "invoice_number": "INV-LOST",
+            "idempotency_key": key}
+    T.ok(dropped(c, "POST", "/v3/checks/payment", body),
+         "pt v3: close_after drops an ACH debit's answer")
+    found = v3(c, "GET", f"/v3/checks/transactions/idempotency-keys/{key}?merchant_id=1234567")
+    retry = v3(c, "POST", "/v3/checks/payment", body)
+    T.ok(found.status == 200 and retry.json["transaction_id"] ==
+         found.json["data"]["ach_transaction_id"] and
+         len(admin(c, "state")["ach_transactions"]) == before + 1,
+         "pt v3: the lost debit is found by key; the retry answers it, no second debit")
+    admin(c, "faults", {"rules": []})
+    admin(c, "requests/clear", {})     # the v1 fault checks count their own drops
+    admin(c, "expire_tokens", {})
+    T.eq(v3(c, "GET", "/v3/checks/transactions/1?merchant_id=1234567").status, 401,
+         "pt v3: expire_tokens expires v3 tokens too")
+
+
+def paytrace_v3(c1):
+    c = Client(c1.port, c1.context)
+    c.headers = dict(V3_HEADERS)
+    try:
+        c.token = paytrace_v3_auth(c, c1.token)
+        paytrace_v3_envelope(c)
+        paytrace_v3_requests(c, c1)
+        paytrace_v3_ach(c)
+        paytrace_v3_faults(c)
+    finally:
+        c.close()
+
+
 def test_paytrace(tls=None, context=None):
     server = Server("paytrace.py", "--quiet", tls=tls)
     c = Client(server.port, context)
@@ -848,6 +1262,9 @@ def test_paytrace(tls=None, context=None):
         paytrace_ach_keyed_autovoid(c)
         raw_chunked_check(server.port)
         replay_checks(c)
+        paytrace_v3(c)      # ends with expire_tokens: the v1 token needs renewing
+        c.token = c.post("/oauth/token", "grant_type=password&username=pt-user&"
+                                         "password=pt-pass", headers=FORM).json["access_token"]
         paytrace_faults(c)
     finally:
         c.close()
