@@ -141,7 +141,8 @@ administration_load(const char *name, MemoryContext context)
 
 	SPI_connect();
 	rc = fp_spi_run("SELECT a.freshportal_url, a.paytrace_url, a.paytrace_username,"
-					"       a.paytrace_integrator_id, s.freshportal_api_key, s.paytrace_password"
+					"       a.paytrace_integrator_id, s.freshportal_api_key, s.paytrace_password,"
+					"       COALESCE(a.paytrace_merchant_id, 0)"
 					"  FROM freshpay.administrations a"
 					"  JOIN freshpay.administration_secrets s"
 					"    ON s.administration OPERATOR(pg_catalog.=) a.name"
@@ -166,6 +167,11 @@ administration_load(const char *name, MemoryContext context)
 		admin->paytrace_integrator_id = SPI_getvalue(tuple, desc, 4);
 		stored_key = SPI_getvalue(tuple, desc, 5);
 		stored_password = SPI_getvalue(tuple, desc, 6);
+		{
+			bool		isnull;
+
+			admin->paytrace_merchant_id = DatumGetInt32(SPI_getbinval(tuple, desc, 7, &isnull));
+		}
 		MemoryContextSwitchTo(spi);
 	}
 	SPI_finish();

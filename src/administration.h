@@ -25,6 +25,7 @@ typedef struct Administration
 	char	   *paytrace_username;
 	char	   *paytrace_password;	/* resolved secret */
 	char	   *paytrace_integrator_id;
+	int32		paytrace_merchant_id;	/* API v3; 0 when not set (v1 only) */
 } Administration;
 
 extern Administration *administration_load(const char *name, MemoryContext context);

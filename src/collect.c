@@ -204,6 +204,115 @@ freshpay_reverse(PG_FUNCTION_ARGS)
 	return money_call(fcinfo, "freshpay_reverse", MONEY_REVERSE, "invoice_id", false);
 }
 
+/* The payment_requests row the worker committed. */
+static Datum
+request_row(int64 request_id)
+{
+	static SPIPlanPtr plan = NULL;	/* kept for the session */
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(request_id)};
+	Datum		row;
+	bool		isnull;
+
+	SPI_connect();
+	if (plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare("SELECT q FROM freshpay.payment_requests q"
+										   " WHERE q.id OPERATOR(pg_catalog.=) $1", 1, types);
+
+		if (prepared == NULL || SPI_keepplan(prepared) != 0)
+			elog(ERROR, "could not prepare the payment request's statement");
+		plan = prepared;
+	}
+	if (SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "payment request " INT64_FORMAT " recorded by the worker cannot be read", request_id);
+	row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	row = SPI_datumTransfer(row, false, -1);
+	SPI_finish();
+	return row;
+}
+
+PG_FUNCTION_INFO_V1(freshpay_request_payment);
+
+/*
+ * freshpay_request_payment(invoice_id, mode, email, expires_in): the worker
+ * records the request, then sends it (contract section 10).
+ */
+Datum
+freshpay_request_payment(PG_FUNCTION_ARGS)
+{
+	MoneyCall	call = {0};
+	MoneyAnswer answer;
+	int			timeout_ms;
+
+	mailbox_require_worker_database("freshpay_request_payment");
+	call.database_id = MyDatabaseId;
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("invoice_id must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("mode must not be null"),
+				 errhint("Use sale, authorize, sale_and_onboard or onboard.")));
+	call.op = MONEY_REQUEST;
+	call.target_id = PG_GETARG_INT64(0);
+	if (VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(1)) >= sizeof(call.mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid payment request mode"),
+				 errhint("Use sale, authorize, sale_and_onboard or onboard.")));
+	text_to_cstring_buffer(PG_GETARG_TEXT_PP(1), call.mode, sizeof(call.mode));
+	if (!PG_ARGISNULL(2))
+	{
+		text	   *email = PG_GETARG_TEXT_PP(2);
+
+		if (VARSIZE_ANY_EXHDR(email) >= sizeof(call.email) || VARSIZE_ANY_EXHDR(email) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("email must be 1 to %d characters", (int) sizeof(call.email) - 1)));
+		text_to_cstring_buffer(email, call.email, sizeof(call.email));
+	}
+	if (PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("expires_in must not be null")));
+	{
+		Interval   *span = PG_GETARG_INTERVAL_P(3);
+		int64		seconds = span->time / USECS_PER_SEC;
+
+		/* Months and days as the calendar's average; refused if not positive or too long. */
+		if (span->month > 24 || span->month < -24 || span->day > 800 || span->day < -800)
+			seconds = span->month > 0 || span->day > 0 ? PG_INT64_MAX / 2 : -1;
+		else
+			seconds += ((int64) span->month * DAYS_PER_MONTH + span->day) * SECS_PER_DAY;
+		call.expires_in_s = seconds;
+	}
+	strlcpy(call.requested_by, GetUserNameFromId(GetUserId(), false), sizeof(call.requested_by));
+
+	timeout_ms = (int) Min((int64) freshpay_request_timeout * 2 + freshpay_connect_timeout * 2 + 30000,
+						   (int64) PG_INT32_MAX);
+	if (!mailbox_call(&call, &answer, timeout_ms))
+	{
+		if (answer.payment_id == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("the freshpay worker did not answer in time"),
+					 errdetail("The request may still be recorded and sent by the worker."),
+					 errhint("Look at freshpay.payment_requests before asking again.")));
+		answer.sqlerrcode = 0;
+	}
+	if (answer.sqlerrcode != 0)
+		ereport(ERROR,
+				(errcode(answer.sqlerrcode),
+				 errmsg_internal("%s", answer.message),
+				 answer.detail[0] ? errdetail_internal("%s", answer.detail) : 0,
+				 answer.hint[0] ? errhint("%s", answer.hint) : 0));
+	PG_RETURN_DATUM(request_row(answer.payment_id));
+}
+
 static const char *
 outcome_name(PtOutcome outcome)
 {

@@ -22,7 +22,8 @@ typedef enum FlowKind
 {
 	FLOW_MONEY,					/* a money call: mailbox or collect_invoice */
 	FLOW_WRITEBACK,				/* register_payment, reverse_payment */
-	FLOW_RESOLVE				/* resolve_payment */
+	FLOW_RESOLVE,				/* resolve_payment */
+	FLOW_REQUEST				/* a payment request from the mailbox */
 } FlowKind;
 
 /* What a step left the flow doing. */

@@ -373,6 +373,8 @@ http_transfer_setup(CURL *handle, const HttpRequest *request, BodyBuffer *buf, c
 		explicit_bzero(line, strlen(line));
 		pfree(line);
 	}
+	if (request->extra_header != NULL)
+		*headers = header_append(*headers, request->extra_header);
 	curl_easy_setopt(handle, CURLOPT_HTTPHEADER, *headers);
 
 	if (strcmp(request->method, "POST") == 0)

@@ -25,6 +25,7 @@ typedef struct HttpRequest
 	const char *content_type;	/* of body; NULL when there is no body */
 	const char *body;			/* NULL for none */
 	const char *bearer_token;	/* sent as "Authorization: Bearer ..." */
+	const char *extra_header;	/* one more "Name: value" line, or NULL */
 	bool		idempotent;		/* safe to repeat (GETs are, always) */
 } HttpRequest;
 

@@ -26,7 +26,8 @@ typedef enum MoneyOp
 	MONEY_AUTHORIZE,
 	MONEY_VOID,
 	MONEY_REFUND,
-	MONEY_REVERSE
+	MONEY_REVERSE,
+	MONEY_REQUEST				/* a payment request (not a money call: no money moves) */
 } MoneyOp;
 
 typedef struct MoneyCall
@@ -38,11 +39,15 @@ typedef struct MoneyCall
 	bool		has_amount;
 	char		amount[32];		/* numeric text */
 	char		requested_by[NAMEDATALEN];
+	/* MONEY_REQUEST only */
+	char		mode[24];
+	char		email[256];		/* "" = the customer's */
+	int64		expires_in_s;
 } MoneyCall;
 
 typedef struct MoneyAnswer
 {
-	int64		payment_id;		/* the row to return; 0 when none */
+	int64		payment_id;		/* the row to return (a payment request's for MONEY_REQUEST); 0 when none */
 	int			sqlerrcode;		/* 0: success; else raise this error */
 	char		message[512];
 	char		detail[1024];

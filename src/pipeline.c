@@ -37,6 +37,7 @@
 #include "jobs.h"
 #include "mailbox.h"
 #include "pipeline.h"
+#include "request.h"
 #include "resolve.h"
 #include "settings.h"
 #include "writeback.h"
@@ -114,6 +115,9 @@ flow_step(Flow *f, const HttpResponse *response)
 			break;
 		case FLOW_RESOLVE:
 			next = resolve_step(f, response);
+			break;
+		case FLOW_REQUEST:
+			next = request_step(f, response);
 			break;
 		default:
 			elog(ERROR, "unknown flow kind %d", (int) f->kind);
@@ -236,9 +240,13 @@ admit_calls(void)
 
 	while (mailbox_take(&slot, &call))
 	{
-		Flow	   *f = flow_new(FLOW_MONEY, FLOW_PRIORITY_CALL, NULL);
+		Flow	   *f = flow_new(call.op == MONEY_REQUEST ? FLOW_REQUEST : FLOW_MONEY,
+									 FLOW_PRIORITY_CALL, NULL);
 
-		attempt_for_call(f, slot, &call);
+		if (call.op == MONEY_REQUEST)
+			request_for_call(f, slot, &call);
+		else
+			attempt_for_call(f, slot, &call);
 		flow_step(f, NULL);
 		any = true;
 	}

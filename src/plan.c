@@ -72,8 +72,28 @@ invoice_number_sendable(const char *number)
  * a worker transaction; with lock, the invoice row is locked FOR UPDATE.
  * amount may be NULL (the open amount, or the open authorization's amount).
  */
+static void plan_invoice(CallPlan *plan, const MoneyCall *call, bool lock, bool for_request,
+						 MemoryContext context);
+
 void
 plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext context)
+{
+	plan_invoice(plan, call, lock, false, context);
+}
+
+/*
+ * Checks of a payment request against local data: those of a collection,
+ * except that the customer needs no vault profile (that is what the
+ * request is for).  plan->amount is what is open.
+ */
+void
+plan_request_checks(CallPlan *plan, const MoneyCall *call, MemoryContext context)
+{
+	plan_invoice(plan, call, false, true, context);
+}
+
+static void
+plan_invoice(CallPlan *plan, const MoneyCall *call, bool lock, bool for_request, MemoryContext context)
 {
 	Oid			types[] = {INT8OID};
 	Datum		values[] = {Int64GetDatum(call->target_id)};
@@ -139,7 +159,7 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 		fp_refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 			  "Nothing is left to collect.",
 			  "invoice %s is already paid", plan->invoice_number);
-	if (plan->vault_id == NULL)
+	if (plan->vault_id == NULL && !for_request)
 		fp_refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 			  "Link the customer to a PayTrace vault profile with freshpay_link_customer().",
 			  "customer %s of invoice %s has no PayTrace vault profile",
@@ -152,6 +172,8 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 			  "amount %s exceeds the open amount %s of invoice %s",
 			  plan->amount, available, plan->invoice_number);
 
+	if (for_request)
+		return;
 	plan->has_parent = fp_spi_int64(13, &auth_id);
 	if (call->op == MONEY_AUTHORIZE)
 	{

@@ -38,6 +38,7 @@ typedef struct CallPlan
 
 extern void plan_call(CallPlan *plan, const MoneyCall *call, MemoryContext context);
 extern void plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext context);
+extern void plan_request_checks(CallPlan *plan, const MoneyCall *call, MemoryContext context);
 extern void plan_check_invoice(CallPlan *plan, const FpInvoice *remote, bool has_amount);
 extern PtRequest plan_request(const CallPlan *plan);
 

@@ -16,7 +16,8 @@
 typedef enum RemoteApi
 {
 	REMOTE_FRESHPORTAL = 0,
-	REMOTE_PAYTRACE = 1
+	REMOTE_PAYTRACE = 1,
+	REMOTE_PAYTRACE_V3 = 2		/* v3 tokens are their own */
 } RemoteApi;
 
 /* Longest token accepted into the cache; longer ones are refused. */

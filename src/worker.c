@@ -50,6 +50,7 @@
 #include "jobs.h"
 #include "mailbox.h"
 #include "pipeline.h"
+#include "request.h"
 #include "resolve.h"
 #include "settings.h"
 #include "spi_txn.h"
@@ -277,6 +278,7 @@ freshpay_worker_main(Datum main_arg)
 				/* In-flight attempts are looked up before anything new is sent. */
 				job_release_claims();
 				resolve_recover();
+				request_recover();
 				while (pipeline_serve(loop_context, "resolve_payment", WORKER_IDLE_TIMEOUT_MS))
 					;
 				mailbox_attach_worker();

@@ -34,8 +34,21 @@ SELECT freshpay_add_administration('relfile', :'fp_url', 'file:secret.txt', 'htt
 SELECT freshpay_add_administration('empty', :'fp_url', '', 'https://api.paytrace.com', 'u', 'p', 'i');
 SELECT freshpay_add_administration('nouser', :'fp_url', 'k', 'https://api.paytrace.com', '', 'p', 'i');
 SELECT freshpay_add_administration('noint', :'fp_url', 'k', 'https://api.paytrace.com', 'u', 'p', NULL);
+SELECT freshpay_add_administration('zeromerchant', :'fp_url', 'k', 'https://api.paytrace.com', 'u', 'p', 'i', 0);
+SELECT freshpay_add_administration('negmerchant', :'fp_url', 'k', 'https://api.paytrace.com', 'u', 'p', 'i', -7);
 SELECT name FROM freshpay.administrations ORDER BY 1;
 SELECT administration FROM freshpay.administration_secrets ORDER BY 1;
+
+-- A PayTrace merchant id (API v3): optional, positive, and changeable.
+SELECT name, paytrace_merchant_id FROM freshpay_add_administration('v3', :'fp_url', 'k',
+	'https://api.paytrace.com', 'pt-user', 'pt-pass', 'pt-integrator', paytrace_merchant_id => 4242);
+SELECT name, paytrace_merchant_id FROM freshpay.administrations WHERE name IN ('main', 'v3') ORDER BY 1;
+\set VERBOSITY terse
+UPDATE freshpay.administrations SET paytrace_merchant_id = 0 WHERE name = 'v3';
+\set VERBOSITY default
+UPDATE freshpay.administrations SET paytrace_merchant_id = 5151 WHERE name = 'v3' RETURNING name, paytrace_merchant_id;
+UPDATE freshpay.administrations SET paytrace_merchant_id = NULL WHERE name = 'v3' RETURNING name, paytrace_merchant_id;
+DELETE FROM freshpay.administrations WHERE name = 'v3';
 
 -- A file: reference is read by the server (one trailing newline dropped).
 SELECT current_setting('data_directory') || '/freshpay_test_key' AS key_file \gset
