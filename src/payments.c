@@ -358,6 +358,64 @@ payments_pick_outcome(const Attempt *a, List *candidates)
 }
 
 /*
+ * The payment request of ours this transaction was paid through: one of the
+ * invoice's requests that was open (sent, or unknown: PayTrace may have made
+ * it), or that expired after the payment was made.  Locked; 0 when none.
+ */
+static int64
+request_paid_through(const char *administration, const PtTransaction *t, const char *kind)
+{
+	Oid			types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[] = {CStringGetTextDatum(administration), CStringGetTextDatum(t->invoice_id),
+	TimestampTzGetDatum(t->created_at)};
+	char		nulls[] = {' ', ' ', t->has_created_at ? ' ' : 'n'};
+	int64		id = 0;
+
+	if (t->invoice_id[0] == '\0' || strcmp(kind, "ach_sale") == 0)
+		return 0;
+	if (fp_spi_run("SELECT q.id FROM freshpay.payment_requests q"
+				   "  JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) q.invoice_id"
+				   " WHERE q.administration OPERATOR(pg_catalog.=) $1"
+				   "   AND i.number OPERATOR(pg_catalog.=) $2"
+				   "   AND q.payment_id IS NULL AND q.mode OPERATOR(pg_catalog.<>) 'onboard'"
+				   "   AND (q.status OPERATOR(pg_catalog.=) ANY (ARRAY['sent', 'unknown'])"
+				   "        OR (q.status OPERATOR(pg_catalog.=) 'expired'"
+				   "            AND $3 OPERATOR(pg_catalog.<=) q.expires_at))"
+				   " ORDER BY q.id DESC LIMIT 1 FOR UPDATE OF q",
+				   3, types, values, nulls, SPI_OK_SELECT) == 1)
+		fp_spi_int64(1, &id);
+	return id;
+}
+
+/*
+ * A payment request was paid with payment_id: the request says so, and a
+ * payer who stored a card links the customer to the new vault profile (a
+ * customer already linked keeps the profile it has).
+ */
+static void
+request_settle(int64 request_id, int64 payment_id, const PtTransaction *t)
+{
+	Oid			types[] = {INT8OID, INT8OID, TEXTOID};
+	Datum		values[] = {Int64GetDatum(request_id), Int64GetDatum(payment_id),
+	CStringGetTextDatum(t->customer_id ? t->customer_id : "")};
+	bool		linked;
+
+	linked = t->customer_id != NULL && t->customer_id[0] != '\0' &&
+		fp_spi_run("UPDATE freshpay.customers c SET paytrace_customer_id = $3, payment_method = 'card'"
+				   "  FROM freshpay.payment_requests q"
+				   " WHERE q.id OPERATOR(pg_catalog.=) $1 AND c.id OPERATOR(pg_catalog.=) q.customer_id"
+				   "   AND c.paytrace_customer_id IS NULL",
+				   3, types, values, NULL, SPI_OK_UPDATE) > 0;
+	fp_spi_run(linked
+			   ? "UPDATE freshpay.payment_requests SET status = 'onboarded', payment_id = $2,"
+			   "       message = 'Paid; the payer stored a card, and the customer is linked to it.',"
+			   "       updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1"
+			   : "UPDATE freshpay.payment_requests SET status = 'paid', payment_id = $2,"
+			   "       message = 'Paid.', updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
+			   2, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
  * Apply what PayTrace's export shows of one transaction (inside a worker or
  * caller transaction, SPI connected): settlement of our payments; a void made
  * outside freshpay (PayTrace's Virtual Terminal, say), recorded as a 'void'
@@ -449,9 +507,10 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 			pg_strncasecmp(type, "CHECK", 5) == 0 ? "ach_sale" :
 			pg_strncasecmp(type, "AUTH", 4) == 0 ? "authorization" : NULL;
 		Oid			itypes[] = {TEXTOID, INT8OID, TEXTOID, NUMERICOID, TEXTOID, TEXTOID, INT4OID,
-		TIMESTAMPTZOID, TEXTOID};
-		Datum		ivalues[9];
-		char		inulls[9];
+		TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
+		Datum		ivalues[11];
+		char		inulls[11];
+		int64		request_id;
 		int64		new_id;
 		Attempt    *a;
 
@@ -487,6 +546,7 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 				return payments_record_outcome(own_id, payments_result_from(a, t), "learned") ? 'u' : 0;
 			}
 		}
+		request_id = request_paid_through(administration, t, kind);
 		ivalues[0] = CStringGetTextDatum(administration);
 		ivalues[1] = Int64GetDatum(t->transaction_id);
 		ivalues[2] = CStringGetTextDatum(kind);
@@ -496,6 +556,9 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 		ivalues[6] = Int32GetDatum(t->batch_number);
 		ivalues[7] = TimestampTzGetDatum(t->settled_at);
 		ivalues[8] = t->approval_code ? CStringGetTextDatum(t->approval_code) : (Datum) 0;
+		ivalues[9] = CStringGetTextDatum(request_id ? "payment request" : "paytrace");
+		ivalues[10] = CStringGetTextDatum(request_id ? psprintf("Paid through payment request " INT64_FORMAT ".", request_id)
+										  : "Made at PayTrace, outside freshpay.");
 		memset(inulls, ' ', sizeof(inulls));
 		inulls[6] = t->batch_number ? ' ' : 'n';
 		inulls[7] = t->has_settled_at ? ' ' : 'n';
@@ -505,15 +568,16 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 				"  paytrace_transaction_id, invoice_number, batch_number, settled_at,"
 				"  approval_code, message, requested_by)"
 				" SELECT $1, i.id, i.customer_id, $3, $4, 'pending', $2, NULLIF($6, ''), $7, $8, $9,"
-				"        'Made at PayTrace, outside freshpay.', 'paytrace'"
+				"        $11, $10"
 				"   FROM (SELECT 1) one"
 				"   LEFT JOIN freshpay.invoices i ON i.administration OPERATOR(pg_catalog.=) $1"
 				"        AND i.number OPERATOR(pg_catalog.=) $6"
 				" ORDER BY i.id LIMIT 1"
 				" RETURNING id",
-				9, itypes, ivalues, inulls, SPI_OK_INSERT_RETURNING);
+				11, itypes, ivalues, inulls, SPI_OK_INSERT_RETURNING);
 		fp_spi_int64(1, &new_id);
-		payments_history(new_id, NULL, "pending", 0, "learned", "A transaction made at PayTrace outside freshpay.");
+		payments_history(new_id, NULL, "pending", 0, "learned",
+						 request_id ? "A payment made through a payment request." : "A transaction made at PayTrace outside freshpay.");
 		/* Recorded as approved, so that the invoice and FreshPortal follow. */
 		a = payments_load(new_id, CurrentMemoryContext);
 		{
@@ -525,6 +589,8 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 		}
 		payments_history(new_id, "pending", success_status(kind), 0, "learned", NULL);
 		apply_success(a);
+		if (request_id != 0)
+			request_settle(request_id, new_id, t);
 		return 'i';
 	}
 	return 0;

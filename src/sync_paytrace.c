@@ -44,6 +44,24 @@ sync_paytrace_fetch(const Administration *admin)
 	return paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS, today + 1, NULL);
 }
 
+/*
+ * Payment requests past their expires_at that the pull just found no
+ * payment for are expired; another request may be sent for their invoice.
+ */
+static void
+expire_requests(const char *administration)
+{
+	Oid			types[] = {TEXTOID};
+	Datum		values[] = {CStringGetTextDatum(administration)};
+
+	fp_spi_run("UPDATE freshpay.payment_requests"
+			   "   SET status = 'expired', message = 'Expired without a payment.', updated_at = pg_catalog.now()"
+			   " WHERE administration OPERATOR(pg_catalog.=) $1"
+			   "   AND status OPERATOR(pg_catalog.=) ANY (ARRAY['sent', 'unknown'])"
+			   "   AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()",
+			   1, types, values, NULL, SPI_OK_UPDATE);
+}
+
 SyncCounts
 sync_paytrace_apply(const Administration *admin, List *transactions)
 {
@@ -59,6 +77,7 @@ sync_paytrace_apply(const Administration *admin, List *transactions)
 		counts.inserted += change == 'i';
 		counts.updated += change == 'u';
 	}
+	expire_requests(admin->name);
 	sync_state_record(admin->name, "paytrace_transactions", &counts);
 	SPI_finish();
 	return counts;

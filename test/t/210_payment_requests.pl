@@ -172,6 +172,46 @@ is($out, 'sent', 'after its expiry a new request is sent') or diag($err);
 is(sql('SELECT string_agg(status, \',\' ORDER BY id) FROM freshpay.payment_requests WHERE invoice_id = ' . inv(907)),
 	'expired,sent', 'the lost one is recorded expired');
 
+# --- The payer pays: the pull learns it ----------------------------------------------------
+
+# RQ-901 (sale_and_onboard): the payer pays and stores the card.
+my $paid = $pt->admin_post("/_standin/payment_requests/$request_id/pay", {});
+my $profile = $paid->{customer_id} // '';
+like($profile, qr/^\S+$/, 'setup: the payer paid on the hosted page and stored a card');
+sql("SELECT count(*) FROM freshpay_sync('main')");
+is(sql("SELECT status || '|' || (payment_id IS NOT NULL) FROM freshpay.payment_requests WHERE paytrace_request_id = '$request_id'"),
+	'onboarded|true', 'the pull finds the payment: the request is onboarded, with its payment');
+is(sql('SELECT kind || \'|\' || status || \'|\' || amount || \'|\' || requested_by FROM freshpay.payments WHERE invoice_id = ' . inv(901)),
+	'sale|captured|612.00|payment request', 'the payment is recorded once, as paid through the request');
+is(sql(q{SELECT paytrace_customer_id || '|' || payment_method FROM freshpay.customers WHERE administration = 'main' AND freshportal_id = 1}),
+	"$profile|card", 'the customer is linked to the stored card');
+ok( FreshpayTest::poll_true($node,
+		'SELECT freshportal_payment_id IS NOT NULL FROM freshpay.payments WHERE invoice_id = ' . inv(901), 30, 'registration'),
+	'the payment is registered in FreshPortal');
+is(scalar(grep { ($_->{invoice_id} // 0) == 901 && $_->{status} eq 'registered' } @{ $fp->state->{payments} }), 1,
+	'exactly once');
+sql("SELECT count(*) FROM freshpay_sync('main')");
+is(sql('SELECT count(*) FROM freshpay.payments WHERE invoice_id = ' . inv(901)), '1', 'a second pull records nothing more');
+
+# The customer's next invoice is charged against the stored card.
+$fp->seed({ invoices => [ { id => 908, number => 'RQ-908', customer_id => 1, amount_incl_vat => '17.25' } ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+($out, $err) = call('SELECT status FROM freshpay_capture(' . inv(908) . ')');
+is($out, 'captured', "the customer's next invoice is charged against the stored card") or diag($err);
+
+# RQ-902 (sale): paid without storing a card.
+my $request_902 = sql('SELECT paytrace_request_id FROM freshpay.payment_requests WHERE status = \'sent\' AND invoice_id = ' . inv(902));
+$pt->admin_post("/_standin/payment_requests/$request_902/pay", { store_card => JSON::PP::false });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+is(sql('SELECT status FROM freshpay.payment_requests WHERE paytrace_request_id = ' . FreshpayTest::quote_literal($request_902)),
+	'paid', 'a request paid without storing a card is paid');
+
+# RQ-907: past its expiry without a payment, the pull expires it.
+sql('UPDATE freshpay.payment_requests SET expires_at = now() - interval \'1 second\' WHERE status = \'sent\' AND invoice_id = ' . inv(907));
+sql("SELECT count(*) FROM freshpay_sync('main')");
+is(sql('SELECT string_agg(status, \',\' ORDER BY id) FROM freshpay.payment_requests WHERE invoice_id = ' . inv(907)),
+	'expired,expired', 'the pull expires a request past its expires_at');
+
 # --- Visible to a reader, never to PUBLIC ------------------------------------------------
 
 sql('CREATE ROLE regress_req_reader IN ROLE freshpay_reader');
