@@ -138,3 +138,84 @@ GRANT EXECUTE ON FUNCTION @extschema@.freshpay_request_payment(bigint, text, tex
 
 SELECT pg_catalog.pg_extension_config_dump('freshpay.payment_requests', '');
 SELECT pg_catalog.pg_extension_config_dump('freshpay.payment_requests_id_seq', '');
+
+-- The collection rules without a vault profile: a payment request instead of
+-- a charge (contract section 10).
+CREATE OR REPLACE FUNCTION @extschema@.freshpay_link_customer(
+	customer_id bigint,
+	paytrace_customer_id text,
+	collection text DEFAULT 'manual',
+	payment_method text DEFAULT 'card')
+RETURNS freshpay.customers
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	result freshpay.customers;
+BEGIN
+	IF paytrace_customer_id IS NOT NULL AND pg_catalog.btrim(paytrace_customer_id) OPERATOR(pg_catalog.=) '' THEN
+		RAISE EXCEPTION 'paytrace_customer_id must not be empty'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give the customer_id of the PayTrace vault profile, or NULL to unlink.';
+	END IF;
+	IF collection IS NULL OR collection OPERATOR(pg_catalog.<>) ALL (ARRAY['manual', 'on_issue', 'on_due_date']) THEN
+		RAISE EXCEPTION 'invalid collection rule %', pg_catalog.quote_nullable(collection)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use manual, on_issue or on_due_date.';
+	END IF;
+	IF payment_method IS NULL OR payment_method OPERATOR(pg_catalog.<>) ALL (ARRAY['card', 'ach']) THEN
+		RAISE EXCEPTION 'invalid payment method %', pg_catalog.quote_nullable(payment_method)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use card or ach.';
+	END IF;
+	-- Without a vault profile a card customer on a rule is sent payment
+	-- requests; ACH has no hosted page to ask with.
+	IF paytrace_customer_id IS NULL AND collection OPERATOR(pg_catalog.<>) 'manual'
+	   AND payment_method OPERATOR(pg_catalog.=) 'ach' THEN
+		RAISE EXCEPTION 'collection rule % needs a PayTrace vault profile for ACH', collection
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give paytrace_customer_id, or use collection => ''manual''.';
+	END IF;
+
+	UPDATE freshpay.customers c
+	   SET paytrace_customer_id = freshpay_link_customer.paytrace_customer_id,
+		   collection = freshpay_link_customer.collection,
+		   payment_method = freshpay_link_customer.payment_method
+	 WHERE c.id OPERATOR(pg_catalog.=) freshpay_link_customer.customer_id
+	RETURNING c.* INTO result;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'customer % does not exist', customer_id
+			USING ERRCODE = 'no_data_found',
+				  HINT = 'customer_id is freshpay.customers.id; run freshpay_sync() to pull customers.';
+	END IF;
+	RETURN result;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.freshpay_link_customer(bigint, text, text, text) IS
+	'Maps a FreshPortal customer to a PayTrace vault profile and sets its collection rule and payment method; a card customer on a rule without a profile is sent payment requests';
+
+CREATE OR REPLACE FUNCTION freshpay._queue_collection()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF NEW.type OPERATOR(pg_catalog.=) 'invoice'
+	   AND NEW.status OPERATOR(pg_catalog.=) 'open'
+	   AND (TG_OP OPERATOR(pg_catalog.=) 'INSERT' OR OLD.status OPERATOR(pg_catalog.=) 'concept')
+	   AND EXISTS (SELECT FROM freshpay.customers c
+				   WHERE c.id OPERATOR(pg_catalog.=) NEW.customer_id
+					 AND (c.collection OPERATOR(pg_catalog.=) 'on_issue'
+						  OR (c.collection OPERATOR(pg_catalog.=) 'on_due_date'
+							  AND NEW.due_date OPERATOR(pg_catalog.<=) CURRENT_DATE))
+					 AND NOT c.blocked) THEN
+		INSERT INTO freshpay.jobs (kind, invoice_id)
+		VALUES ('collect_invoice', NEW.id)
+		ON CONFLICT (invoice_id) WHERE kind OPERATOR(pg_catalog.=) 'collect_invoice' AND state OPERATOR(pg_catalog.=) 'queued'
+		DO NOTHING;
+		PERFORM freshpay._wake_worker_at_commit();
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION freshpay._queue_collection() IS
+	'Internal: queues the collection of invoices of on_issue customers (a charge, or a payment request without a vault profile)';

@@ -62,6 +62,7 @@
 #include "payments.h"
 #include "paytrace.h"
 #include "plan.h"
+#include "request.h"
 #include "settings.h"
 #include "spi_txn.h"
 
@@ -350,12 +351,18 @@ attempt_for_call(Flow *f, int slot, const MoneyCall *call)
 	f->state = p;
 }
 
+typedef enum StartVerdict
+{
+	START_CALL,					/* go on with the money call */
+	START_NOTHING,				/* a job with nothing to do now (its row says when to look again) */
+	START_REQUEST				/* a job whose customer has no vault profile: a payment request */
+} StartVerdict;
+
 /*
  * START: the checks against local data, in one transaction with, for a
- * collect_invoice job, whether the collection still applies.  Returns false
- * when a job has nothing to do now (its row says when to look again).
+ * collect_invoice job, whether the collection still applies and how.
  */
-static bool
+static StartVerdict
 start_call(Flow *f, Pending *p)
 {
 	MemoryContext caller = fp_txn_begin();
@@ -365,11 +372,17 @@ start_call(Flow *f, Pending *p)
 	{
 		TimestampTz check = autocollect_check(f->job.invoice_id);
 
+		if (check == AUTOCOLLECT_REQUEST)
+		{
+			/* No vault profile: the flow becomes a payment request's. */
+			fp_txn_commit(caller);
+			return START_REQUEST;
+		}
 		if (check >= 0)
 		{
 			job_record(&f->job, check == 0, check, NULL, false, -1);
 			fp_txn_commit(caller);
-			return false;
+			return START_NOTHING;
 		}
 		p->call.op = MONEY_CAPTURE;
 		p->call.target_id = f->job.invoice_id;
@@ -378,7 +391,7 @@ start_call(Flow *f, Pending *p)
 	plan_call(&p->plan, &p->call, f->context);
 	p->admin = administration_load(p->plan.administration, f->context);
 	fp_txn_commit(caller);
-	return true;
+	return START_CALL;
 }
 
 /*
@@ -448,8 +461,16 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 	switch (p->state)
 	{
 		case MONEY_START:
-			if (!start_call(f, p))
-				return FLOW_DONE;
+			switch (start_call(f, p))
+			{
+				case START_NOTHING:
+					return FLOW_DONE;
+				case START_REQUEST:
+					request_for_job(f);
+					return request_step(f, NULL);
+				case START_CALL:
+					break;
+			}
 
 			/*
 			 * FreshPortal's word first: nothing at all goes to PayTrace for

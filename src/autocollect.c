@@ -27,10 +27,12 @@
 
 /*
  * May the collect_invoice job of this invoice start an attempt?  In the
- * caller's transaction.
- * Returns -1 to go ahead, 0 when there is nothing to do (paid, declined
- * before — freshpay does not charge a declining card again —, no longer on
- * a collection rule), or when to look again (an attempt is in flight).
+ * caller's transaction.  Returns AUTOCOLLECT_CHARGE (a charge against the
+ * vault profile) or AUTOCOLLECT_REQUEST (a payment request: a card customer
+ * without a profile), 0 when there is nothing to do (paid, declined before
+ * — freshpay does not charge a declining card again —, a request already
+ * sent, no longer on a collection rule), or when to look again (an attempt
+ * is in flight).
  */
 TimestampTz
 autocollect_check(int64 invoice_id)
@@ -38,20 +40,37 @@ autocollect_check(int64 invoice_id)
 	Oid			types[] = {INT8OID};
 	Datum		values[] = {Int64GetDatum(invoice_id)};
 	bool		collectable;
+	bool		has_profile = false;
 	int64		in_flight;
 
-	collectable = fp_spi_run("SELECT 1 FROM freshpay.invoices i"
-						  "  JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id"
-						  " WHERE i.id OPERATOR(pg_catalog.=) $1"
-						  "   AND i.type OPERATOR(pg_catalog.=) 'invoice'"
-						  "   AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])"
-						  "   AND c.collection OPERATOR(pg_catalog.=) ANY (ARRAY['on_issue', 'on_due_date'])"
-						  "   AND c.paytrace_customer_id IS NOT NULL AND NOT c.blocked"
-						  "   AND NOT EXISTS (SELECT FROM freshpay.payments p"
-						  "        WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
-						  "          AND (p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'authorized', 'refunded', 'voided'])"
-						  "               OR (p.status OPERATOR(pg_catalog.=) 'failed' AND p.response_code IS NOT NULL)))",
-						  1, types, values, NULL, SPI_OK_SELECT) == 1;
+	/*
+	 * Without a vault profile a card customer is sent a payment request;
+	 * nothing is done while one is open, nor after one was ever sent: a
+	 * person decides whether to ask again.
+	 */
+	collectable = fp_spi_run("SELECT c.paytrace_customer_id IS NOT NULL FROM freshpay.invoices i"
+							 "  JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id"
+							 " WHERE i.id OPERATOR(pg_catalog.=) $1"
+							 "   AND i.type OPERATOR(pg_catalog.=) 'invoice'"
+							 "   AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])"
+							 "   AND c.collection OPERATOR(pg_catalog.=) ANY (ARRAY['on_issue', 'on_due_date'])"
+							 "   AND NOT c.blocked"
+							 "   AND (c.paytrace_customer_id IS NOT NULL OR"
+							 "        (c.payment_method OPERATOR(pg_catalog.=) 'card'"
+							 "         AND NOT EXISTS (SELECT FROM freshpay.payment_requests q"
+							 "              WHERE q.invoice_id OPERATOR(pg_catalog.=) i.id"
+							 "                AND q.status OPERATOR(pg_catalog.<>) 'failed')))"
+							 "   AND NOT EXISTS (SELECT FROM freshpay.payments p"
+							 "        WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
+							 "          AND (p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'authorized', 'refunded', 'voided'])"
+							 "               OR (p.status OPERATOR(pg_catalog.=) 'failed' AND p.response_code IS NOT NULL)))",
+							 1, types, values, NULL, SPI_OK_SELECT) == 1;
+	if (collectable)
+	{
+		bool		isnull;
+
+		has_profile = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
 	in_flight = fp_spi_run("SELECT 1 FROM freshpay.payments WHERE invoice_id OPERATOR(pg_catalog.=) $1"
 						"   AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])",
 						1, types, values, NULL, SPI_OK_SELECT);
@@ -60,7 +79,7 @@ autocollect_check(int64 invoice_id)
 	if (in_flight > 0)
 		return TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										   freshpay_request_timeout + AUTOCOLLECT_GRACE_MS);
-	return -1;
+	return has_profile ? AUTOCOLLECT_CHARGE : AUTOCOLLECT_REQUEST;
 }
 
 /*
@@ -77,7 +96,8 @@ autocollect_queue_due(void)
 					 " SELECT 'collect_invoice', i.id FROM freshpay.invoices i"
 					 "   JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id"
 					 "  WHERE c.collection OPERATOR(pg_catalog.=) 'on_due_date'"
-					 "    AND c.paytrace_customer_id IS NOT NULL AND NOT c.blocked"
+					 "    AND NOT c.blocked"
+					 "    AND (c.paytrace_customer_id IS NOT NULL OR c.payment_method OPERATOR(pg_catalog.=) 'card')"
 					 "    AND i.type OPERATOR(pg_catalog.=) 'invoice'"
 					 "    AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])"
 					 "    AND i.due_date OPERATOR(pg_catalog.<=) CURRENT_DATE"

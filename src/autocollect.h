@@ -10,6 +10,10 @@
 
 #include "datatype/timestamp.h"
 
+/* What autocollect_check says to do now (times are later dates). */
+#define AUTOCOLLECT_CHARGE ((TimestampTz) -1)
+#define AUTOCOLLECT_REQUEST ((TimestampTz) -2)
+
 extern TimestampTz autocollect_check(int64 invoice_id);
 extern int64 autocollect_queue_due(void);
 extern int64 autocollect_revive(void);

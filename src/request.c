@@ -34,12 +34,16 @@
 
 #include "administration.h"
 #include "freshportal.h"
+#include "jobs.h"
 #include "mailbox.h"
 #include "money.h"
 #include "paytrace_v3.h"
 #include "plan.h"
 #include "request.h"
 #include "spi_txn.h"
+
+/* How long a request the collection rules send stays valid. */
+#define REQUEST_JOB_EXPIRY_S (14 * 24 * 3600L)
 
 /* The longest a link may stay valid. */
 #define REQUEST_MAX_EXPIRY_S (366 * 24 * 3600L)
@@ -72,6 +76,26 @@ request_for_call(Flow *f, int slot, const MoneyCall *call)
 
 	r->slot = slot;
 	r->call = *call;
+	f->state = r;
+}
+
+/*
+ * A collect_invoice job whose customer has no vault profile: its flow
+ * becomes a payment request's (mode sale_and_onboard, to the customer's
+ * e-mail, valid 14 days), and the job ends with the request.
+ */
+void
+request_for_job(Flow *f)
+{
+	Request    *r = MemoryContextAllocZero(f->context, sizeof(Request));
+
+	r->slot = -1;
+	r->call.op = MONEY_REQUEST;
+	r->call.target_id = f->job.invoice_id;
+	strlcpy(r->call.mode, "sale_and_onboard", sizeof(r->call.mode));
+	r->call.expires_in_s = REQUEST_JOB_EXPIRY_S;
+	strlcpy(r->call.requested_by, "freshpay worker", sizeof(r->call.requested_by));
+	f->kind = FLOW_REQUEST;
 	f->state = r;
 }
 
@@ -327,6 +351,14 @@ request_step(Flow *f, const HttpResponse *response)
 	{
 		ErrorData  *edata = fp_txn_catch(outer);
 
+		if (r->slot < 0)
+		{
+			/* A job: retried with backoff, or ended when retrying cannot mend it. */
+			char	   *error = fp_error_text(edata);
+
+			worker_status_error(error);
+			job_update(&f->job, false, 0, error, job_is_permanent(edata->sqlerrcode), -1);
+		}
 		answer.sqlerrcode = edata->sqlerrcode ? edata->sqlerrcode : ERRCODE_INTERNAL_ERROR;
 		strlcpy(answer.message, edata->message ? edata->message : "", sizeof(answer.message));
 		strlcpy(answer.detail, edata->detail ? edata->detail : "", sizeof(answer.detail));
@@ -340,6 +372,8 @@ request_step(Flow *f, const HttpResponse *response)
 		answer.payment_id = r->request_id;
 		mailbox_answer(r->slot, &answer);
 	}
+	else if (next == FLOW_DONE && answer.sqlerrcode == 0 && f->job.id != 0)
+		job_update(&f->job, true, 0, NULL, false, -1);
 	return next;
 }
 

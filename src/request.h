@@ -12,6 +12,7 @@
 #include "mailbox.h"
 
 extern void request_for_call(Flow *f, int slot, const MoneyCall *call);
+extern void request_for_job(Flow *f);
 extern FlowStep request_step(Flow *f, const HttpResponse *response);
 extern void request_recover(void);
 

@@ -212,6 +212,45 @@ sql("SELECT count(*) FROM freshpay_sync('main')");
 is(sql('SELECT string_agg(status, \',\' ORDER BY id) FROM freshpay.payment_requests WHERE invoice_id = ' . inv(907)),
 	'expired,expired', 'the pull expires a request past its expires_at');
 
+# --- The collection rules: a customer without a vault profile is asked ------------------------
+
+$fp->seed({ customers => [ { id => 3, code => 'REQ3', name => 'Rule Florist', currency => 'USD', email => 'pay@rule.example' } ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+my $rule_customer = sql(q{SELECT id FROM freshpay.customers WHERE administration = 'main' AND freshportal_id = 3});
+($out, $err) = call("SELECT collection FROM freshpay_link_customer($rule_customer, NULL, 'on_issue')");
+is($out, 'on_issue', 'a card customer without a vault profile may be put on a collection rule') or diag($err);
+(undef, $err) = call("SELECT freshpay_link_customer($rule_customer, NULL, 'on_issue', 'ach')");
+like($err, qr/ERROR:\s+22023: collection rule on_issue needs a PayTrace vault profile for ACH/, 'an ACH customer still needs one');
+
+$seq = $pt->last_seq;
+$fp->seed({ invoices => [ { id => 960, number => 'RQ-960', customer_id => 3, amount_incl_vat => '420.00' } ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+ok( FreshpayTest::poll_true($node,
+		'SELECT count(*) = 1 FROM freshpay.payment_requests WHERE status = \'sent\' AND invoice_id = ' . inv(960), 30, 'the rule\'s request'),
+	'an invoice of an on_issue customer without a vault profile gets a payment request');
+is(sql('SELECT mode || \'|\' || amount || \'|\' || email || \'|\' || requested_by FROM freshpay.payment_requests WHERE invoice_id = ' . inv(960)),
+	'sale_and_onboard|420.00|pay@rule.example|freshpay worker', 'to pay and store the card, for the open amount, to the customer');
+ok( FreshpayTest::poll_true($node,
+		q{SELECT bool_and(state = 'done') FROM freshpay.jobs j JOIN freshpay.invoices i ON i.id = j.invoice_id
+		  WHERE i.freshportal_id = 960 AND j.kind = 'collect_invoice'}, 30, 'the collect job'),
+	'its collect job is done');
+is(scalar(grep { $_->{path} eq '/v3/transactions/sale/by_customer' || $_->{path} eq '/v1/transactions/sale/by_customer' } @{ $pt->requests(since => $seq) }), 0,
+	'and no charge was tried');
+
+my $rule_request = sql('SELECT paytrace_request_id FROM freshpay.payment_requests WHERE invoice_id = ' . inv(960));
+my $stored = $pt->admin_post("/_standin/payment_requests/$rule_request/pay", {})->{customer_id} // '';
+sql("SELECT count(*) FROM freshpay_sync('main')");
+is(sql('SELECT status FROM freshpay.payment_requests WHERE invoice_id = ' . inv(960)), 'onboarded', 'the payer pays and stores the card');
+is(sql("SELECT paytrace_customer_id FROM freshpay.customers WHERE id = $rule_customer"), $stored, 'the customer is linked to it');
+
+# Its next invoice is charged by itself.
+$fp->seed({ invoices => [ { id => 961, number => 'RQ-961', customer_id => 3, amount_incl_vat => '99.00' } ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+ok( FreshpayTest::poll_true($node,
+		'SELECT count(*) = 1 FROM freshpay.payments WHERE kind = \'sale\' AND status = \'captured\' AND invoice_id = ' . inv(961), 30, 'the next charge'),
+	"the customer's next invoice is charged by itself against the stored card");
+is(sql('SELECT count(*) FROM freshpay.payment_requests WHERE invoice_id = ' . inv(961)), '0', 'without a request');
+
 # --- Visible to a reader, never to PUBLIC ------------------------------------------------
 
 sql('CREATE ROLE regress_req_reader IN ROLE freshpay_reader');
