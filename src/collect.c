@@ -80,40 +80,53 @@ amount_argument(FunctionCallInfo fcinfo, int argno, MoneyCall *call)
 	call->has_amount = true;
 }
 
-/* The payments row, as committed by the worker after our snapshot was taken. */
+/*
+ * A row the worker committed after our snapshot was taken: the first column
+ * of sql (which takes the id), and the second as text in *second when asked
+ * for.  The statement's plan is kept for the session in *plan.
+ */
 static Datum
-payment_row(int64 payment_id, char **status)
+committed_row(SPIPlanPtr *plan, const char *sql, int64 id, const char *what, char **second)
 {
-	static SPIPlanPtr plan = NULL;	/* kept for the session */
 	Oid			types[] = {INT8OID};
-	Datum		values[] = {Int64GetDatum(payment_id)};
+	Datum		values[] = {Int64GetDatum(id)};
 	Datum		row;
 	bool		isnull;
 
 	SPI_connect();
-	if (plan == NULL)
+	if (*plan == NULL)
 	{
-		SPIPlanPtr	prepared = SPI_prepare("SELECT p, p.status FROM freshpay.payments p"
-										   " WHERE p.id OPERATOR(pg_catalog.=) $1", 1, types);
+		SPIPlanPtr	prepared = SPI_prepare(sql, 1, types);
 
 		if (prepared == NULL || SPI_keepplan(prepared) != 0)
-			elog(ERROR, "could not prepare the payment's statement");
-		plan = prepared;
+			elog(ERROR, "could not prepare the statement reading the %s", what);
+		*plan = prepared;
 	}
-	if (SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+	if (SPI_execute_snapshot(*plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
 							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "payment " INT64_FORMAT " recorded by the worker cannot be read", payment_id);
+		elog(ERROR, "%s " INT64_FORMAT " recorded by the worker cannot be read", what, id);
 	row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	row = SPI_datumTransfer(row, false, -1);
+	if (second != NULL)
 	{
 		/* SPI_getvalue allocates in SPI's memory: copy out before it goes. */
 		char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 
-		*status = SPI_palloc(strlen(value) + 1);
-		strcpy(*status, value);
+		*second = SPI_palloc(strlen(value) + 1);
+		strcpy(*second, value);
 	}
 	SPI_finish();
 	return row;
+}
+
+/* The payments row, and its status. */
+static Datum
+payment_row(int64 payment_id, char **status)
+{
+	static SPIPlanPtr plan = NULL;
+
+	return committed_row(&plan, "SELECT p, p.status FROM freshpay.payments p WHERE p.id OPERATOR(pg_catalog.=) $1",
+						 payment_id, "payment", status);
 }
 
 static Datum
@@ -208,29 +221,10 @@ freshpay_reverse(PG_FUNCTION_ARGS)
 static Datum
 request_row(int64 request_id)
 {
-	static SPIPlanPtr plan = NULL;	/* kept for the session */
-	Oid			types[] = {INT8OID};
-	Datum		values[] = {Int64GetDatum(request_id)};
-	Datum		row;
-	bool		isnull;
+	static SPIPlanPtr plan = NULL;
 
-	SPI_connect();
-	if (plan == NULL)
-	{
-		SPIPlanPtr	prepared = SPI_prepare("SELECT q FROM freshpay.payment_requests q"
-										   " WHERE q.id OPERATOR(pg_catalog.=) $1", 1, types);
-
-		if (prepared == NULL || SPI_keepplan(prepared) != 0)
-			elog(ERROR, "could not prepare the payment request's statement");
-		plan = prepared;
-	}
-	if (SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
-							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "payment request " INT64_FORMAT " recorded by the worker cannot be read", request_id);
-	row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	row = SPI_datumTransfer(row, false, -1);
-	SPI_finish();
-	return row;
+	return committed_row(&plan, "SELECT q FROM freshpay.payment_requests q WHERE q.id OPERATOR(pg_catalog.=) $1",
+						 request_id, "payment request", NULL);
 }
 
 PG_FUNCTION_INFO_V1(freshpay_request_payment);
