@@ -219,3 +219,141 @@ END
 $$;
 COMMENT ON FUNCTION freshpay._queue_collection() IS
 	'Internal: queues the collection of invoices of on_issue customers (a charge, or a payment request without a vault profile)';
+
+-- Payment requests in the finance surface: the invoice's latest request in
+-- invoice_status; requests whose answer was lost, open for more than a week,
+-- or expired on an open invoice in exceptions.
+CREATE OR REPLACE VIEW freshpay.invoice_status AS
+	SELECT i.id AS invoice_id, i.administration, i.number, c.code AS customer_code, i.type, i.status,
+		   i.amount_incl_vat AS billed,
+		   COALESCE(m.captured, 0)::numeric(12,2) AS captured,
+		   COALESCE(m.refunded, 0)::numeric(12,2) AS refunded,
+		   (i.open_amount OPERATOR(pg_catalog.-) COALESCE(m.unregistered_amount, 0))::numeric(12,2) AS outstanding,
+		   (i.raw OPERATOR(pg_catalog.->>) 'open_amount')::numeric(12,2) AS freshportal_open_amount,
+		   l.status AS latest_payment_status,
+		   l.kind AS latest_payment_kind,
+		   (COALESCE(m.unregistered, 0) OPERATOR(pg_catalog.=) 0
+			AND i.open_amount OPERATOR(pg_catalog.=)
+				COALESCE((i.raw OPERATOR(pg_catalog.->>) 'open_amount')::numeric, i.open_amount)) AS freshportal_agrees,
+		   q.status AS payment_request_status,
+		   q.expires_at AS payment_request_expires_at
+	  FROM freshpay.invoices i
+	  LEFT JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id
+	  LEFT JOIN LATERAL (
+		SELECT pg_catalog.sum(p.amount) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])
+												 AND p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'refunded'])) AS captured,
+			   pg_catalog.sum(p.amount) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'refund'
+												 AND p.status OPERATOR(pg_catalog.=) 'refunded') AS refunded,
+			   pg_catalog.count(*) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])
+										   AND p.status OPERATOR(pg_catalog.=) 'captured'
+										   AND p.freshportal_payment_id IS NULL) AS unregistered,
+			   pg_catalog.sum(p.amount OPERATOR(pg_catalog.-) p.refunded_amount)
+				   FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])
+						   AND p.status OPERATOR(pg_catalog.=) 'captured'
+						   AND p.freshportal_payment_id IS NULL) AS unregistered_amount
+		  FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id) m ON true
+	  LEFT JOIN LATERAL (
+		SELECT p.status, p.kind FROM freshpay.payments p
+		 WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id ORDER BY p.id DESC LIMIT 1) l ON true
+	  LEFT JOIN LATERAL (
+		SELECT r.status, r.expires_at FROM freshpay.payment_requests r
+		 WHERE r.invoice_id OPERATOR(pg_catalog.=) i.id ORDER BY r.id DESC LIMIT 1) q ON true;
+COMMENT ON COLUMN freshpay.invoice_status.payment_request_status IS 'Status of the invoice''s latest payment request, if any';
+COMMENT ON COLUMN freshpay.invoice_status.payment_request_expires_at IS 'When the invoice''s latest payment request expires';
+
+CREATE OR REPLACE VIEW freshpay.exceptions AS
+	SELECT 'unknown_outcome'::text AS kind, p.administration, p.id AS payment_id, p.invoice_id,
+		   NULL::bigint AS job_id,
+		   pg_catalog.format('%s of %s: the answer of PayTrace was lost and PayTrace shows no such transaction yet; freshpay keeps looking, and no new charge of the invoice is made until it knows. If PayTrace''s Virtual Terminal shows no transaction for invoice %s, settle it with SELECT freshpay_resolve(%s, ''not_processed'')',
+							 p.kind, p.amount, COALESCE(p.invoice_number, '(none)'), p.id) AS detail,
+		   p.updated_at AS since
+	  FROM freshpay.payments p
+	 WHERE p.status OPERATOR(pg_catalog.=) 'unknown'
+	UNION ALL
+	SELECT 'failed_collection', p.administration, p.id, p.invoice_id, NULL,
+		   pg_catalog.format('%s of %s failed: %s', p.kind, p.amount, COALESCE(p.message, 'no message')),
+		   p.updated_at
+	  FROM freshpay.payments p
+	  JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) p.invoice_id
+	 WHERE p.status OPERATOR(pg_catalog.=) 'failed'
+	   AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'authorization'])
+	   AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])
+	   AND NOT EXISTS (SELECT FROM freshpay.payments later
+					   WHERE later.invoice_id OPERATOR(pg_catalog.=) p.invoice_id
+						 AND later.id OPERATOR(pg_catalog.>) p.id)
+	UNION ALL
+	SELECT 'not_registered_in_freshportal', p.administration, p.id, p.invoice_id, NULL,
+		   pg_catalog.format('%s of %s captured but not registered in FreshPortal', p.kind, p.amount),
+		   p.updated_at
+	  FROM freshpay.payments p
+	 WHERE p.status OPERATOR(pg_catalog.=) 'captured'
+	   AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])
+	   AND p.freshportal_payment_id IS NULL
+	   AND p.updated_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '5 minutes')
+	UNION ALL
+	SELECT 'dead_job', COALESCE(p.administration, i.administration), j.payment_id,
+		   COALESCE(j.invoice_id, p.invoice_id), j.id,
+		   pg_catalog.format('%s gave up after %s attempts: %s', j.kind, j.attempts, COALESCE(j.last_error, 'no error')),
+		   j.updated_at
+	  FROM freshpay.jobs j
+	  LEFT JOIN freshpay.payments p ON p.id OPERATOR(pg_catalog.=) j.payment_id
+	  LEFT JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) j.invoice_id
+	 WHERE j.state OPERATOR(pg_catalog.=) 'dead'
+	UNION ALL
+	SELECT 'failing_job', COALESCE(p.administration, i.administration), j.payment_id,
+		   COALESCE(j.invoice_id, p.invoice_id), j.id,
+		   pg_catalog.format('%s failed %s times and keeps retrying (next at %s): %s', j.kind, j.attempts,
+							 j.next_run_at, COALESCE(j.last_error, 'no error')),
+		   j.updated_at
+	  FROM freshpay.jobs j
+	  LEFT JOIN freshpay.payments p ON p.id OPERATOR(pg_catalog.=) j.payment_id
+	  LEFT JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) j.invoice_id
+	 WHERE j.state OPERATOR(pg_catalog.=) 'queued'
+	   AND j.attempts OPERATOR(pg_catalog.>=) pg_catalog.current_setting('freshpay.max_attempts')::integer
+	UNION ALL
+	SELECT 'amount_mismatch', i.administration, NULL, i.id, NULL,
+		   pg_catalog.format('invoice %s: freshpay collected %s net, FreshPortal shows %s paid',
+							 i.number, c.collected, i.amount_paid),
+		   i.synced_at
+	  FROM freshpay.invoices i
+	  JOIN LATERAL (SELECT pg_catalog.sum(p.amount OPERATOR(pg_catalog.-) p.refunded_amount) AS collected
+					  FROM freshpay.payments p
+					 WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id
+					   AND p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'refunded'])
+					   AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])
+					   AND p.freshportal_payment_id IS NOT NULL) c ON true
+	 WHERE c.collected OPERATOR(pg_catalog.>) i.amount_paid
+	UNION ALL
+	SELECT 'settled_without_invoice', p.administration, p.id, NULL, NULL,
+		   pg_catalog.format('%s of %s settled in batch %s is not matched to any invoice', p.kind, p.amount, p.batch_number),
+		   p.settled_at
+	  FROM freshpay.payments p
+	 WHERE p.batch_number IS NOT NULL AND p.invoice_id IS NULL
+	UNION ALL
+	SELECT 'payment_request_unknown', q.administration, NULL, q.invoice_id, NULL,
+		   pg_catalog.format('payment request %s for %s to %s: its answer was lost, so PayTrace may have e-mailed the link; it is never sent again by itself and stays open until %s',
+							 q.id, q.amount, q.email, q.expires_at),
+		   q.updated_at
+	  FROM freshpay.payment_requests q
+	 WHERE q.status OPERATOR(pg_catalog.=) 'unknown'
+	UNION ALL
+	SELECT 'payment_request_open_long', q.administration, NULL, q.invoice_id, NULL,
+		   pg_catalog.format('payment request %s for %s to %s has been open since %s without a payment',
+							 q.id, q.amount, q.email, q.created_at),
+		   q.created_at
+	  FROM freshpay.payment_requests q
+	 WHERE q.status OPERATOR(pg_catalog.=) 'sent'
+	   AND q.created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '7 days')
+	UNION ALL
+	SELECT 'payment_request_expired', q.administration, NULL, q.invoice_id, NULL,
+		   pg_catalog.format('payment request %s for %s to %s expired at %s without a payment; the invoice is still open',
+							 q.id, q.amount, q.email, q.expires_at),
+		   q.updated_at
+	  FROM freshpay.payment_requests q
+	  JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) q.invoice_id
+	 WHERE q.status OPERATOR(pg_catalog.=) 'expired'
+	   AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])
+	   AND NOT EXISTS (SELECT FROM freshpay.payment_requests later
+					   WHERE later.invoice_id OPERATOR(pg_catalog.=) q.invoice_id
+						 AND later.id OPERATOR(pg_catalog.>) q.id);
+COMMENT ON COLUMN freshpay.exceptions.kind IS 'unknown_outcome, failed_collection, not_registered_in_freshportal, dead_job, failing_job, amount_mismatch, settled_without_invoice, payment_request_unknown, payment_request_open_long or payment_request_expired';

@@ -251,6 +251,21 @@ ok( FreshpayTest::poll_true($node,
 	"the customer's next invoice is charged by itself against the stored card");
 is(sql('SELECT count(*) FROM freshpay.payment_requests WHERE invoice_id = ' . inv(961)), '0', 'without a request');
 
+# --- In the finance surface: invoice_status and exceptions ----------------------------------
+
+is(sql('SELECT payment_request_status FROM freshpay.invoice_status WHERE invoice_id = ' . inv(960)), 'onboarded',
+	"invoice_status shows the invoice's latest request");
+$fp->seed({ invoices => [ { id => 909, number => 'RQ-909', customer_id => 1, amount_incl_vat => '12.00' } ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+$pt->faults([ { method => 'POST', path => $INVOICE, action => 'close_after', times => 1 } ]);
+call('SELECT freshpay_request_payment(' . inv(909) . ')');
+$pt->faults([]);
+sql('UPDATE freshpay.payment_requests SET created_at = now() - interval \'8 days\' WHERE status = \'sent\' AND invoice_id = ' . inv(903));
+is(sql(q{SELECT string_agg(kind || ':' || i.number, ',' ORDER BY kind) FROM freshpay.exceptions e
+	JOIN freshpay.invoices i ON i.id = e.invoice_id WHERE kind LIKE 'payment_request%'}),
+	'payment_request_expired:RQ-907,payment_request_open_long:RQ-903,payment_request_unknown:RQ-909',
+	'exceptions: a lost answer, a request open for more than a week, an expired request on an open invoice');
+
 # --- Visible to a reader, never to PUBLIC ------------------------------------------------
 
 sql('CREATE ROLE regress_req_reader IN ROLE freshpay_reader');
