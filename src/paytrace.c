@@ -57,6 +57,8 @@ static const PtMoneyPath calls[] = {
 	{PT_VOID, "/v1/transactions/void"},
 	{PT_REFUND, "/v1/transactions/refund/for_transaction"},
 	{PT_ACH_SALE, "/v1/checks/sale/by_customer"},
+	{PT_ACH_VOID, "/v1/checks/manage/void"},	/* [C] */
+	{PT_ACH_REFUND, "/v1/checks/refund/by_transaction"},	/* [C] */
 };
 
 /* Codes PayTrace answers when a money call did what was asked. */
@@ -478,6 +480,13 @@ money_fields(const PtRequest *request)
 			break;
 		case PT_VOID:
 			appendStringInfo(&fields, ",\"transaction_id\":" INT64_FORMAT, request->transaction_id);
+			break;
+		case PT_ACH_REFUND:
+			appendStringInfo(&fields, ",\"check_transaction_id\":" INT64_FORMAT, request->transaction_id);
+			append_amount(&fields, request->amount);
+			break;
+		case PT_ACH_VOID:
+			appendStringInfo(&fields, ",\"check_transaction_id\":" INT64_FORMAT, request->transaction_id);
 			break;
 	}
 	if (request->invoice_number != NULL)

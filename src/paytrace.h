@@ -27,7 +27,9 @@ typedef enum PtOperation
 	PT_CAPTURE,					/* capture of an authorization */
 	PT_VOID,					/* void of an unsettled transaction */
 	PT_REFUND,					/* refund of a settled transaction */
-	PT_ACH_SALE					/* ACH debit against a vault profile */
+	PT_ACH_SALE,				/* ACH debit against a vault profile */
+	PT_ACH_VOID,				/* void of an unsettled ACH debit */
+	PT_ACH_REFUND				/* refund of a settled ACH debit */
 } PtOperation;
 
 /* What a money call did, as far as freshpay can tell. */

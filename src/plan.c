@@ -253,10 +253,6 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 	if (strcmp(kind, "void") == 0 || strcmp(kind, "refund") == 0)
 		fp_refuse(ERRCODE_WRONG_OBJECT_TYPE, "Void or refund the sale or capture it acted on.",
 			  "payment " INT64_FORMAT " is a %s", target_id, kind);
-	if (strcmp(kind, "ach_sale") == 0)
-		fp_refuse(ERRCODE_FEATURE_NOT_SUPPORTED,
-			  "Void or refund ACH payments in PayTrace's Virtual Terminal; the next sync picks the change up.",
-			  "voids and refunds of ACH payments are not supported");
 	if (strcmp(fp_spi_text(context, 10), "0") != 0)
 		fp_refuse(ERRCODE_OBJECT_IN_USE, "Wait for it to finish; freshpay.payments shows its status.",
 			  "a void or refund of payment " INT64_FORMAT " is already in progress", target_id);
@@ -282,7 +278,7 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 				  "Refund it with freshpay_refund() instead.",
 				  "payment " INT64_FORMAT " is settled and cannot be voided", target_id);
 		plan->kind = "void";
-		plan->operation = PT_VOID;
+		plan->operation = strcmp(kind, "ach_sale") == 0 ? PT_ACH_VOID : PT_VOID;
 		plan->amount = remaining;
 	}
 	else
@@ -297,7 +293,7 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 				  "amount %s exceeds the refundable amount %s of payment " INT64_FORMAT,
 				  plan->amount, remaining, target_id);
 		plan->kind = "refund";
-		plan->operation = PT_REFUND;
+		plan->operation = strcmp(kind, "ach_sale") == 0 ? PT_ACH_REFUND : PT_REFUND;
 	}
 }
 
@@ -389,7 +385,7 @@ plan_request(const CallPlan *plan)
 	request.operation = plan->operation;
 	request.customer_id = plan->vault_id;
 	request.transaction_id = plan->parent_transaction_id;
-	request.amount = plan->operation == PT_VOID ? NULL : plan->amount;
+	request.amount = plan->operation == PT_VOID || plan->operation == PT_ACH_VOID ? NULL : plan->amount;
 	request.invoice_number = plan->invoice_number;
 	return request;
 }
