@@ -358,6 +358,54 @@ payments_pick_outcome(const Attempt *a, List *candidates)
 }
 
 /*
+ * A refund made outside freshpay (PayTrace's Virtual Terminal): recorded as a
+ * refund row of the payment it refunds, so that everything a refund of ours
+ * does follows (the parent's refunded amount and status, the reversal in
+ * FreshPortal and the remainder registered anew).  The export does not name
+ * the refunded transaction [G]: the parent is freshpay's latest collection
+ * of the refund's invoice number with at least that much left to refund.
+ * Returns false (nothing recorded) when there is none.
+ */
+static bool
+record_outside_refund(const char *administration, const PtTransaction *t)
+{
+	Oid			types[] = {TEXTOID, TEXTOID, NUMERICOID, INT8OID, TEXTOID};
+	Datum		values[] = {CStringGetTextDatum(administration), CStringGetTextDatum(t->invoice_id),
+		t->amount, Int64GetDatum(t->transaction_id),
+		CStringGetTextDatum(psprintf("Refunded at PayTrace, outside freshpay (transaction " INT64_FORMAT ").",
+									 t->transaction_id))};
+	int64		refund_id;
+	PtResult	result = {0};
+
+	if (t->invoice_id[0] == '\0' ||
+		fp_spi_run("WITH parent AS ("
+				   "  SELECT p.id FROM freshpay.payments p"
+				   "   WHERE p.administration OPERATOR(pg_catalog.=) $1"
+				   "     AND p.invoice_number OPERATOR(pg_catalog.=) $2"
+				   "     AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])"
+				   "     AND p.status OPERATOR(pg_catalog.=) 'captured'"
+				   "     AND p.amount OPERATOR(pg_catalog.-) p.refunded_amount OPERATOR(pg_catalog.>=) $3"
+				   "   ORDER BY p.id DESC LIMIT 1 FOR UPDATE)"
+				   " INSERT INTO freshpay.payments"
+				   " (administration, invoice_id, customer_id, kind, parent_id, amount, status,"
+				   "  invoice_number, message, requested_by)"
+				   " SELECT p.administration, p.invoice_id, p.customer_id, 'refund', p.id, $3, 'pending',"
+				   "        p.invoice_number, $5, 'paytrace'"
+				   "   FROM parent JOIN freshpay.payments p ON p.id OPERATOR(pg_catalog.=) parent.id"
+				   " RETURNING id",
+				   5, types, values, NULL, SPI_OK_INSERT_RETURNING) != 1)
+		return false;
+	fp_spi_int64(1, &refund_id);
+	payments_history(refund_id, NULL, "pending", 0, "learned", "A refund made at PayTrace outside freshpay.");
+	result.outcome = PT_APPROVED;
+	result.retry_after = -1;
+	result.has_transaction_id = true;
+	result.transaction_id = t->transaction_id;
+	result.message = TextDatumGetCString(values[4]);
+	return payments_record_outcome(refund_id, &result, "learned");
+}
+
+/*
  * The payment request of ours this transaction was paid through: one of the
  * invoice's requests that was open (sent, or unknown: PayTrace may have made
  * it), or that expired after the payment was made.  Locked; 0 when none.
@@ -505,7 +553,8 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 		const char *type = t->type ? t->type : "";
 		const char *kind = pg_strcasecmp(type, "SALE") == 0 ? "sale" :
 			pg_strncasecmp(type, "CHECK", 5) == 0 ? "ach_sale" :
-			pg_strncasecmp(type, "AUTH", 4) == 0 ? "authorization" : NULL;
+			pg_strncasecmp(type, "AUTH", 4) == 0 ? "authorization" :
+			pg_strcasecmp(type, "REFUND") == 0 ? "refund" : NULL;
 		Oid			itypes[] = {TEXTOID, INT8OID, TEXTOID, NUMERICOID, TEXTOID, TEXTOID, INT4OID,
 		TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
 		Datum		ivalues[11];
@@ -515,7 +564,7 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 		Attempt    *a;
 
 		if (kind == NULL)
-			return 0;			/* refunds without a parent of ours are not recorded */
+			return 0;
 
 		/*
 		 * One of freshpay's own attempts whose answer it does not have:
@@ -546,6 +595,10 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 				return payments_record_outcome(own_id, payments_result_from(a, t), "learned") ? 'u' : 0;
 			}
 		}
+		/* A refund made at PayTrace of money freshpay collected. */
+		if (strcmp(kind, "refund") == 0)
+			return record_outside_refund(administration, t) ? 'i' : 0;
+
 		request_id = request_paid_through(administration, t, kind);
 		ivalues[0] = CStringGetTextDatum(administration);
 		ivalues[1] = Int64GetDatum(t->transaction_id);

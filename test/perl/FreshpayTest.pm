@@ -679,6 +679,28 @@ sub settle
 	return $self->admin_post('/_standin/settle');
 }
 
+# PayTrace's own terminal (a person in the Virtual Terminal): a v1 call with
+# the account's credentials, outside freshpay.  Returns the decoded answer.
+sub terminal
+{
+	my ($self, $path, $body) = @_;
+	croak 'terminal() is for the PayTrace stand-in' unless $self->{kind} eq 'pt';
+	my $http = HTTP::Tiny->new(timeout => 30, keep_alive => 0);
+	my $json = JSON::PP->new;
+	if (!defined $self->{terminal_token})
+	{
+		my $res = $http->post_form($self->url . '/oauth/token',
+			{ grant_type => 'password', username => $FreshpayTest::PT_USERNAME,
+			  password => $FreshpayTest::PT_PASSWORD });
+		$self->{terminal_token} = eval { $json->decode($res->{content})->{access_token} } // 'none';
+	}
+	my $res = $http->request('POST', $self->url . $path,
+		{ headers => { 'Content-Type' => 'application/json', Authorization => "Bearer $self->{terminal_token}" },
+		  content => $json->encode({ integrator_id => $FreshpayTest::PT_INTEGRATOR_ID, %$body }) });
+	my $answer = eval { $json->decode($res->{content}) };
+	return ref $answer eq 'HASH' ? $answer : { http_status => $res->{status}, content => $res->{content} };
+}
+
 sub requests
 {
 	my ($self, %filter) = @_;
