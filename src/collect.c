@@ -119,6 +119,39 @@ committed_row(SPIPlanPtr *plan, const char *sql, int64 id, const char *what, cha
 	return row;
 }
 
+/*
+ * Hand the call to the worker and wait for its answer; its error is raised
+ * here, in the caller's session.  Returns the id of the row it recorded in
+ * freshpay.<table>.
+ */
+static int64
+call_worker(const MoneyCall *call, const char *table)
+{
+	MoneyAnswer answer;
+
+	/* The worker re-reads the invoice, then PayTrace answers within the timeout. */
+	int			timeout_ms = (int) Min((int64) freshpay_request_timeout * 2 + freshpay_connect_timeout * 2 + 30000,
+									   (int64) PG_INT32_MAX);
+
+	if (!mailbox_call(call, &answer, timeout_ms))
+	{
+		if (answer.payment_id == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("the freshpay worker did not answer in time"),
+					 errdetail("The call may still be recorded and carried out by the worker."),
+					 errhint("Look at freshpay.%s before trying again.", table)));
+		answer.sqlerrcode = 0;
+	}
+	if (answer.sqlerrcode != 0)
+		ereport(ERROR,
+				(errcode(answer.sqlerrcode),
+				 errmsg_internal("%s", answer.message),
+				 answer.detail[0] ? errdetail_internal("%s", answer.detail) : 0,
+				 answer.hint[0] ? errhint("%s", answer.hint) : 0));
+	return answer.payment_id;
+}
+
 /* The payments row, and its status. */
 static Datum
 payment_row(int64 payment_id, char **status)
@@ -134,10 +167,9 @@ money_call(FunctionCallInfo fcinfo, const char *function, MoneyOp op, const char
 		   bool takes_amount)
 {
 	MoneyCall	call = {0};
-	MoneyAnswer answer;
 	char	   *status;
 	Datum		row;
-	int			timeout_ms;
+	int64		payment_id;
 
 	/* The worker would take our ids for those of its own database. */
 	mailbox_require_worker_database(function);
@@ -152,30 +184,11 @@ money_call(FunctionCallInfo fcinfo, const char *function, MoneyOp op, const char
 		amount_argument(fcinfo, 1, &call);
 	strlcpy(call.requested_by, GetUserNameFromId(GetUserId(), false), sizeof(call.requested_by));
 
-	/* The worker re-reads the invoice, then PayTrace answers within the timeout. */
-	timeout_ms = (int) Min((int64) freshpay_request_timeout * 2 + freshpay_connect_timeout * 2 + 30000,
-						   (int64) PG_INT32_MAX);
-	if (!mailbox_call(&call, &answer, timeout_ms))
-	{
-		if (answer.payment_id == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("the freshpay worker did not answer in time"),
-					 errdetail("The call may still be recorded and carried out by the worker."),
-					 errhint("Look at freshpay.payments before trying again.")));
-		answer.sqlerrcode = 0;
-	}
-	if (answer.sqlerrcode != 0)
-		ereport(ERROR,
-				(errcode(answer.sqlerrcode),
-				 errmsg_internal("%s", answer.message),
-				 answer.detail[0] ? errdetail_internal("%s", answer.detail) : 0,
-				 answer.hint[0] ? errhint("%s", answer.hint) : 0));
-
-	row = payment_row(answer.payment_id, &status);
+	payment_id = call_worker(&call, "payments");
+	row = payment_row(payment_id, &status);
 	if (strcmp(status, "unknown") == 0 || strcmp(status, "pending") == 0)
 		ereport(WARNING,
-				(errmsg("the outcome of payment " INT64_FORMAT " is not known yet", answer.payment_id),
+				(errmsg("the outcome of payment " INT64_FORMAT " is not known yet", payment_id),
 				 errdetail("The answer of PayTrace was lost or is late; freshpay looks the transaction up at PayTrace and records the outcome. Nothing is sent again before that."),
 				 errhint("Follow it in freshpay.payments and freshpay.payment_history.")));
 	PG_RETURN_DATUM(row);
@@ -237,8 +250,6 @@ Datum
 freshpay_request_payment(PG_FUNCTION_ARGS)
 {
 	MoneyCall	call = {0};
-	MoneyAnswer answer;
-	int			timeout_ms;
 
 	mailbox_require_worker_database("freshpay_request_payment");
 	call.database_id = MyDatabaseId;
@@ -286,25 +297,7 @@ freshpay_request_payment(PG_FUNCTION_ARGS)
 	}
 	strlcpy(call.requested_by, GetUserNameFromId(GetUserId(), false), sizeof(call.requested_by));
 
-	timeout_ms = (int) Min((int64) freshpay_request_timeout * 2 + freshpay_connect_timeout * 2 + 30000,
-						   (int64) PG_INT32_MAX);
-	if (!mailbox_call(&call, &answer, timeout_ms))
-	{
-		if (answer.payment_id == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("the freshpay worker did not answer in time"),
-					 errdetail("The request may still be recorded and sent by the worker."),
-					 errhint("Look at freshpay.payment_requests before asking again.")));
-		answer.sqlerrcode = 0;
-	}
-	if (answer.sqlerrcode != 0)
-		ereport(ERROR,
-				(errcode(answer.sqlerrcode),
-				 errmsg_internal("%s", answer.message),
-				 answer.detail[0] ? errdetail_internal("%s", answer.detail) : 0,
-				 answer.hint[0] ? errhint("%s", answer.hint) : 0));
-	PG_RETURN_DATUM(request_row(answer.payment_id));
+	PG_RETURN_DATUM(request_row(call_worker(&call, "payment_requests")));
 }
 
 static const char *
