@@ -52,9 +52,11 @@ $fp->seed({
 		{ id => 905, number => 'RQ-905', customer_id => 1, amount_incl_vat => '30.00', currency => 'EUR' },
 		{ id => 906, number => 'RQ-906', customer_id => 1, amount_incl_vat => '-30.00', type => 'credit_note' },
 		{ id => 907, number => 'RQ-907', customer_id => 1, amount_incl_vat => '55.00' },
+		{ id => 910, number => 'RQ-910', customer_id => 1, amount_incl_vat => '20.00', amount_paid => '20.00' },
 	] });
 sql("SELECT count(*) FROM freshpay_sync('main')");
-is(sql(q{SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'}), '7', 'setup: seven invoices synced');
+is(sql(q{SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'}), '8', 'setup: eight invoices synced');
+is(sql(q{SELECT status FROM freshpay.invoices WHERE number = 'RQ-910'}), 'paid', 'setup: one of them is paid');
 # The stand-in gives every customer an address; this one has none here.
 sql(q{UPDATE freshpay.customers SET email = NULL WHERE administration = 'main' AND freshportal_id = 2});
 is(sql(q{SELECT count(*) FROM freshpay.customers WHERE paytrace_customer_id IS NOT NULL}), '0',
@@ -113,6 +115,7 @@ my @bad = (
 	[ 'SELECT freshpay_request_payment(999999)', qr/ERROR:\s+P0002: invoice 999999 does not exist/, 'an unknown invoice' ],
 	[ 'SELECT freshpay_request_payment(' . inv(905) . ')', qr/ERROR:\s+0A000: invoice RQ-905 is in EUR/, 'an invoice in euros' ],
 	[ 'SELECT freshpay_request_payment(' . inv(906) . ')', qr/ERROR:\s+55000: invoice RQ-906 is a credit note/, 'a credit note' ],
+	[ 'SELECT freshpay_request_payment(' . inv(910) . ')', qr/ERROR:\s+55000: invoice RQ-910 is already paid/, 'a paid invoice' ],
 	[ 'SELECT freshpay_request_payment(' . inv(904) . ')', qr/ERROR:\s+22023: customer of invoice RQ-904 has no e-mail address/, 'a customer without e-mail' ],
 	[ 'SELECT freshpay_request_payment(' . inv(903) . ", email => 'not an address')", qr/ERROR:\s+22023: "not an address" is not a valid e-mail address/, 'an invalid address' ],
 	[ 'SELECT freshpay_request_payment(' . inv(903) . ", mode => 'steal')", qr/ERROR:\s+22023: invalid payment request mode "steal"/, 'an unknown mode' ],
@@ -126,7 +129,7 @@ for my $case (@bad)
 	like($e, $case->[1], "refused: $case->[2]");
 }
 is(scalar(v3_invoices($seq)), 0, 'none of them reached PayTrace');
-is(sql(q{SELECT count(*) FROM freshpay.payment_requests WHERE invoice_id IN (SELECT id FROM freshpay.invoices WHERE freshportal_id IN (903, 904, 905, 906))}),
+is(sql(q{SELECT count(*) FROM freshpay.payment_requests WHERE invoice_id IN (SELECT id FROM freshpay.invoices WHERE freshportal_id IN (903, 904, 905, 906, 910))}),
 	'0', 'and none was recorded');
 
 # An administration without a merchant id does not use API v3.
