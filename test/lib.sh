@@ -245,6 +245,44 @@ fp_sanitizer_lib() {
 		fp_die "gcc's $1 not found (packages gcc, libasan8, libubsan1)"
 }
 
+# fp_copy_pg DEST — make DEST a copy of the PostgreSQL of FP_PG_CONFIG,
+# owned by the test user, without freshpay, and switch FP_PG_BINDIR and
+# FP_PG_CONFIG to it.  PostgreSQL finds its lib and share directories
+# relative to the program that runs, so the copy keeps their layout
+# (fp_make_private_pg and test/bench/bench_lib.sh use it).
+fp_copy_pg() {
+	local dest=$1 bindir pkglibdir sharedir includedir prefix dir
+	bindir=$("$FP_PG_CONFIG" --bindir)
+	pkglibdir=$("$FP_PG_CONFIG" --pkglibdir)
+	sharedir=$("$FP_PG_CONFIG" --sharedir)
+	includedir=$("$FP_PG_CONFIG" --includedir)
+	prefix=$bindir
+	for dir in "$pkglibdir" "$sharedir" "$includedir"; do
+		while [[ $dir != "$prefix" && $dir != "$prefix"/* ]]; do
+			prefix=${prefix%/*}
+		done
+	done
+	fp_as_tester mkdir -p -- "$dest"
+	for dir in "$bindir" "$pkglibdir" "$sharedir"; do
+		fp_as_tester mkdir -p -- "$dest${dir#"$prefix"}"
+		fp_as_tester cp -R --preserve=mode,timestamps -T -- "$dir" "$dest${dir#"$prefix"}"
+	done
+	if [[ ! -e $dest${includedir#"$prefix"} ]]; then
+		fp_as_tester mkdir -p -- "$(dirname -- "$dest${includedir#"$prefix"}")"
+		fp_as_tester ln -s -- "$includedir" "$dest${includedir#"$prefix"}"
+	fi
+	fp_as_tester rm -rf -- "$dest${pkglibdir#"$prefix"}/freshpay.so" \
+		"$dest${pkglibdir#"$prefix"}/bitcode/freshpay" \
+		"$dest${pkglibdir#"$prefix"}/bitcode/freshpay.index.bc"
+	fp_as_tester find "$dest${sharedir#"$prefix"}/extension" -name 'freshpay[-.]*' -delete
+
+	FP_PG_BINDIR=$dest${bindir#"$prefix"}
+	FP_PG_CONFIG=$FP_PG_BINDIR/pg_config
+	[[ $("$FP_PG_CONFIG" --pkglibdir) == "$dest${pkglibdir#"$prefix"}" &&
+		$("$FP_PG_CONFIG" --sharedir) == "$dest${sharedir#"$prefix"}" ]] ||
+		fp_die "the copy's pg_config does not point into the copy: $("$FP_PG_CONFIG" --pkglibdir) $("$FP_PG_CONFIG" --sharedir)"
+}
+
 # fp_make_private_pg DEST SANDIR — make DEST a private copy of the PostgreSQL
 # of FP_PG_CONFIG for a sanitized freshpay, owned by the test user, and
 # switch FP_PG_BINDIR and FP_PG_CONFIG to it (the inner half gets it as
@@ -279,40 +317,13 @@ fp_sanitizer_lib() {
 #    read UBSAN_OPTIONS then.  The library's __ubsan_default_options gives
 #    it the same options.
 fp_make_private_pg() {
-	local dest=$1 sandir=$2 bindir pkglibdir sharedir includedir prefix dir
+	local dest=$1 sandir=$2
 	local asan ubsan preload asan_options ubsan_options
 	fp_banner "Private PostgreSQL for the sanitized build ($dest)"
-	bindir=$("$FP_PG_CONFIG" --bindir)
-	pkglibdir=$("$FP_PG_CONFIG" --pkglibdir)
-	sharedir=$("$FP_PG_CONFIG" --sharedir)
-	includedir=$("$FP_PG_CONFIG" --includedir)
+	fp_copy_pg "$dest"
+	fp_as_tester mkdir -p -- "$sandir/reports"
 	asan=$(fp_sanitizer_lib libasan.so)
 	ubsan=$(fp_sanitizer_lib libubsan.so)
-	prefix=$bindir
-	for dir in "$pkglibdir" "$sharedir" "$includedir"; do
-		while [[ $dir != "$prefix" && $dir != "$prefix"/* ]]; do
-			prefix=${prefix%/*}
-		done
-	done
-	fp_as_tester mkdir -p -- "$dest" "$sandir/reports"
-	for dir in "$bindir" "$pkglibdir" "$sharedir"; do
-		fp_as_tester mkdir -p -- "$dest${dir#"$prefix"}"
-		fp_as_tester cp -R --preserve=mode,timestamps -T -- "$dir" "$dest${dir#"$prefix"}"
-	done
-	if [[ ! -e $dest${includedir#"$prefix"} ]]; then
-		fp_as_tester mkdir -p -- "$(dirname -- "$dest${includedir#"$prefix"}")"
-		fp_as_tester ln -s -- "$includedir" "$dest${includedir#"$prefix"}"
-	fi
-	fp_as_tester rm -rf -- "$dest${pkglibdir#"$prefix"}/freshpay.so" \
-		"$dest${pkglibdir#"$prefix"}/bitcode/freshpay" \
-		"$dest${pkglibdir#"$prefix"}/bitcode/freshpay.index.bc"
-	fp_as_tester find "$dest${sharedir#"$prefix"}/extension" -name 'freshpay[-.]*' -delete
-
-	FP_PG_BINDIR=$dest${bindir#"$prefix"}
-	FP_PG_CONFIG=$FP_PG_BINDIR/pg_config
-	[[ $("$FP_PG_CONFIG" --pkglibdir) == "$dest${pkglibdir#"$prefix"}" &&
-		$("$FP_PG_CONFIG" --sharedir) == "$dest${sharedir#"$prefix"}" ]] ||
-		fp_die "the copy's pg_config does not point into the copy: $("$FP_PG_CONFIG" --pkglibdir) $("$FP_PG_CONFIG" --sharedir)"
 
 	asan_options="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:log_path=$sandir/reports/sanitizer"
 	ubsan_options="print_stacktrace=1:halt_on_error=1:abort_on_error=1:detect_leaks=0:log_path=$sandir/reports/sanitizer"

@@ -32,44 +32,13 @@ SERVER_LOG=
 # ---------------------------------------------------------------------------
 
 # bench_private_pg DEST — make DEST a private copy of the PostgreSQL of
-# FP_PG_CONFIG, owned by the test user, without freshpay, and switch
-# FP_PG_BINDIR and FP_PG_CONFIG to it (exported as FRESHPAY_PG_BINDIR for the
-# inner half).  The same layout as fp_make_private_pg in test/lib.sh (which
-# says why: PostgreSQL finds its lib and share directories relative to the
-# program that runs), without the sanitizer wrapper: the benchmarks measure a
-# normal build.
+# FP_PG_CONFIG (fp_copy_pg in test/lib.sh), exported as FRESHPAY_PG_BINDIR
+# for the inner half; without the sanitizer wrapper of fp_make_private_pg:
+# the benchmarks measure a normal build.
 bench_private_pg() {
-	local dest=$1 bindir pkglibdir sharedir includedir prefix dir
+	local dest=$1
 	fp_banner "Private PostgreSQL for the benchmark ($dest)"
-	bindir=$("$FP_PG_CONFIG" --bindir)
-	pkglibdir=$("$FP_PG_CONFIG" --pkglibdir)
-	sharedir=$("$FP_PG_CONFIG" --sharedir)
-	includedir=$("$FP_PG_CONFIG" --includedir)
-	prefix=$bindir
-	for dir in "$pkglibdir" "$sharedir" "$includedir"; do
-		while [[ $dir != "$prefix" && $dir != "$prefix"/* ]]; do
-			prefix=${prefix%/*}
-		done
-	done
-	fp_as_tester mkdir -p -- "$dest"
-	for dir in "$bindir" "$pkglibdir" "$sharedir"; do
-		fp_as_tester mkdir -p -- "$dest${dir#"$prefix"}"
-		fp_as_tester cp -R --preserve=mode,timestamps -T -- "$dir" "$dest${dir#"$prefix"}"
-	done
-	if [[ ! -e $dest${includedir#"$prefix"} ]]; then
-		fp_as_tester mkdir -p -- "$(dirname -- "$dest${includedir#"$prefix"}")"
-		fp_as_tester ln -s -- "$includedir" "$dest${includedir#"$prefix"}"
-	fi
-	fp_as_tester rm -rf -- "$dest${pkglibdir#"$prefix"}/freshpay.so" \
-		"$dest${pkglibdir#"$prefix"}/bitcode/freshpay" \
-		"$dest${pkglibdir#"$prefix"}/bitcode/freshpay.index.bc"
-	fp_as_tester find "$dest${sharedir#"$prefix"}/extension" -name 'freshpay[-.]*' -delete
-
-	FP_PG_BINDIR=$dest${bindir#"$prefix"}
-	FP_PG_CONFIG=$FP_PG_BINDIR/pg_config
-	[[ $("$FP_PG_CONFIG" --pkglibdir) == "$dest${pkglibdir#"$prefix"}" &&
-		$("$FP_PG_CONFIG" --sharedir) == "$dest${sharedir#"$prefix"}" ]] ||
-		fp_die "the copy's pg_config does not point into the copy: $("$FP_PG_CONFIG" --pkglibdir) $("$FP_PG_CONFIG" --sharedir)"
+	fp_copy_pg "$dest"
 	export FRESHPAY_PG_BINDIR=$FP_PG_BINDIR
 	fp_say "pg_config: $FP_PG_CONFIG"
 }
