@@ -723,13 +723,3 @@ freshportal_register_payment(const Administration *admin, const FpRegistration *
 	return freshportal_registered_of(c, &response, &invoice);
 }
 
-void
-freshportal_reverse_payment(const Administration *admin, int64 payment_id, const char *reason,
-							const char *provider_transaction_id, DateADT date)
-{
-	FpCall	   *c = freshportal_reverse_call(admin, payment_id, reason, provider_transaction_id, date);
-	HttpResponse response;
-
-	fp_perform(c, &response);
-	(void) freshportal_reversed_of(c, &response);
-}

@@ -119,9 +119,6 @@ extern List *freshportal_find_payments(const Administration *admin,
 extern FpPayment *freshportal_get_payment(const Administration *admin, int64 payment_id);
 extern int64 freshportal_register_payment(const Administration *admin,
 										  const FpRegistration *registration);
-extern void freshportal_reverse_payment(const Administration *admin, int64 payment_id,
-										const char *reason, const char *provider_transaction_id,
-										DateADT date);
 
 /* Calls in flight (the worker): build, send, then read the answer. */
 extern FpCall *freshportal_get_invoice_call(const Administration *admin, int64 invoice_id);

@@ -56,7 +56,6 @@ extern void http_perform(const HttpRequest *request, HttpResponse *response);
 extern HttpTransfer *http_start(const HttpRequest *request, void *owner, int priority);
 extern bool http_has_room(const char *service);
 extern void http_cancel(void *owner);
-extern int	http_in_flight(void);
 extern bool http_drive(long timeout_ms);
 extern bool http_finished(HttpResponse *response, void **owner);
 extern void http_report_transport_error(const HttpRequest *request,

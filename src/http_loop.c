@@ -268,12 +268,6 @@ http_has_room(const char *service)
 	return active_count[s] + queued_count[s] < freshpay_max_parallel_requests;
 }
 
-int
-http_in_flight(void)
-{
-	return transfer_count;
-}
-
 /*
  * Wait, at most timeout_ms (and no longer than libcurl's own next timer),
  * until a socket of a transfer is ready or the process latch is set: a

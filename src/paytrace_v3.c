@@ -202,12 +202,6 @@ paytrace_v3_send(PtV3Call *c, void *owner, int priority)
 	(void) http_start(v3_request(c), owner, priority);
 }
 
-bool
-paytrace_v3_answers(const PtV3Call *c, const HttpResponse *response)
-{
-	return response->request == &c->request;
-}
-
 /*
  * Did the transfer bring the call's answer?  A 401 means the token was not
  * accepted and nothing was done: the token is forgotten and the call sent

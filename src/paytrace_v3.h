@@ -34,7 +34,6 @@ typedef struct PtV3Invoice
 extern void paytrace_v3_require(const Administration *admin, const char *what);
 extern PtV3Call *paytrace_v3_invoice_call(const Administration *admin, const PtV3Invoice *invoice);
 extern void paytrace_v3_send(PtV3Call *call, void *owner, int priority);
-extern bool paytrace_v3_answers(const PtV3Call *call, const HttpResponse *response);
 extern bool paytrace_v3_answered(PtV3Call *call, const HttpResponse *response, void *owner,
 								 int priority);
 extern char *paytrace_v3_invoice_of(PtV3Call *call, const HttpResponse *response, bool *lost,

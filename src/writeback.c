@@ -251,49 +251,6 @@ start_reverse(Flow *f, Write *x)
 	return true;
 }
 
-/* FreshPortal registration id found or made: record it (and the invoice, when shown). */
-static FlowStep
-record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool created,
-					const FpInvoiceState *invoice)
-{
-	MemoryContext caller = fp_txn_begin();
-	bool		shown = invoice != NULL && invoice->present && invoice->id == x->invoice;
-
-	set_registration(x->w->payment_id, true, freshportal_payment_id);
-	note(x->w->payment_id, x->w->status, "registered",
-		 psprintf("%s in FreshPortal as payment " INT64_FORMAT,
-				  created ? "Registered" : "Found already registered", freshportal_payment_id));
-	if (shown)
-	{
-		mirror_invoice(x->admin->name, invoice->id, invoice->amount_paid, invoice->open_amount,
-					   invoice->status, invoice->mutation_time, invoice->raw, false);
-		job_record(&f->job, true, 0, NULL, false, -1);
-	}
-	fp_txn_commit(caller);
-	return shown ? FLOW_DONE : FLOW_WAITING;
-}
-
-/* Reversed: the rest of a partly refunded sale is registered anew. */
-static FlowStep
-record_reversal(Flow *f, Write *x, const FpInvoiceState *invoice)
-{
-	MemoryContext caller = fp_txn_begin();
-	bool		shown = invoice != NULL && invoice->present && invoice->id == x->invoice;
-
-	note(x->w->payment_id, x->w->status, "reversed",
-		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, x->reversing));
-	if (strcmp(x->sale->status, "captured") == 0 && strcmp(x->sale->remaining, "0.00") != 0)
-		job_queue("register_payment", x->sale->payment_id, 0);
-	if (shown)
-	{
-		mirror_invoice(x->admin->name, invoice->id, invoice->amount_paid, invoice->open_amount,
-					   invoice->status, invoice->mutation_time, invoice->raw, false);
-		job_record(&f->job, true, 0, NULL, false, -1);
-	}
-	fp_txn_commit(caller);
-	return shown ? FLOW_DONE : FLOW_WAITING;
-}
-
 /* The answer did not show the invoice: re-read it. */
 static void
 send_refresh(Flow *f, Write *x)
@@ -301,6 +258,56 @@ send_refresh(Flow *f, Write *x)
 	x->call = freshportal_get_invoice_call(x->admin, x->invoice);
 	x->state = WRITE_REFRESH;
 	freshportal_send(x->call, f, f->priority);
+}
+
+/*
+ * The end of a write's record transaction.  When FreshPortal's answer showed
+ * the invoice, the local invoice takes it and the job is done; COMMIT.
+ * Otherwise the invoice is re-read (REFRESH) first.
+ */
+static FlowStep
+commit_write(Flow *f, Write *x, const FpInvoiceState *invoice, MemoryContext caller)
+{
+	bool		shown = invoice != NULL && invoice->present && invoice->id == x->invoice;
+
+	if (shown)
+	{
+		mirror_invoice(x->admin->name, invoice->id, invoice->amount_paid, invoice->open_amount,
+					   invoice->status, invoice->mutation_time, invoice->raw, false);
+		job_record(&f->job, true, 0, NULL, false, -1);
+	}
+	fp_txn_commit(caller);
+	if (shown)
+		return FLOW_DONE;
+	send_refresh(f, x);
+	return FLOW_WAITING;
+}
+
+/* FreshPortal registration id found or made: record it (and the invoice, when shown). */
+static FlowStep
+record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool created,
+					const FpInvoiceState *invoice)
+{
+	MemoryContext caller = fp_txn_begin();
+
+	set_registration(x->w->payment_id, true, freshportal_payment_id);
+	note(x->w->payment_id, x->w->status, "registered",
+		 psprintf("%s in FreshPortal as payment " INT64_FORMAT,
+				  created ? "Registered" : "Found already registered", freshportal_payment_id));
+	return commit_write(f, x, invoice, caller);
+}
+
+/* Reversed: the rest of a partly refunded sale is registered anew. */
+static FlowStep
+record_reversal(Flow *f, Write *x, const FpInvoiceState *invoice)
+{
+	MemoryContext caller = fp_txn_begin();
+
+	note(x->w->payment_id, x->w->status, "reversed",
+		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, x->reversing));
+	if (strcmp(x->sale->status, "captured") == 0 && strcmp(x->sale->remaining, "0.00") != 0)
+		job_queue("register_payment", x->sale->payment_id, 0);
+	return commit_write(f, x, invoice, caller);
 }
 
 static FlowStep
@@ -360,10 +367,7 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 						p->provider_transaction_id != NULL &&
 						strcmp(p->provider_transaction_id, x->provider_id) == 0)
 					{
-						if (record_registration(f, x, p->id, false, NULL) == FLOW_DONE)
-							return FLOW_DONE;
-						send_refresh(f, x);
-						return FLOW_WAITING;
+						return record_registration(f, x, p->id, false, NULL);
 					}
 				}
 				register_now(f, x);
@@ -375,10 +379,7 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 				FpInvoiceState *invoice;
 				int64		id = freshportal_registered_of(x->call, response, &invoice);
 
-				if (record_registration(f, x, id, true, invoice) == FLOW_DONE)
-					return FLOW_DONE;
-				send_refresh(f, x);
-				return FLOW_WAITING;
+				return record_registration(f, x, id, true, invoice);
 			}
 
 		case WRITE_CHECK:
@@ -392,16 +393,10 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 				freshportal_send(x->call, f, f->priority);
 				return FLOW_WAITING;
 			}
-			if (record_reversal(f, x, NULL) == FLOW_DONE)
-				return FLOW_DONE;
-			send_refresh(f, x);
-			return FLOW_WAITING;
+			return record_reversal(f, x, NULL);
 
 		case WRITE_REVERSE:
-			if (record_reversal(f, x, freshportal_reversed_of(x->call, response)) == FLOW_DONE)
-				return FLOW_DONE;
-			send_refresh(f, x);
-			return FLOW_WAITING;
+			return record_reversal(f, x, freshportal_reversed_of(x->call, response));
 
 		case WRITE_REFRESH:
 			{

@@ -114,12 +114,6 @@ http_start(const HttpRequest *request, void *owner, int priority)
 	return NULL;
 }
 
-int
-http_in_flight(void)
-{
-	return 0;
-}
-
 bool
 http_drive(long timeout_ms)
 {
