@@ -45,7 +45,7 @@ job_queue(const char *kind, int64 payment_id, TimestampTz run_at)
 			" DO UPDATE SET next_run_at = LEAST(jobs.next_run_at, EXCLUDED.next_run_at),"
 			"               updated_at = pg_catalog.now()",
 			3, types, values, nulls, SPI_OK_INSERT);
-	mailbox_wake_worker();
+	mailbox_wake_worker_at_commit();
 }
 
 void

@@ -606,14 +606,24 @@ PG_FUNCTION_INFO_V1(freshpay_wake_worker_at_commit);
 Datum
 freshpay_wake_worker_at_commit(PG_FUNCTION_ARGS)
 {
+	mailbox_require_worker_database("freshpay._wake_worker_at_commit");
+	mailbox_wake_worker_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * The worker is woken when the current transaction commits: woken before,
+ * it would not see the jobs yet, and idle on.
+ */
+void
+mailbox_wake_worker_at_commit(void)
+{
 	static bool registered = false;
 
-	mailbox_require_worker_database("freshpay._wake_worker_at_commit");
 	if (!registered)
 	{
 		RegisterXactCallback(wake_at_commit_callback, NULL);
 		registered = true;
 	}
 	wake_at_commit = true;
-	PG_RETURN_VOID();
 }

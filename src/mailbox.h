@@ -70,6 +70,7 @@ extern void MailboxShmemInit(void);
 extern void mailbox_require_worker_database(const char *function);
 extern bool mailbox_call(const MoneyCall *call, MoneyAnswer *answer, int timeout_ms);
 extern void mailbox_wake_worker(void);
+extern void mailbox_wake_worker_at_commit(void);
 
 /* Worker side. */
 extern void mailbox_register_worker(void);

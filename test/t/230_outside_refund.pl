@@ -48,6 +48,11 @@ is(sql("SELECT kind || '|' || status || '|' || amount || '|' || requested_by || 
 	"refund|refunded|120.00|paytrace|$refund->{transaction_id}", 'the pull records a refund row of the sale');
 is(sql("SELECT status || '|' || refunded_amount FROM freshpay.payments WHERE id = $sale"), 'captured|120.00',
 	"the sale's refunded amount follows");
+# The pull's jobs wake the worker when its transaction commits, not before
+# (the worker would find nothing yet, and idle for 10 s).
+ok( FreshpayTest::poll_true($node,
+		q{SELECT count(*) = 1 FROM freshpay.jobs WHERE kind = 'reverse_payment' AND state = 'done'}, 5, 'the reversal'),
+	'the worker, woken when the pull commits, reverses the registration at once');
 my $first = $registration;
 ok( FreshpayTest::poll_true($node,
 		"SELECT freshportal_payment_id IS NOT NULL AND freshportal_payment_id <> $first FROM freshpay.payments WHERE id = $sale", 30, 'the remainder'),
