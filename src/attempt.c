@@ -53,6 +53,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "ach.h"
 #include "administration.h"
 #include "attempt.h"
 #include "autocollect.h"
@@ -61,6 +62,7 @@
 #include "money.h"
 #include "payments.h"
 #include "paytrace.h"
+#include "paytrace_v3.h"
 #include "plan.h"
 #include "request.h"
 #include "settings.h"
@@ -71,10 +73,10 @@
 
 /* Insert the attempt as 'pending' and queue its safety net.  Returns its id. */
 static int64
-record_attempt(const CallPlan *plan, const char *requested_by)
+record_attempt(const CallPlan *plan, const char *requested_by, const char *idempotency_key)
 {
 	Oid			types[] = {TEXTOID, INT8OID, INT8OID, TEXTOID, INT8OID, NUMERICOID, TEXTOID, TEXTOID,
-	TEXTOID, TIMESTAMPTZOID};
+	TEXTOID, TIMESTAMPTZOID, TEXTOID};
 	Datum		values[] = {
 		CStringGetTextDatum(plan->administration),
 		Int64GetDatum(plan->invoice_id),
@@ -87,24 +89,25 @@ record_attempt(const CallPlan *plan, const char *requested_by)
 		CStringGetTextDatum(psprintf("%s of %s requested by %s", plan->kind, plan->amount, requested_by)),
 		/* If the worker dies from here on, this job looks the attempt up. */
 		TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														freshpay_request_timeout + RESOLVE_GRACE_MS))
+														freshpay_request_timeout + RESOLVE_GRACE_MS)),
+		idempotency_key ? CStringGetTextDatum(idempotency_key) : (Datum) 0
 	};
 	char		nulls[] = {' ', plan->invoice_id ? ' ' : 'n', plan->customer_id ? ' ' : 'n', ' ',
-	plan->has_parent ? ' ' : 'n', ' ', ' ', ' ', ' ', ' '};
+	plan->has_parent ? ' ' : 'n', ' ', ' ', ' ', ' ', ' ', idempotency_key ? ' ' : 'n'};
 	int64		payment_id;
 
 	/* The row, its history and its resolve job, in one statement. */
 	fp_spi_run("WITH p AS ("
 			   "  INSERT INTO freshpay.payments"
 			   "   (administration, invoice_id, customer_id, kind, parent_id, amount, invoice_number,"
-			   "    requested_by, status)"
-			   "  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending') RETURNING id),"
+			   "    requested_by, status, idempotency_key)"
+			   "  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $11::uuid) RETURNING id),"
 			   " h AS (INSERT INTO freshpay.payment_history (payment_id, new_status, event, message)"
 			   "       SELECT id, 'pending', 'recorded', $9 FROM p),"
 			   " j AS (INSERT INTO freshpay.jobs (kind, payment_id, next_run_at)"
 			   "       SELECT 'resolve_payment', id, $10 FROM p)"
 			   " SELECT id FROM p",
-			   10, types, values, nulls, SPI_OK_SELECT);
+			   11, types, values, nulls, SPI_OK_SELECT);
 	fp_spi_int64(1, &payment_id);
 	return payment_id;
 }
@@ -322,6 +325,11 @@ typedef struct Pending
 	bool		lookup_done;
 	PtRequest	request;
 	int64		payment_id;
+	bool		v3;				/* an ACH call through PayTrace API v3 */
+	PtV3Call   *v3_call;		/* the v3 money call */
+	PtV3Call   *v3_status;		/* then, for a debit: its status */
+	PtResult   *v3_result;		/* the debit's answer, while its status is read */
+	PtAchTransaction *v3_debit; /* the status read */
 } Pending;
 
 /* Turn the error being caught into the caller's answer (and a job's error text). */
@@ -390,6 +398,9 @@ start_call(Flow *f, Pending *p)
 	}
 	plan_call(&p->plan, &p->call, f->context);
 	p->admin = administration_load(p->plan.administration, f->context);
+	/* ACH goes through v3 where the administration has a merchant id; a debit's void or refund goes where it went. */
+	p->v3 = p->plan.operation == PT_ACH_SALE ? p->admin->paytrace_merchant_id > 0
+		: (p->plan.operation == PT_ACH_VOID || p->plan.operation == PT_ACH_REFUND) && p->plan.parent_on_v3;
 	fp_txn_commit(caller);
 	return START_CALL;
 }
@@ -405,7 +416,10 @@ record_and_send(Flow *f, Pending *p)
 {
 	MemoryContext caller;
 
-	paytrace_prepare(p->admin);
+	if (p->v3)
+		paytrace_v3_prepare(p->admin);
+	else
+		paytrace_prepare(p->admin);
 
 	caller = fp_txn_begin();
 	MemoryContextSwitchTo(f->context);
@@ -418,7 +432,10 @@ record_and_send(Flow *f, Pending *p)
 			p->plan.amount = locked.amount;
 	}
 	p->request = plan_request(&p->plan);
-	p->payment_id = record_attempt(&p->plan, p->call.requested_by);
+	/* A v3 debit or refund is exactly-once by its key, recorded before it leaves. */
+	if (p->v3 && p->plan.operation != PT_ACH_VOID)
+		p->request.idempotency_key = ach_new_key();
+	p->payment_id = record_attempt(&p->plan, p->call.requested_by, p->request.idempotency_key);
 	fp_txn_commit(caller);
 	MemoryContextSwitchTo(f->context);
 	if (p->slot >= 0)
@@ -427,7 +444,13 @@ record_and_send(Flow *f, Pending *p)
 	fp_pause_point("before_send", p->payment_id);
 	PG_TRY();
 	{
-		(void) paytrace_start(p->admin, &p->request, f, f->priority);
+		if (p->v3)
+		{
+			p->v3_call = paytrace_v3_ach_call(p->admin, &p->request);
+			paytrace_v3_send(p->v3_call, f, f->priority);
+		}
+		else
+			(void) paytrace_start(p->admin, &p->request, f, f->priority);
 	}
 	PG_CATCH();
 	{
@@ -571,6 +594,73 @@ end_collect_job(Flow *f, const PtResult *result)
 }
 
 /*
+ * The outcome of an ACH call through v3, or NULL while a second answer is
+ * awaited: a debit's answer names its transaction, whose status tells
+ * whether it was accepted or declined.  Never an ERROR: what cannot be read
+ * leaves the outcome unknown (with PayTrace's id of the debit, when known)
+ * for its resolve job, which looks it up by that id or by the key.
+ */
+static PtResult *
+v3_answer(Flow *f, Pending *p, const HttpResponse *response)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	PtResult   *volatile result = NULL;
+
+	PG_TRY();
+	{
+		MemoryContextSwitchTo(f->context);
+		if (p->v3_status == NULL)
+		{
+			if (paytrace_v3_answered(p->v3_call, response, f, f->priority))
+			{
+				result = paytrace_v3_money_of(p->v3_call, response);
+				if (result->outcome == PT_APPROVED && p->plan.operation == PT_ACH_SALE)
+				{
+					p->v3_result = result;
+					p->v3_status = paytrace_v3_ach_get_call(p->admin, result->transaction_id);
+					paytrace_v3_send(p->v3_status, f, f->priority);
+					result = NULL;
+				}
+			}
+		}
+		else if (paytrace_v3_answered(p->v3_status, response, f, f->priority))
+		{
+			Attempt		debit = {.kind = "ach_sale"};
+
+			p->v3_debit = paytrace_v3_ach_of(p->v3_status, response);
+			if (p->v3_debit == NULL)
+				elog(ERROR, "PayTrace does not show it yet");
+			result = ach_result(&debit, p->v3_debit);
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		PtResult   *lost;
+
+		MemoryContextSwitchTo(f->context);
+		edata = CopyErrorData();
+		FlushErrorState();
+		lost = palloc0(sizeof(PtResult));
+		lost->outcome = PT_UNKNOWN;
+		lost->retry_after = -1;
+		if (p->v3_result != NULL)
+		{
+			lost->has_transaction_id = true;
+			lost->transaction_id = p->v3_result->transaction_id;
+			lost->message = psprintf("PayTrace made ACH transaction " INT64_FORMAT "; its status could not be read: %s",
+									 lost->transaction_id, edata->message);
+		}
+		else
+			lost->message = psprintf("The answer of PayTrace could not be read: %s", edata->message);
+		result = lost;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(outer);
+	return result;
+}
+
+/*
  * SENT: PayTrace answered (or did not).  Record the outcome and its
  * consequences, end the job, claim the write-back, answer the caller.
  */
@@ -580,7 +670,10 @@ finish(Flow *f, Pending *p, const HttpResponse *response)
 	MemoryContext outer = CurrentMemoryContext;
 	MoneyAnswer answer = {0};
 	volatile bool recorded = false;
+	PtResult   *volatile v3_result = NULL;
 
+	if (p->v3 && (v3_result = v3_answer(f, p, response)) == NULL)
+		return FLOW_WAITING;
 	worker_status_in_flight(-1);
 	in_flight_remove(p->payment_id);
 
@@ -591,11 +684,12 @@ finish(Flow *f, Pending *p, const HttpResponse *response)
 
 		MemoryContextSwitchTo(f->context);
 		fp_pause_point("after_answer", p->payment_id);
-		result = paytrace_finish(p->admin, &p->request, response);
+		result = p->v3 ? v3_result : paytrace_finish(p->admin, &p->request, response);
 
 		caller = fp_txn_begin();
 		MemoryContextSwitchTo(f->context);
-		payments_record_outcome(p->payment_id, result, "answered");
+		if (payments_record_outcome(p->payment_id, result, "answered") && p->v3_debit != NULL)
+			ach_note(p->payment_id, p->v3_debit);
 		if (f->job.id != 0)
 			end_collect_job(f, result);
 		/* Its write-back runs next (a void of an authorization has none). */

@@ -30,7 +30,8 @@
  * caller's transaction.  Returns AUTOCOLLECT_CHARGE (a charge against the
  * vault profile) or AUTOCOLLECT_REQUEST (a payment request: a card customer
  * without a profile), 0 when there is nothing to do (paid, declined before
- * — freshpay does not charge a declining card again —, a request already
+ * — freshpay does not charge a declining card again —, an ACH debit that
+ * came back — a person decides what next —, a request already
  * sent, no longer on a collection rule), or when to look again (an attempt
  * is in flight).
  */
@@ -62,7 +63,7 @@ autocollect_check(int64 invoice_id)
 							 "                AND q.status OPERATOR(pg_catalog.<>) 'failed')))"
 							 "   AND NOT EXISTS (SELECT FROM freshpay.payments p"
 							 "        WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
-							 "          AND (p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'authorized', 'refunded', 'voided'])"
+							 "          AND (p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'authorized', 'refunded', 'voided', 'returned'])"
 							 "               OR (p.status OPERATOR(pg_catalog.=) 'failed' AND p.response_code IS NOT NULL)))",
 							 1, types, values, NULL, SPI_OK_SELECT) == 1;
 	if (collectable)

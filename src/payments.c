@@ -63,7 +63,8 @@ payments_load(int64 payment_id, MemoryContext context)
 	if (fp_spi_run("SELECT p.administration, p.kind, p.status, p.amount, p.invoice_number,"
 				"       p.invoice_id, p.paytrace_transaction_id, p.parent_id,"
 				"       parent.paytrace_transaction_id,"
-				"       p.created_at, p.response_code IS NOT NULL"
+				"       p.created_at, p.response_code IS NOT NULL, p.idempotency_key::text,"
+				"       p.idempotency_key IS NOT NULL OR parent.idempotency_key IS NOT NULL"
 				"  FROM freshpay.payments p"
 				"  LEFT JOIN freshpay.payments parent ON parent.id OPERATOR(pg_catalog.=) p.parent_id"
 				" WHERE p.id OPERATOR(pg_catalog.=) $1"
@@ -85,6 +86,8 @@ payments_load(int64 payment_id, MemoryContext context)
 													  SPI_tuptable->tupdesc, 10, &isnull));
 	a->has_response_code = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 													  SPI_tuptable->tupdesc, 11, &isnull));
+	a->idempotency_key = fp_spi_text(context, 12);
+	a->ach_v3 = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 13, &isnull));
 	return a;
 }
 

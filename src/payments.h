@@ -36,6 +36,8 @@ typedef struct Attempt
 	int64		parent_id;
 	int64		parent_transaction_id;
 	bool		has_response_code;	/* PayTrace's own word on it */
+	char	   *idempotency_key;	/* API v3 ACH debit or refund; NULL otherwise */
+	bool		ach_v3;			/* made through API v3 (or acts on a debit that was) */
 	TimestampTz created_at;
 } Attempt;
 

@@ -51,6 +51,7 @@ typedef struct PtRequest
 	int64		transaction_id; /* capture, void, refund */
 	const char *amount;			/* numeric text "590.00"; NULL = full (capture, refund) */
 	const char *invoice_number; /* sent as invoice_id, the key of later lookups */
+	const char *idempotency_key;	/* API v3 ACH debit or refund: recorded before sending */
 } PtRequest;
 
 typedef struct PtResult

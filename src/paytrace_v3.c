@@ -15,6 +15,18 @@
  *	  [C]; 401 token errors; 5xx happen.
  *	- POST /v3/invoice, the payment request [C request fields]; its answer
  *	  {"data":{"invoice_id":…}} [G].
+ *	- POST /v3/checks/payment, an ACH debit with an idempotency key [C path
+ *	  and key; P fields]; answer {"transaction_id":…,"data":[]} [C shape].
+ *	- GET /v3/checks/transactions/{id} and …/idempotency-keys/{key} [C
+ *	  paths], one transaction wrapped in {"data":{…}} [P], 404 when none [P];
+ *	  GET /v3/checks/transactions?start_date&end_date&date_type=PROCESSED
+ *	  &limit&offset [C], {"data":[…],"total":N} [P].
+ *	- A transaction: ach_transaction_id, transaction_status, amount,
+ *	  invoice_number, idempotency_key, settled_at, return_reason [P]; the
+ *	  ids are digits [G] (freshpay keeps them as integers, like v1's).
+ *	- Statuses [C] and what each means [contract section 11].
+ *	- POST /v3/checks/void {ach_transaction_id} and POST /v3/checks/refund
+ *	  {ach_transaction_id, amount, idempotency_key} [P].
  *
  * Must not: touch tables, print secrets or tokens, decide retries.
  *
@@ -37,6 +49,12 @@
 
 #define V3_TOKEN_PATH "/v3/token"	/* [C] */
 #define V3_INVOICE_PATH "/v3/invoice"	/* [C] */
+#define V3_ACH_PAYMENT_PATH "/v3/checks/payment"	/* [C] */
+#define V3_ACH_VOID_PATH "/v3/checks/void"	/* [P] */
+#define V3_ACH_REFUND_PATH "/v3/checks/refund"	/* [P] */
+#define V3_ACH_TRANSACTIONS_PATH "/v3/checks/transactions"	/* [C] */
+#define V3_ACH_BY_KEY_PATH "/v3/checks/transactions/idempotency-keys/"	/* [C] */
+#define V3_ACH_PAGE 30			/* limit of a list page [C example] */
 #define V3_INTEGRATOR_HEADER "X-Integrator-Id"	/* [C] */
 #define V3_TOKEN_LIFETIME_S 900	/* when the answer does not say [P] */
 #define V3_TOKEN_MARGIN_S 60
@@ -148,19 +166,27 @@ v3_authenticate(const Administration *admin, uint32 hash)
 	return token;
 }
 
-/* A call with merchant_id first in its JSON body; members follow it (",\"x\":…"). */
+/*
+ * A call with merchant_id first in its JSON body, members following it
+ * (",\"x\":…"); or, for a GET, merchant_id first in its query, the rest
+ * of the query following it ("&x=…").
+ */
 static PtV3Call *
-v3_post(const Administration *admin, const char *path, const char *members, bool idempotent)
+v3_call(const Administration *admin, const char *method, const char *path, const char *members,
+		bool idempotent)
 {
 	PtV3Call   *c = palloc0(sizeof(PtV3Call));
+	bool		get = strcmp(method, "GET") == 0;
 
-	paytrace_v3_require(admin, psprintf("POST %s", path));
+	paytrace_v3_require(admin, psprintf("%s %s", method, path));
 	c->admin = admin;
-	c->method = "POST";
+	c->method = method;
 	c->path = path;
-	c->url = psprintf("%s%s", admin->paytrace_url, path);
-	c->body = psprintf("{\"merchant_id\":%d%s}", admin->paytrace_merchant_id, members);
-	c->call = psprintf("POST %s", path);
+	c->url = get ? psprintf("%s%s?merchant_id=%d%s", admin->paytrace_url, path,
+							admin->paytrace_merchant_id, members)
+		: psprintf("%s%s", admin->paytrace_url, path);
+	c->body = get ? NULL : psprintf("{\"merchant_id\":%d%s}", admin->paytrace_merchant_id, members);
+	c->call = psprintf("%s %s", method, path);
 	c->idempotent = idempotent;
 	c->hash = v3_credential_hash(admin);
 	c->integrator_header = psprintf(V3_INTEGRATOR_HEADER ": %s", admin->paytrace_integrator_id);
@@ -190,10 +216,31 @@ v3_request(PtV3Call *c)
 	request->url = c->url;
 	request->bearer_token = c->token;
 	request->extra_header = c->integrator_header;
-	request->content_type = "application/json";
+	request->content_type = c->body ? "application/json" : NULL;
 	request->body = c->body;
 	request->idempotent = c->idempotent;
 	return request;
+}
+
+/*
+ * Make sure a v3 token is cached, so that a money call recorded next leaves
+ * at once (the worker fetches it before it records the attempt).
+ */
+void
+paytrace_v3_prepare(const Administration *admin)
+{
+	uint32		hash;
+	char		cached[FRESHPAY_TOKEN_MAX + 1];
+
+	paytrace_v3_require(admin, "an ACH call through PayTrace API v3");
+	hash = v3_credential_hash(admin);
+	if (!token_cache_lookup(admin->name, REMOTE_PAYTRACE_V3, hash, cached, sizeof(cached)))
+	{
+		char	   *token = v3_authenticate(admin, hash);
+
+		explicit_bzero(token, strlen(token));
+	}
+	explicit_bzero(cached, sizeof(cached));
 }
 
 void
@@ -296,7 +343,7 @@ paytrace_v3_invoice_call(const Administration *admin, const PtV3Invoice *inv)
 	appendStringInfoString(&members, ",\"email_required\":true,\"customer_label\":");
 	escape_json(&members, inv->customer_label ? inv->customer_label : "");
 	/* Never re-sent by itself: PayTrace may already have e-mailed the link. */
-	return v3_post(admin, V3_INVOICE_PATH, members.data, false);
+	return v3_call(admin, "POST", V3_INVOICE_PATH, members.data, false);
 }
 
 /* data.invoice_id of a payment request's answer [G], or NULL. */
@@ -382,4 +429,331 @@ paytrace_v3_invoice_of(PtV3Call *c, const HttpResponse *response, bool *lost, ch
 		return NULL;
 	}
 	return id;
+}
+
+/* ---- ACH ---------------------------------------------------------------- */
+
+/* Each status PayTrace names [C], and what it means [contract section 11]. */
+static const struct
+{
+	const char *status;
+	PtAchState	state;
+}			ach_states[] = {
+	{"INITIATED", PT_ACH_IN_PROGRESS},
+	{"ACCEPTED", PT_ACH_IN_PROGRESS},
+	{"ORIGINATED", PT_ACH_IN_PROGRESS},
+	{"VERIFYING", PT_ACH_IN_PROGRESS},
+	{"SETTLED", PT_ACH_SETTLED},
+	{"PARTIALLY_SETTLED", PT_ACH_SETTLED},
+	{"VOIDED", PT_ACH_VOIDED},
+	{"DECLINED", PT_ACH_REFUSED},
+	{"NSF_DECLINED", PT_ACH_REFUSED},
+	{"REJECTED", PT_ACH_REFUSED},
+	{"FAILED", PT_ACH_REFUSED},
+	{"ERROR", PT_ACH_REFUSED},
+	{"TECHNICAL_ERROR", PT_ACH_REFUSED},
+	{"RETURNED", PT_ACH_RETURNED},
+};
+
+static PtAchState
+ach_state(const char *status)
+{
+	for (size_t i = 0; i < lengthof(ach_states); i++)
+		if (strcmp(status, ach_states[i].status) == 0)
+			return ach_states[i].state;
+	return PT_ACH_OTHER;
+}
+
+/* An ACH debit, void or refund [C paths; P fields]; the key was recorded before. */
+PtV3Call *
+paytrace_v3_ach_call(const Administration *admin, const PtRequest *request)
+{
+	StringInfoData members;
+	const char *path;
+
+	initStringInfo(&members);
+	switch (request->operation)
+	{
+		case PT_ACH_SALE:
+			path = V3_ACH_PAYMENT_PATH;
+			appendStringInfoString(&members, ",\"customer_id\":");
+			escape_json(&members, request->customer_id);
+			appendStringInfo(&members, ",\"amount\":\"%s\",\"invoice_number\":", request->amount);
+			escape_json(&members, request->invoice_number);
+			break;
+		case PT_ACH_VOID:
+			path = V3_ACH_VOID_PATH;
+			appendStringInfo(&members, ",\"ach_transaction_id\":\"" INT64_FORMAT "\"",
+							 request->transaction_id);
+			break;
+		case PT_ACH_REFUND:
+			path = V3_ACH_REFUND_PATH;
+			appendStringInfo(&members, ",\"ach_transaction_id\":\"" INT64_FORMAT "\",\"amount\":\"%s\"",
+							 request->transaction_id, request->amount);
+			break;
+		default:
+			elog(ERROR, "PayTrace API v3 makes no such ACH call (%d)", (int) request->operation);
+	}
+	if (request->idempotency_key != NULL)
+	{
+		appendStringInfoString(&members, ",\"idempotency_key\":");
+		escape_json(&members, request->idempotency_key);
+	}
+	/* Never re-sent by the HTTP layer: a lost answer is looked up by its key. */
+	return v3_call(admin, "POST", path, members.data, false);
+}
+
+/* The top-level transaction_id of an ACH call's answer [C shape]. */
+static bool
+v3_transaction_id(const HttpResponse *response, int64 *id)
+{
+	char		error[128];
+	json_object *root = jsonconv_parse(response->body, response->body_len, error, sizeof(error));
+	volatile bool found = false;
+
+	if (root == NULL)
+		return false;
+	PG_TRY();
+	{
+		found = json_object_is_type(root, json_type_object) &&
+			jsonconv_int64_opt(root, "transaction_id", id);
+	}
+	PG_FINALLY();
+	{
+		json_object_put(root);
+	}
+	PG_END_TRY();
+	return found;
+}
+
+/*
+ * The outcome of an ACH debit, void or refund from its answer: approved
+ * with PayTrace's id of the new transaction (of the voided one, for a void),
+ * refused (422, or another 4xx: nothing was done), not sent, later, or
+ * unknown (lost, 5xx, unreadable).
+ */
+PtResult *
+paytrace_v3_money_of(PtV3Call *c, const HttpResponse *response)
+{
+	PtResult   *r = palloc0(sizeof(PtResult));
+
+	r->retry_after = -1;
+	r->http_status = response->status;
+	if (response->transport == HTTP_TRANSPORT_NOT_SENT)
+	{
+		r->outcome = PT_NOT_SENT;
+		r->message = psprintf("Could not reach PayTrace: %s", response->error);
+		return r;
+	}
+	if (response->transport != HTTP_TRANSPORT_OK)
+	{
+		r->outcome = PT_UNKNOWN;
+		r->message = psprintf("The answer of PayTrace was lost: %s", response->error);
+		return r;
+	}
+	if (response->status == 401)
+	{
+		r->outcome = PT_NOT_SENT;
+		r->message = pstrdup("PayTrace did not accept a fresh API v3 token.");
+		return r;
+	}
+	if (response->status == 429 || (response->status == 503 && response->retry_after >= 0))
+	{
+		r->outcome = PT_RETRY_LATER;
+		r->retry_after = response->retry_after;
+		r->message = psprintf("PayTrace asked to try again later (HTTP %ld).", response->status);
+		return r;
+	}
+	if (response->status == 400 || response->status == 403 || response->status == 404 ||
+		response->status == 422)
+	{
+		char	   *refusal = v3_refusal(response);
+
+		r->outcome = PT_REJECTED;
+		r->error_codes = psprintf("%ld", response->status);
+		r->message = psprintf("PayTrace refused %s (HTTP %ld): %s", c->call, response->status,
+							  refusal ? refusal : "no reason given");
+		return r;
+	}
+	r->outcome = PT_UNKNOWN;
+	if (response->status != 200 && response->status != 201)
+	{
+		r->message = psprintf("PayTrace answered HTTP %ld to %s; it may have been processed.",
+							  response->status, c->call);
+		return r;
+	}
+	if (v3_transaction_id(response, &r->transaction_id))
+	{
+		r->has_transaction_id = true;
+		r->outcome = PT_APPROVED;
+		r->message = psprintf("%s: transaction " INT64_FORMAT ".", c->call, r->transaction_id);
+	}
+	if (r->outcome == PT_UNKNOWN)
+		r->message = psprintf("PayTrace's answer to %s had no transaction id; it may have been processed.",
+							  c->call);
+	return r;
+}
+
+/* GET one ACH transaction by PayTrace's id, or by the key freshpay sent. */
+PtV3Call *
+paytrace_v3_ach_get_call(const Administration *admin, int64 ach_id)
+{
+	return v3_call(admin, "GET", psprintf(V3_ACH_TRANSACTIONS_PATH "/" INT64_FORMAT, ach_id), "", true);
+}
+
+PtV3Call *
+paytrace_v3_ach_by_key_call(const Administration *admin, const char *key)
+{
+	return v3_call(admin, "GET", psprintf(V3_ACH_BY_KEY_PATH "%s", http_url_escape(key)), "", true);
+}
+
+static PtAchTransaction *
+ach_from_json(json_object *object)
+{
+	PtAchTransaction *t = palloc0(sizeof(PtAchTransaction));
+	json_object *settled;
+
+	if (object == NULL || !json_object_is_type(object, json_type_object))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("an ACH transaction of PayTrace is not a JSON object")));
+	t->ach_id = jsonconv_int64(object, "ach_transaction_id");
+	t->status = jsonconv_string(object, "transaction_status");
+	t->state = ach_state(t->status);
+	t->amount = jsonconv_money(object, "amount");
+	t->invoice_number = jsonconv_string_opt(object, "invoice_number");
+	t->idempotency_key = jsonconv_string_opt(object, "idempotency_key");
+	t->return_reason = jsonconv_string_opt(object, "return_reason");
+	settled = jsonconv_member(object, "settled_at");
+	if (!jsonconv_is_null(settled))
+	{
+		t->has_settled_at = true;
+		t->settled_at = jsonconv_timestamp(object, "settled_at");
+	}
+	return t;
+}
+
+/*
+ * The transaction a GET by id or by key answered, or NULL when PayTrace has
+ * none (404): which proves nothing about a request still in process.  Any
+ * other failure is an ERROR.
+ */
+PtAchTransaction *
+paytrace_v3_ach_of(PtV3Call *c, const HttpResponse *response)
+{
+	char		error[128];
+	json_object *root;
+	PtAchTransaction *volatile t = NULL;
+
+	if (response->transport != HTTP_TRANSPORT_OK)
+		http_report_transport_error(&c->request, response);
+	if (response->status == 404)
+		return NULL;
+	if (response->status != 200)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("PayTrace answered HTTP %ld to %s", response->status, c->call)));
+	root = jsonconv_parse(response->body, response->body_len, error, sizeof(error));
+	if (root == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("PayTrace's answer to %s is not JSON: %s", c->call, error)));
+	PG_TRY();
+	{
+		t = ach_from_json(jsonconv_member(root, "data"));
+	}
+	PG_FINALLY();
+	{
+		json_object_put(root);
+	}
+	PG_END_TRY();
+	return t;
+}
+
+/* Synchronous: send until the answer is not a refused token (once renewed). */
+static void
+v3_perform(PtV3Call *c, HttpResponse *response)
+{
+	for (;;)
+	{
+		http_perform(v3_request(c), response);
+		if (response->transport != HTTP_TRANSPORT_OK || response->status != 401 || c->tries >= 2)
+			return;
+		token_cache_forget(c->admin->name, REMOTE_PAYTRACE_V3, c->token);
+	}
+}
+
+static char *
+v3_date(DateADT date)
+{
+	int			year,
+				month,
+				day;
+
+	j2date(date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
+	return psprintf("%04d-%02d-%02d", year, month, day);
+}
+
+/* One page of the list: its transactions appended to *found; returns how many. */
+static int
+v3_ach_page(PtV3Call *c, const HttpResponse *response, List **found, int64 *total)
+{
+	char		error[128];
+	json_object *root;
+	volatile int page = 0;
+
+	if (response->transport != HTTP_TRANSPORT_OK)
+		http_report_transport_error(&c->request, response);
+	if (response->status != 200)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("PayTrace answered HTTP %ld to %s", response->status, c->call)));
+	root = jsonconv_parse(response->body, response->body_len, error, sizeof(error));
+	if (root == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("PayTrace's answer to %s is not JSON: %s", c->call, error)));
+	PG_TRY();
+	{
+		json_object *data = jsonconv_member(root, "data");
+
+		if (data == NULL || !json_object_is_type(data, json_type_array))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("PayTrace's answer to %s has no list of transactions", c->call)));
+		*total = jsonconv_int64(root, "total");
+		page = json_object_array_length(data);
+		for (int i = 0; i < page; i++)
+			*found = lappend(*found, ach_from_json(json_object_array_get_idx(data, i)));
+	}
+	PG_FINALLY();
+	{
+		json_object_put(root);
+	}
+	PG_END_TRY();
+	return page;
+}
+
+/*
+ * Every ACH transaction processed from start to end, all pages; made here
+ * and now (the sync).  Any failure is an ERROR.
+ */
+List *
+paytrace_v3_ach_list(const Administration *admin, DateADT start, DateADT end)
+{
+	List	   *found = NIL;
+	int64		total = 0;
+
+	for (int64 offset = 0; offset == 0 || offset < total; offset += V3_ACH_PAGE)
+	{
+		PtV3Call   *c = v3_call(admin, "GET", V3_ACH_TRANSACTIONS_PATH,
+								psprintf("&start_date=%s&end_date=%s&date_type=PROCESSED&limit=%d&offset=" INT64_FORMAT,
+										 v3_date(start), v3_date(end), V3_ACH_PAGE, offset), true);
+		HttpResponse response;
+
+		v3_perform(c, &response);
+		if (v3_ach_page(c, &response, &found, &total) == 0)
+			break;
+	}
+	return found;
 }

@@ -227,12 +227,13 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 
 	if (fp_spi_run("SELECT p.administration, p.kind, p.status, p.invoice_id, p.invoice_number,"
 				"       p.paytrace_transaction_id, p.amount OPERATOR(pg_catalog.-) p.refunded_amount,"
-				"       p.batch_number, p.customer_id,"
+				"       COALESCE(p.batch_number::text, p.settled_at::text), p.customer_id,"
 				"       (SELECT pg_catalog.count(*) FROM freshpay.payments c WHERE c.parent_id OPERATOR(pg_catalog.=) p.id"
 				"           AND c.status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])),"
 				"       (SELECT pg_catalog.min(c.id) FROM freshpay.payments c WHERE c.parent_id OPERATOR(pg_catalog.=) p.id"
 				"           AND c.kind OPERATOR(pg_catalog.=) 'capture'"
-				"           AND c.status OPERATOR(pg_catalog.<>) ALL (ARRAY['failed']))"
+				"           AND c.status OPERATOR(pg_catalog.<>) ALL (ARRAY['failed'])),"
+				"       p.idempotency_key IS NOT NULL"
 				"  FROM freshpay.payments p WHERE p.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 				1, types, values, NULL, SPI_OK_SELECT) == 0)
 		fp_refuse(ERRCODE_NO_DATA_FOUND, "payment_id is freshpay.payments.id.",
@@ -249,6 +250,7 @@ plan_reversal(CallPlan *plan, MoneyOp op, int64 target_id, const char *amount, M
 	fp_spi_int64(6, &plan->parent_transaction_id);
 	remaining = fp_spi_text(context, 7);
 	fp_spi_int64(9, &plan->customer_id);
+	plan->parent_on_v3 = strcmp(fp_spi_text(context, 12), "t") == 0;
 
 	if (strcmp(kind, "void") == 0 || strcmp(kind, "refund") == 0)
 		fp_refuse(ERRCODE_WRONG_OBJECT_TYPE, "Void or refund the sale or capture it acted on.",

@@ -33,6 +33,7 @@ typedef struct CallPlan
 	bool		has_parent;
 	int64		parent_id;
 	int64		parent_transaction_id;
+	bool		parent_on_v3;	/* the ACH debit acted on was made through API v3 */
 	PtOperation operation;
 } CallPlan;
 

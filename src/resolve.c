@@ -29,6 +29,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "ach.h"
 #include "administration.h"
 #include "attempt.h"
 #include "jobs.h"
@@ -43,6 +44,7 @@ typedef struct Lookup
 	Attempt    *attempt;
 	Administration *admin;
 	PtQuery    *query;
+	PtV3Call   *v3;				/* an ACH call through v3: by id, or by its key */
 	bool		on_parent;		/* a capture or void shows on the transaction it acts on */
 } Lookup;
 
@@ -76,6 +78,18 @@ start_lookup(Flow *f, Lookup *l)
 	MemoryContextSwitchTo(f->context);
 
 	l->on_parent = strcmp(a->kind, "capture") == 0 || strcmp(a->kind, "void") == 0;
+	if (a->ach_v3)
+	{
+		/* PayTrace keeps one transaction per key: the key finds it, or proves nothing yet. */
+		if (l->on_parent)
+			l->v3 = paytrace_v3_ach_get_call(l->admin, a->parent_transaction_id);
+		else if (a->has_transaction_id)
+			l->v3 = paytrace_v3_ach_get_call(l->admin, a->transaction_id);
+		else
+			l->v3 = paytrace_v3_ach_by_key_call(l->admin, a->idempotency_key);
+		paytrace_v3_send(l->v3, f, f->priority);
+		return true;
+	}
 	if (l->on_parent)
 		l->query = paytrace_export_by_id_query(l->admin, a->parent_transaction_id);
 	else if (a->has_transaction_id)
@@ -86,6 +100,24 @@ start_lookup(Flow *f, Lookup *l)
 													   a->invoice_number);
 	paytrace_send(l->query, f, f->priority);
 	return true;
+}
+
+/* Not found (yet): it stays unknown, and is looked up again.  Returns when. */
+static TimestampTz
+still_unknown(const Attempt *a)
+{
+	if (strcmp(a->status, "pending") == 0)
+	{
+		Oid			types[] = {INT8OID};
+		Datum		values[] = {Int64GetDatum(a->payment_id)};
+
+		fp_spi_run("UPDATE freshpay.payments SET status = 'unknown', updated_at = pg_catalog.now()"
+				   " WHERE id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'pending'",
+				   1, types, values, NULL, SPI_OK_UPDATE);
+		payments_history(a->payment_id, "pending", "unknown", 0, "lookup",
+						 "Not found at PayTrace yet. It is looked up again; until PayTrace shows it, or a person settles it with freshpay_resolve(), no new charge of the invoice is made.");
+	}
+	return next_lookup(a);
 }
 
 /* RECORD: what the export shows; returns 0 when settled, or when to look again. */
@@ -121,19 +153,7 @@ record_lookup(Lookup *l, List *candidates)
 		}
 	}
 
-	/* Not found (yet): it stays unknown, and is looked up again. */
-	if (strcmp(a->status, "pending") == 0)
-	{
-		Oid			types[] = {INT8OID};
-		Datum		values[] = {Int64GetDatum(a->payment_id)};
-
-		fp_spi_run("UPDATE freshpay.payments SET status = 'unknown', updated_at = pg_catalog.now()"
-				   " WHERE id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'pending'",
-				   1, types, values, NULL, SPI_OK_UPDATE);
-		payments_history(a->payment_id, "pending", "unknown", 0, "lookup",
-						 "Not found at PayTrace yet. It is looked up again; until PayTrace shows it, or a person settles it with freshpay_resolve(), no new charge of the invoice is made.");
-	}
-	return next_lookup(a);
+	return still_unknown(a);
 }
 
 static FlowStep
@@ -154,10 +174,12 @@ advance_lookup(Flow *f, const HttpResponse *response)
 		}
 		return start_lookup(f, f->state) ? FLOW_WAITING : FLOW_DONE;
 	}
-	if (!paytrace_answered(l->query, response, f, f->priority))
+	if (l->v3 != NULL ? !paytrace_v3_answered(l->v3, response, f, f->priority)
+		: !paytrace_answered(l->query, response, f, f->priority))
 		return FLOW_WAITING;
 	{
-		List	   *candidates = paytrace_export_of(l->query, response);
+		List	   *candidates = l->v3 ? NIL : paytrace_export_of(l->query, response);
+		PtAchTransaction *ach = l->v3 ? paytrace_v3_ach_of(l->v3, response) : NULL;
 		MemoryContext caller = fp_txn_begin();
 		Attempt    *reloaded;
 		TimestampTz again = 0;
@@ -168,7 +190,10 @@ advance_lookup(Flow *f, const HttpResponse *response)
 		if (payments_in_flight(reloaded->status))
 		{
 			l->attempt = reloaded;
-			again = record_lookup(l, candidates);
+			if (l->v3 == NULL)
+				again = record_lookup(l, candidates);
+			else if (ach == NULL || !ach_record(reloaded, ach, "resolved"))
+				again = still_unknown(reloaded);
 		}
 		job_record(&f->job, again == 0, again, NULL, false, -1);
 		fp_txn_commit(caller);

@@ -2,8 +2,8 @@
  *
  * sync_paytrace.c
  *	  The PayTrace pull: PayTrace's transactions into freshpay.payments
- *	  (payments.c applies each), its settlement batches into
- *	  freshpay.settlements.
+ *	  (payments.c applies each), the ACH transactions of API v3 (ach.c),
+ *	  its settlement batches into freshpay.settlements.
  *
  * Fetching and applying are separate calls, so that the worker makes the
  * request without a transaction open and applies the answer in a short
@@ -18,14 +18,18 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
+#include "ach.h"
 #include "payments.h"
 #include "paytrace.h"
+#include "paytrace_v3.h"
 #include "spi_txn.h"
 #include "sync_paytrace.h"
 #include "sync_state.h"
 
 /* How far back PayTrace's transactions are re-read for status changes. */
 #define PAYTRACE_LOOKBACK_DAYS 14
+/* How long an ACH debit is followed: as long as its bank may still send it back [G]. */
+#define ACH_FOLLOW_DAYS 60
 /* How far back settlement batches are re-read. */
 #define SETTLEMENT_LOOKBACK_DAYS 35
 
@@ -36,12 +40,18 @@
  * through the usual jobs.  There is no cursor: the window is re-read, and
  * applying a transaction twice changes nothing.
  */
-List *
+PaytracePull *
 sync_paytrace_fetch(const Administration *admin)
 {
 	DateADT		today = fp_date_of(GetCurrentTimestamp());
+	PaytracePull *pull = palloc0(sizeof(PaytracePull));
 
-	return paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS, today + 1, NULL);
+	pull->transactions = paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS,
+													   today + 1, NULL);
+	/* ACH debits through v3: followed until they can no longer come back. */
+	if (admin->paytrace_merchant_id > 0)
+		pull->ach = paytrace_v3_ach_list(admin, today - ACH_FOLLOW_DAYS, today + 1);
+	return pull;
 }
 
 /*
@@ -63,19 +73,24 @@ expire_requests(const char *administration)
 }
 
 SyncCounts
-sync_paytrace_apply(const Administration *admin, List *transactions)
+sync_paytrace_apply(const Administration *admin, PaytracePull *pull)
 {
 	SyncCounts	counts = {0};
 	ListCell   *lc;
 
 	SPI_connect();
-	foreach(lc, transactions)
+	foreach(lc, pull->transactions)
 	{
 		char		change = payments_apply_paytrace(admin->name, lfirst(lc));
 
 		counts.fetched++;
 		counts.inserted += change == 'i';
 		counts.updated += change == 'u';
+	}
+	foreach(lc, pull->ach)
+	{
+		counts.fetched++;
+		counts.updated += ach_apply(admin->name, lfirst(lc)) == 'u';
 	}
 	expire_requests(admin->name);
 	sync_state_record(admin->name, "paytrace_transactions", &counts);

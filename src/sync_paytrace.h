@@ -13,8 +13,15 @@
 #include "administration.h"
 #include "sync_state.h"
 
-extern List *sync_paytrace_fetch(const Administration *admin);
-extern SyncCounts sync_paytrace_apply(const Administration *admin, List *transactions);
+/* What the pull of PayTrace's transactions fetched: v1's export, and v3's ACH list. */
+typedef struct PaytracePull
+{
+	List	   *transactions;	/* PtTransaction */
+	List	   *ach;			/* PtAchTransaction; NIL without a merchant id */
+} PaytracePull;
+
+extern PaytracePull *sync_paytrace_fetch(const Administration *admin);
+extern SyncCounts sync_paytrace_apply(const Administration *admin, PaytracePull *pull);
 extern List *sync_settlements_fetch(const Administration *admin);
 extern SyncCounts sync_settlements_apply(const Administration *admin, List *batches);
 

@@ -144,7 +144,7 @@ sync_administration(const char *name, MemoryContext context)
 {
 	MemoryContext caller = fp_txn_begin();
 	Administration *admin = administration_load(name, context);
-	List	   *transactions;
+	PaytracePull *transactions;
 	List	   *batches;
 
 	fp_txn_commit(caller);

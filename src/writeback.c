@@ -19,6 +19,9 @@
  * FreshPortal does not know, so a collection meanwhile cannot take it again.
  * The remainder is then registered by the sale's own register job.
  *
+ * An ACH debit that came back ('returned') reverses its own registration,
+ * which it keeps, as the record of what was reversed.
+ *
  Each job is a flow of the worker's pipeline (flow.h):
  *
  *	  START      a transaction loads the payment (and, for a reversal, takes
@@ -231,6 +234,14 @@ start_reverse(Flow *f, Write *x)
 	Written    *w = x->w;
 	Written    *sale = x->sale;
 
+	if (sale == NULL && strcmp(w->status, "returned") == 0 && w->registered)
+	{
+		x->reversing = w->freshportal_payment_id;
+		x->invoice = w->freshportal_invoice_id;
+		note(w->payment_id, w->status, "reversing",
+			 psprintf("FreshPortal payment " INT64_FORMAT " is being reversed", x->reversing));
+		return true;
+	}
 	if (sale == NULL)
 		return false;
 	if (w->registered)
@@ -283,6 +294,17 @@ commit_write(Flow *f, Write *x, const FpInvoiceState *invoice, MemoryContext cal
 	return FLOW_WAITING;
 }
 
+static bool
+returned_meanwhile(int64 payment_id)
+{
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(payment_id)};
+
+	return fp_spi_run("SELECT 1 FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1"
+					  "   AND status OPERATOR(pg_catalog.=) 'returned'",
+					  1, types, values, NULL, SPI_OK_SELECT) > 0;
+}
+
 /* FreshPortal registration id found or made: record it (and the invoice, when shown). */
 static FlowStep
 record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool created,
@@ -294,6 +316,9 @@ record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool create
 	note(x->w->payment_id, x->w->status, "registered",
 		 psprintf("%s in FreshPortal as payment " INT64_FORMAT,
 				  created ? "Registered" : "Found already registered", freshportal_payment_id));
+	/* An ACH debit that came back while this was in flight: reversed in turn. */
+	if (returned_meanwhile(x->w->payment_id))
+		job_queue("reverse_payment", x->w->payment_id, 0);
 	return commit_write(f, x, invoice, caller);
 }
 
@@ -305,9 +330,19 @@ record_reversal(Flow *f, Write *x, const FpInvoiceState *invoice)
 
 	note(x->w->payment_id, x->w->status, "reversed",
 		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, x->reversing));
-	if (strcmp(x->sale->status, "captured") == 0 && strcmp(x->sale->remaining, "0.00") != 0)
+	if (x->sale != NULL && strcmp(x->sale->status, "captured") == 0 &&
+		strcmp(x->sale->remaining, "0.00") != 0)
 		job_queue("register_payment", x->sale->payment_id, 0);
 	return commit_write(f, x, invoice, caller);
+}
+
+/* FreshPortal's reason of a reversal; an ACH return is the bank taking the money back [G]. */
+static const char *
+reversal_reason(const Written *w)
+{
+	if (strcmp(w->status, "returned") == 0)
+		return "chargeback";
+	return strcmp(w->kind, "void") == 0 ? "voided" : "refunded";
 }
 
 static FlowStep
@@ -385,8 +420,7 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 		case WRITE_CHECK:
 			if (strcmp(freshportal_payment_of(x->call, response)->status, "reversed") != 0)
 			{
-				x->call = freshportal_reverse_call(x->admin, x->reversing,
-												   strcmp(x->w->kind, "void") == 0 ? "voided" : "refunded",
+				x->call = freshportal_reverse_call(x->admin, x->reversing, reversal_reason(x->w),
 												   x->w->transaction_id ? x->w->transaction_id : "",
 												   fp_date_of(GetCurrentTimestamp()));
 				x->state = WRITE_REVERSE;
