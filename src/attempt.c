@@ -407,11 +407,12 @@ start_call(Flow *f, Pending *p)
 
 /*
  * RECORD: once PayTrace has room, the intent is recorded (with the checks
- * repeated under the invoice's lock) and the request leaves at once.  The
+ * repeated under the invoice's lock, and for a collect_invoice job the
+ * decline guard under the customer's) and the request leaves at once.  The
  * token is fetched first, so that nothing but PayTrace decides how long the
- * request is out.
+ * request is out.  False when the job must wait (the guard said so).
  */
-static void
+static bool
 record_and_send(Flow *f, Pending *p)
 {
 	MemoryContext caller;
@@ -423,6 +424,17 @@ record_and_send(Flow *f, Pending *p)
 
 	caller = fp_txn_begin();
 	MemoryContextSwitchTo(f->context);
+	if (f->job.id != 0)
+	{
+		TimestampTz later = autocollect_guard(f->job.invoice_id, true);
+
+		if (later != 0)
+		{
+			job_record(&f->job, false, later, NULL, false, -1);
+			fp_txn_commit(caller);
+			return false;
+		}
+	}
 	if (p->plan.op == MONEY_CAPTURE || p->plan.op == MONEY_AUTHORIZE)
 	{
 		CallPlan	locked = {0};
@@ -471,6 +483,7 @@ record_and_send(Flow *f, Pending *p)
 	in_flight_add(p->payment_id);
 	worker_status_in_flight(1);
 	p->state = MONEY_SENT;
+	return true;
 }
 
 /*
@@ -571,8 +584,7 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 	Assert(p->state == MONEY_RECORD);
 	if (!http_has_room("PayTrace"))
 		return FLOW_PARKED;
-	record_and_send(f, p);
-	return FLOW_WAITING;
+	return record_and_send(f, p) ? FLOW_WAITING : FLOW_DONE;
 }
 
 /*

@@ -24,6 +24,68 @@
 
 /* After freshpay.request_timeout, when an invoice with an attempt in flight is looked at again. */
 #define AUTOCOLLECT_GRACE_MS (5 * 1000L)
+/* When an invoice waiting for its customer's charge in flight is looked at again. */
+#define AUTOCOLLECT_PROBE_WAIT_MS (2 * 1000L)
+
+/*
+ * The decline guard (contract section 13).  PayTrace warns on the 3rd
+ * failed charge of one card within 24 hours and disables it on the 4th.
+ * For the customer of the invoice, over the last 24 hours: after
+ * freshpay.max_declines_per_day declined charges, automatic collection
+ * pauses until the oldest of them is a day old; and until the card has been
+ * charged successfully, or after it declined, one charge at a time, so that
+ * a burst of invoices cannot meet a dead card all at once.  Returns 0 (go),
+ * or when to look again.  With lock, the customer's row is locked, so that
+ * two collections of one customer decide one after the other (the worker
+ * checks again when it records the attempt).  Explicit calls are not
+ * guarded: a person decides.
+ */
+TimestampTz
+autocollect_guard(int64 invoice_id, bool lock)
+{
+	Oid			types[] = {INT8OID, INT4OID};
+	Datum		values[] = {Int64GetDatum(invoice_id), Int32GetDatum(freshpay_max_declines_per_day)};
+	bool		isnull;
+	int64		declines,
+				approved,
+				in_flight;
+	Datum		resume;
+
+	if (freshpay_max_declines_per_day <= 0)
+		return 0;
+	if (lock)
+		fp_spi_run("SELECT 1 FROM freshpay.customers c JOIN freshpay.invoices i ON i.customer_id OPERATOR(pg_catalog.=) c.id"
+				   " WHERE i.id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF c",
+				   1, types, values, NULL, SPI_OK_SELECT);
+	if (fp_spi_run("WITH charges AS ("
+				   "  SELECT p.status, p.created_at, p.invoice_id,"
+				   "         p.status OPERATOR(pg_catalog.=) 'failed'"
+				   "           AND (p.response_code IS NOT NULL OR p.paytrace_transaction_id IS NOT NULL) AS declined"
+				   "    FROM freshpay.payments p JOIN freshpay.invoices i ON i.customer_id OPERATOR(pg_catalog.=) p.customer_id"
+				   "   WHERE i.id OPERATOR(pg_catalog.=) $1"
+				   "     AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'authorization', 'ach_sale'])"
+				   "     AND (p.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '24 hours')"
+				   "          OR p.status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])))"
+				   " SELECT pg_catalog.count(*) FILTER (WHERE declined),"
+				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.<>) ALL (ARRAY['failed', 'pending', 'unknown'])),"
+				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])"
+				   "                                    AND invoice_id OPERATOR(pg_catalog.<>) $1),"
+				   "        (pg_catalog.array_agg(created_at ORDER BY created_at) FILTER (WHERE declined))"
+				   "          [CAST(pg_catalog.count(*) FILTER (WHERE declined) OPERATOR(pg_catalog.-) $2 OPERATOR(pg_catalog.+) 1 AS pg_catalog.int4)]"
+				   "          OPERATOR(pg_catalog.+) interval '24 hours'"
+				   "   FROM charges",
+				   2, types, values, NULL, SPI_OK_SELECT) != 1)
+		return 0;
+	fp_spi_int64(1, &declines);
+	fp_spi_int64(2, &approved);
+	fp_spi_int64(3, &in_flight);
+	resume = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+	if (declines >= freshpay_max_declines_per_day && !isnull)
+		return DatumGetTimestampTz(resume);
+	if ((declines > 0 || approved == 0) && in_flight > 0)
+		return TimestampTzPlusMilliseconds(GetCurrentTimestamp(), AUTOCOLLECT_PROBE_WAIT_MS);
+	return 0;
+}
 
 /*
  * May the collect_invoice job of this invoice start an attempt?  In the
@@ -43,6 +105,7 @@ autocollect_check(int64 invoice_id)
 	bool		collectable;
 	bool		has_profile = false;
 	int64		in_flight;
+	TimestampTz guard;
 
 	/*
 	 * Without a vault profile a card customer is sent a payment request;
@@ -80,7 +143,10 @@ autocollect_check(int64 invoice_id)
 	if (in_flight > 0)
 		return TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										   freshpay_request_timeout + AUTOCOLLECT_GRACE_MS);
-	return has_profile ? AUTOCOLLECT_CHARGE : AUTOCOLLECT_REQUEST;
+	if (!has_profile)
+		return AUTOCOLLECT_REQUEST;
+	guard = autocollect_guard(invoice_id, false);
+	return guard != 0 ? guard : AUTOCOLLECT_CHARGE;
 }
 
 /*

@@ -15,6 +15,7 @@
 #define AUTOCOLLECT_REQUEST ((TimestampTz) -2)
 
 extern TimestampTz autocollect_check(int64 invoice_id);
+extern TimestampTz autocollect_guard(int64 invoice_id, bool lock);
 extern int64 autocollect_queue_due(void);
 extern int64 autocollect_revive(void);
 

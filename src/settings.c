@@ -23,6 +23,7 @@ int			freshpay_max_parallel_requests = 8;
 int			freshpay_connect_timeout = 10000;
 int			freshpay_request_timeout = 90000;
 int			freshpay_max_attempts = 8;
+int			freshpay_max_declines_per_day = 2;
 int			freshpay_max_retry_delay = 300000;
 char	   *freshpay_ca_file = NULL;
 bool		freshpay_allow_plain_http = false;
@@ -94,6 +95,15 @@ FreshpaySettingsInit(void)
 							NULL,
 							&freshpay_max_attempts,
 							8, 1, 1000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("freshpay.max_declines_per_day",
+							"Declined charges of one customer within 24 hours after which automatic collection pauses.",
+							"PayTrace disables a card on its 4th failed attempt within 24 hours. 0 turns the guard off.",
+							&freshpay_max_declines_per_day,
+							2, 0, 100,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);

@@ -18,6 +18,7 @@ extern int	freshpay_max_parallel_requests;
 extern int	freshpay_connect_timeout;	/* milliseconds */
 extern int	freshpay_request_timeout;	/* milliseconds */
 extern int	freshpay_max_attempts;
+extern int	freshpay_max_declines_per_day;
 extern int	freshpay_max_retry_delay;	/* milliseconds */
 extern char *freshpay_ca_file;
 extern bool freshpay_allow_plain_http;
