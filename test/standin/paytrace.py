@@ -4,9 +4,11 @@ sections 10-12 beside it, plus replay of real traffic.
 
 Owns the PayTrace wire format of the tests: the OAuth password grant, card
 sales and authorizations (keyed, by_customer, by_transaction), capture, void,
-refund, ACH checks, vault profiles, transaction and batch exports, the sandbox
-settle helper, Level 3 data, and a replay mode that answers the recorded
-sandbox exchanges of test/fixtures/paytrace-recorded/ byte for byte.
+refund, ACH checks, vault profiles (create, export), transaction and batch
+exports (with include_bin), the sandbox settle helper, Level 3 data (Visa or
+Mastercard by the card's BIN, line items checked), and a replay mode that
+answers the recorded sandbox exchanges of test/fixtures/paytrace-recorded/
+byte for byte.
 API v3 (its own token, payment requests, ACH debits with idempotency keys,
 their status, void and refund) is one section, "API v3", with its own tags;
 a payer's payment through a v3 payment request becomes a v1 transaction.
@@ -29,10 +31,10 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from common import (ZERO, AdminError, Response, StandinApp, TokenStore, has_cents_only,
-                    money_str, parse_decimal, parse_json, run)
+                    json_response, money_str, parse_decimal, parse_json, run)
 
 # --------------------------------------------------------------------------
 # Wire constants
@@ -88,6 +90,14 @@ ERRORS = {
     "9007": "Enhanced data can only be added to an approved, unsettled sale.",
     "9008": "The request body must be a JSON object.",
     "9009": "Please provide a valid Customer ID.",
+    # Level 3 strictness [G]: codes and texts are the stand-in's; the rules behind 9010
+    # (Visa or Mastercard only) are [C], the line-item rules (L3_* below) are [G]/[P].
+    "9010": "The card type of the transaction does not support Level 3 data.",
+    "9011": "Please provide at least one Level 3 line item.",
+    "9012": "Please provide a valid Description for line item {item}.",
+    "9013": "Please provide a valid Quantity for line item {item}.",
+    "9014": "Please provide a valid Unit Cost for line item {item}.",
+    "9015": "Please provide a valid Amount for line item {item}.",
 }
 
 INVALID_GRANT = {                                                       # [C]
@@ -132,6 +142,26 @@ BILLING_FIELDS = ("name", "street_address", "street_address2", "city", "state", 
 SHIPPING_FIELDS = ("name", "street_address", "street_address2", "city", "county", "state",
                    "zip", "country")
 _US_DATE = re.compile(r"^(\d{2})/(\d{2})/(\d{4})$")
+
+# Card brands. A card's BIN (its first 6 digits) decides its brand; vault profiles keep
+# the BIN beside the masked number, transactions inherit it, ACH has none ("").
+DEFAULT_BIN = "401200"              # [C] BIN of the recorded sandbox card 4012000098765439
+_BIN = re.compile(r"^\d{6}$")
+# (brand, BIN prefix ranges as (low, high) on the first len(low) digits): the networks'
+# public IIN ranges [P] (not in the research; good enough for a stand-in). Names as the
+# legacy batch export's per-brand fields (research section 5.3) [C]; OTHER is [G].
+BRAND_RANGES = (
+    ("VISA", (("4", "4"),)),
+    ("MASTERCARD", (("51", "55"), ("2221", "2720"))),
+    ("AMEX", (("34", "34"), ("37", "37"))),
+    ("DISCOVER", (("6011", "6011"), ("644", "649"), ("65", "65"))),
+    ("DINERS", (("300", "305"), ("36", "36"), ("38", "39"))),
+    ("JCB", (("3528", "3589"),)),
+)
+# Level 3 [C]: each endpoint takes one brand only.
+L3_ENDPOINT_BRANDS = {"level_three/visa": "VISA", "level_three/mastercard": "MASTERCARD"}
+L3_DESCRIPTION_MAX = 35             # [P] moqui trims line item descriptions to 35 characters
+L3_QUANTITY_PLACES = 4              # [G] quantity: > 0, at most 4 decimals
 DEFAULT_FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / \
     "paytrace-recorded"
 
@@ -177,6 +207,51 @@ def mask(number):
     return "x" * (len(number) - 4) + number[-4:]
 
 
+def card_brand(bin_digits):
+    """VISA, MASTERCARD, AMEX, DISCOVER, DINERS, JCB or OTHER; "" without a BIN (ACH)."""
+    if not bin_digits:
+        return ""
+    for brand, ranges in BRAND_RANGES:
+        for low, high in ranges:
+            if low <= bin_digits[:len(low)] <= high:
+                return brand
+    return "OTHER"
+
+
+def export_masked(masked, bin_digits, include_bin):
+    """Export form of a masked card number [C]: `*` then the last 4. With include_bin [C]
+    the BIN replaces the first 6 stars: "401200******5439" [G format: the length stays]."""
+    starred = "*" * (len(masked) - 4) + masked[-4:] if len(masked) > 4 else masked
+    if include_bin and bin_digits and len(starred) >= 10:
+        return bin_digits + starred[6:]
+    return starred
+
+
+def admin_bin(value):
+    """A BIN given to an admin endpoint: 6 digits (a string, or an integer) -> the string."""
+    value = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not _BIN.match(value):
+        raise AdminError('bin must be 6 digits, like "401200"')
+    return value
+
+
+def places_ok(value, places):
+    """True when the Decimal value has at most `places` decimals (False if it is absurd)."""
+    try:
+        return value == value.quantize(Decimal(1).scaleb(-places))
+    except InvalidOperation:
+        return False
+
+
+def flag(value):
+    """A boolean request field [G]: JSON true, 1 or "true" (any case); anything else false."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value == 1
+    return isinstance(value, str) and value.strip().lower() == "true"
+
+
 def address(given, fields):
     given = given if isinstance(given, dict) else {}
     return {name: str(given.get(name, "")) for name in fields}
@@ -193,9 +268,16 @@ class Profile:
     method: str = "card"
     masked_number: str = "xxxxxxxxxxxx5439"
     expiration_month: int = 12
-    expiration_year: int = 2030
+    expiration_year: int = 2030         # 4 digits
     billing_address: dict = field(default_factory=dict)
     email: str = ""
+    bin: str = DEFAULT_BIN              # a card's first 6 digits; "" for ACH
+    shipping_address: dict = field(default_factory=dict)
+    phone: str = ""
+
+    def row(self):
+        """The state dump's and the admin answers' form: the fields, then the brand."""
+        return {**vars(self), "card_brand": card_brand(self.bin)}
 
 
 @dataclass
@@ -223,7 +305,8 @@ class Transaction:
     captured: bool = False
     batch: object = None
     settled: object = None          # datetime once settled
-    level_three: list = field(default_factory=list)
+    level_three: list = field(default_factory=list)     # accepted Level 3 bodies, in order
+    bin: str = ""                   # the card's first 6 digits; "" for ACH
 
     @property
     def status(self):
@@ -764,14 +847,17 @@ class PayTraceV3:
             if not req.is_amount_editable and amount != req.invoice_amount:
                 raise AdminError("the amount of this payment request is not editable")
         masked = str(body.get("masked_number", "xxxxxxxxxxxx1111"))
+        bin_digits = admin_bin(body.get("bin", DEFAULT_BIN))     # the payer's card
         source = {"masked_number": masked, "expiration_month": 12, "expiration_year": 2030,
-                  "billing_address": {"name": req.customer_label}, "customer_id": ""}
+                  "billing_address": {"name": req.customer_label}, "customer_id": "",
+                  "bin": bin_digits}
         if store:
             customer_id = str(body.get("customer_id") or f"HP{req.invoice_id}")
             if customer_id in self.profiles:
                 raise AdminError(f"vault profile {customer_id} exists already")
             profile = Profile(customer_id=customer_id, method="card", masked_number=masked,
-                              billing_address={"name": req.customer_label}, email=req.email)
+                              billing_address={"name": req.customer_label}, email=req.email,
+                              bin=bin_digits)
             self.profiles[customer_id] = profile
             source = self.card_of_profile(profile)
             req.customer_id = customer_id
@@ -883,7 +969,7 @@ class PayTraceApp(PayTraceV3, StandinApp):
         self.v3_reset()
 
     def state_snapshot(self):
-        return {"customers": [vars(p) for p in self.profiles.values()],
+        return {"customers": [p.row() for p in self.profiles.values()],
                 "transactions": [self._state_row(t) for t in self.transactions.values()],
                 "batches": [self.batch_summary(b) for b in self.batches],
                 "replay_fixtures": [f.name for f in self.fixtures],
@@ -893,6 +979,7 @@ class PayTraceApp(PayTraceV3, StandinApp):
     def _state_row(txn):
         row = dict(vars(txn))
         row["status_code"], row["status_message"] = txn.status
+        row["card_brand"] = card_brand(txn.bin)
         for key in ("created", "settled"):
             row[key] = row[key].isoformat() if row[key] else None
         return row
@@ -916,18 +1003,20 @@ class PayTraceApp(PayTraceV3, StandinApp):
                 ("checks/manage/void", self.check_void, True),
                 ("checks/refund/by_transaction", self.check_refund, True),
                 ("customer/create", self.customer_create, False),
+                ("customer/export", self.customer_export, False),                  # [C]
                 ("transactions/export/by_id", self.export_by_id, False),
                 ("transactions/export/by_date_range", self.export_by_date_range, False),
                 ("transactions/settle", self.settle, False),
                 ("batches/export", self.batches_export, False),
                 ("batches/transaction_list", self.batch_transaction_list, False),
-                ("level_three/visa", self.level_three, False),
-                ("level_three/mastercard", self.level_three, False)):
+                ("level_three/visa", self.level_three_visa, False),
+                ("level_three/mastercard", self.level_three_mastercard, False)):
             router.add("POST", "/v1/" + path, api(handler, money))
         self.v3_routes(router)
 
     def add_admin_routes(self, router):
         router.add("POST", "/_standin/customers", self.admin_customers)
+        router.add("POST", "/_standin/customers/{customer_id}", self.admin_update_customer)
         router.add("POST", "/_standin/settle", self.admin_settle)
         router.add("POST", "/_standin/replay", self.admin_replay)
         self.v3_admin_routes(router)
@@ -1081,7 +1170,7 @@ class PayTraceApp(PayTraceV3, StandinApp):
         if errors:
             return None
         return {"masked_number": mask(number), "expiration_month": int(month),
-                "expiration_year": int(year),
+                "expiration_year": int(year), "bin": number[:6],
                 "billing_address": body.get("billing_address", {})}
 
     @staticmethod
@@ -1090,13 +1179,14 @@ class PayTraceApp(PayTraceV3, StandinApp):
                 "expiration_month": profile.expiration_month,
                 "expiration_year": profile.expiration_year,
                 "billing_address": profile.billing_address,
-                "customer_id": profile.customer_id}
+                "customer_id": profile.customer_id, "bin": profile.bin}
 
     @staticmethod
     def card_of_transaction(txn):
         return {"masked_number": txn.masked_number, "expiration_month": txn.expiration_month,
                 "expiration_year": txn.expiration_year,
-                "billing_address": txn.billing_address, "customer_id": txn.customer_id}
+                "billing_address": txn.billing_address, "customer_id": txn.customer_id,
+                "bin": txn.bin}
 
     # -- transactions --------------------------------------------------------------
     def new_transaction(self, kind, method, amount, state, body, source):
@@ -1115,7 +1205,7 @@ class PayTraceApp(PayTraceV3, StandinApp):
             billing_address=address(body.get("billing_address")
                                     or source.get("billing_address"), BILLING_FIELDS),
             shipping_address=address(body.get("shipping_address"), SHIPPING_FIELDS),
-            parent_id=source.get("parent_id"))
+            parent_id=source.get("parent_id"), bin=source.get("bin", ""))
         self.transactions[txn_id] = txn
         return txn
 
@@ -1305,11 +1395,15 @@ class PayTraceApp(PayTraceV3, StandinApp):
         raise_if(errors)
         billing = body.get("billing_address") if isinstance(body.get("billing_address"),
                                                             dict) else {}
+        shipping = body.get("shipping_address") if isinstance(body.get("shipping_address"),
+                                                              dict) else {}
         profile = Profile(customer_id=customer_id, method="ach" if check else "card",
                           masked_number=card["masked_number"],
                           expiration_month=card.get("expiration_month", 0),
                           expiration_year=card.get("expiration_year", 0),
-                          billing_address=billing, email=str(body.get("email", "")))
+                          billing_address=billing, email=str(body.get("email", "")),
+                          bin=card.get("bin", ""), shipping_address=shipping,
+                          phone=str(body.get("phone", "")))
         self.profiles[customer_id] = profile
         payload = {"success": True, "response_code": 160,
                    "status_message": f"The customer profile for {customer_id}/"
@@ -1319,13 +1413,50 @@ class PayTraceApp(PayTraceV3, StandinApp):
             payload["masked_card_number"] = profile.masked_number
         return payload
 
+    def customer_export(self, body):
+        """customer/export [C path, C row shape (ninja); G envelope, filter and error].
+
+        Without customer_id: every profile, in creation order [G]. With one: that profile,
+        or error 30 when it is unknown [G: the text is PayTrace's [C] "not found" of
+        by_customer calls; the real export might answer an empty list instead]."""
+        wanted = body.get("customer_id")
+        if wanted is None or wanted == "":
+            found = list(self.profiles.values())
+        else:
+            profile = self.profiles.get(str(wanted))
+            if profile is None:
+                raise error("30", customer_id=wanted)
+            found = [profile]
+        # envelope as the transaction export's [G]: success, response_code 1, message
+        return self.export_envelope("customers", [self.customer_row(p) for p in found])
+
+    @staticmethod
+    def customer_row(profile):
+        """One profile as ninja reads it [C]: customer_id, credit_card{masked_number,
+        expiration_month, expiration_year}, billing_address, shipping_address, email,
+        phone. ACH profiles: check{masked_account_number} in place of credit_card [G]."""
+        row = {"customer_id": profile.customer_id}
+        if profile.method == "card":
+            row["credit_card"] = {
+                # `*` and the last 4, like exports [G for this call]: never the number
+                "masked_number": export_masked(profile.masked_number, "", False),
+                "expiration_month": profile.expiration_month,      # an integer [G]
+                "expiration_year": profile.expiration_year}        # 4 digits [G]
+        else:
+            row["check"] = {"masked_account_number": profile.masked_number}   # [G]
+        row.update({"billing_address": address(profile.billing_address, BILLING_FIELDS),
+                    "shipping_address": address(profile.shipping_address, SHIPPING_FIELDS),
+                    "email": profile.email, "phone": profile.phone})
+        return row
+
     # -- exports [C] ---------------------------------------------------------------
-    def export_row(self, txn):
+    def export_row(self, txn, include_bin=False):
         """One transaction in the export shape of research section 5.1, in order."""
         status_code, status_message = txn.status
         row = {"transaction_id": txn.id}
         if txn.method == "card":
-            row["credit_card"] = {"masked_number": txn.masked_number.replace("x", "*"),
+            row["credit_card"] = {"masked_number": export_masked(txn.masked_number, txn.bin,
+                                                                 include_bin),
                                   "expiration_month": txn.expiration_month,
                                   "expiration_year": txn.expiration_year % 100}
         else:
@@ -1358,13 +1489,17 @@ class PayTraceApp(PayTraceV3, StandinApp):
         txn = self.transactions.get(txn_id)
         if txn is None:
             raise error("811")
-        return self.export_envelope("transactions", [self.export_row(txn)])
+        # include_bin is documented for by_date_range only [C]; by_id honours it too [G]
+        return self.export_envelope("transactions", [
+            self.export_row(txn, flag(body.get("include_bin")))])
 
     def export_by_date_range(self, body):
         first, last = self.date_range(body)
         rows = [t for t in self.transactions.values() if first <= t.created.date() <= last]
         rows = [t for t in rows if self.export_filter(t, body)]
-        return self.export_envelope("transactions", [self.export_row(t) for t in rows])
+        include_bin = flag(body.get("include_bin"))       # [C] first 6 and last 4 digits
+        return self.export_envelope("transactions", [self.export_row(t, include_bin)
+                                                     for t in rows])
 
     @staticmethod
     def date_range(body):
@@ -1441,19 +1576,61 @@ class PayTraceApp(PayTraceV3, StandinApp):
                                                      for i in batch.transaction_ids])
 
     # -- Level 3 [C] -----------------------------------------------------------------
-    def level_three(self, body):
+    def level_three_visa(self, body):
+        return self.level_three(body, L3_ENDPOINT_BRANDS["level_three/visa"])
+
+    def level_three_mastercard(self, body):
+        return self.level_three(body, L3_ENDPOINT_BRANDS["level_three/mastercard"])
+
+    def level_three(self, body, brand):
+        """Rules [C]: Visa (or Mastercard) card only, approved unsettled sale or capture.
+        Order of the checks [G]: the fields (58 and the line items together), then
+        the transaction (811), its brand (9010), its state (9007)."""
         errors = {}
         txn_id = self.transaction_id(body, errors)
+        items = self.line_items(body, errors)
         raise_if(errors)
         txn = self.find(txn_id)
+        if card_brand(txn.bin) != brand:
+            raise error("9010")
         if txn.kind not in (SALE, AUTHORIZATION) or txn.state != "pending":
             raise error("9007")
-        items = body.get("line_items") if isinstance(body.get("line_items"), list) else []
         txn.level_three.append(body)
         return {"success": True, "response_code": 170,
                 "status_message": f"Visa/MasterCard enhanced data was successfully added to "
                                   f"Transaction ID {txn.id}. {len(items)} line item records "
                                   f"were created."}
+
+    @staticmethod
+    def line_items(body, errors):
+        """line_items [C names] checked [G strictness]: a non-empty list of objects, each
+        with description (text, at most L3_DESCRIPTION_MAX characters), quantity (> 0,
+        at most L3_QUANTITY_PLACES decimals), unit_cost and amount (>= 0, at most two
+        decimals): JSON numbers or decimal strings. One message per bad field and item,
+        items counted from 1. Other item fields are not checked."""
+        items = body.get("line_items")
+        if not isinstance(items, list) or not items:
+            errors.update(error("9011").errors)
+            return []
+
+        def bad(code, number):
+            errors.setdefault(code, []).append(ERRORS[code].format(item=number))
+
+        for number, item in enumerate(items, 1):
+            item = item if isinstance(item, dict) else {}
+            text = item.get("description")
+            if not (isinstance(text, str) and text.strip()
+                    and len(text) <= L3_DESCRIPTION_MAX):
+                bad("9012", number)
+            quantity = parse_decimal(item.get("quantity"))
+            if quantity is None or quantity <= 0 or \
+                    not places_ok(quantity, L3_QUANTITY_PLACES):
+                bad("9013", number)
+            for name, code in (("unit_cost", "9014"), ("amount", "9015")):
+                value = parse_decimal(item.get(name))
+                if value is None or value < 0 or not places_ok(value, 2):
+                    bad(code, number)
+        return items
 
     # -- replay ------------------------------------------------------------------------
     def replay(self, request):
@@ -1478,7 +1655,8 @@ class PayTraceApp(PayTraceV3, StandinApp):
 
     # -- admin ---------------------------------------------------------------------------
     def admin_customers(self, request, body):
-        """Seed vault profiles: {"customers":[{"customer_id","method","masked_number"}]}."""
+        """Seed vault profiles: {"customers":[{"customer_id","method","masked_number",
+        "bin",...}]}; an existing id is replaced."""
         stored = []
         for given in body.get("customers", []) if isinstance(body, dict) else []:
             if not isinstance(given, dict) or not str(given.get("customer_id", "")).strip():
@@ -1486,6 +1664,8 @@ class PayTraceApp(PayTraceV3, StandinApp):
             method = given.get("method", "card")
             if method not in ("card", "ach"):
                 raise AdminError("method must be card or ach")
+            if method == "ach" and given.get("bin"):
+                raise AdminError("an ACH profile has no bin")
             profile = Profile(
                 customer_id=str(given["customer_id"]), method=method,
                 masked_number=given.get("masked_number",
@@ -1493,10 +1673,53 @@ class PayTraceApp(PayTraceV3, StandinApp):
                 expiration_month=int(given.get("expiration_month", 12)),
                 expiration_year=int(given.get("expiration_year", 2030)),
                 billing_address=given.get("billing_address", {}),
-                email=given.get("email", ""))
+                email=given.get("email", ""),
+                bin=admin_bin(given.get("bin", DEFAULT_BIN)) if method == "card" else "",
+                shipping_address=given.get("shipping_address", {}),
+                phone=str(given.get("phone", "")))
             self.profiles[profile.customer_id] = profile
-            stored.append(vars(profile))
+            stored.append(profile.row())
         return {"customers": stored}
+
+    # fields POST /_standin/customers/{id} may change; card-only ones are refused on ACH
+    PROFILE_PATCH = ("expiration_month", "expiration_year", "bin", "masked_number",
+                     "billing_address", "shipping_address", "email", "phone")
+    CARD_ONLY = ("expiration_month", "expiration_year", "bin")
+
+    def admin_update_customer(self, request, body, customer_id):
+        """Change an existing vault profile (for instance a new expiry) -> {"customer"}."""
+        customer_id = urllib.parse.unquote(customer_id)
+        profile = self.profiles.get(customer_id)
+        if profile is None:
+            return json_response(404, {"error": f"unknown vault profile {customer_id}"},
+                                 chunked=False)
+        if not isinstance(body, dict):
+            raise AdminError("body must be a JSON object")
+        unknown = sorted(set(body) - set(self.PROFILE_PATCH))
+        if unknown:
+            raise AdminError(f"unknown field(s): {', '.join(unknown)}; allowed: "
+                             f"{', '.join(self.PROFILE_PATCH)}")
+        if profile.method == "ach" and set(body) & set(self.CARD_ONLY):
+            raise AdminError(f"an ACH profile has no {', '.join(self.CARD_ONLY)}")
+        changes = dict(body)
+        for name, low, high in (("expiration_month", 1, 12),
+                                ("expiration_year", 2000, 2099)):
+            if name in changes:
+                value = parse_decimal(changes[name])
+                if value is None or value != int(value) or not low <= value <= high:
+                    raise AdminError(f"{name} must be an integer from {low} to {high}")
+                changes[name] = int(value)
+        if "bin" in changes:
+            changes["bin"] = admin_bin(changes["bin"])
+        for name in ("billing_address", "shipping_address"):
+            if name in changes and not isinstance(changes[name], dict):
+                raise AdminError(f"{name} must be an object")
+        for name in ("masked_number", "email", "phone"):
+            if name in changes:
+                changes[name] = str(changes[name])
+        for name, value in changes.items():
+            setattr(profile, name, value)
+        return {"customer": profile.row()}
 
     def admin_settle(self, request, body):
         batch = self.settle_pending()

@@ -4,8 +4,10 @@
 Starts each stand-in in a subprocess on an ephemeral port (and once more over
 TLS with a throwaway certificate if `openssl` is on PATH), then checks the
 main behaviours through http.client: auth, paging, 204, every fault action,
-the PayTrace state machine and error codes, exports, batches, replay of the
-recorded fixtures byte for byte, chunked framing, and clean shutdown.
+the PayTrace state machine and error codes, exports, batches, card brands by
+BIN (include_bin, Level 3 per brand and its line items), customer/export,
+replay of the recorded fixtures byte for byte, chunked framing, and clean
+shutdown.
 Standard library only. Usage: python3 test/standin/selftest.py
 """
 
@@ -598,6 +600,12 @@ def export_one(c, txn_id):
     return pt(c, "transactions/export/by_id", {"transaction_id": txn_id}).json["transactions"][0]
 
 
+# Level 3 line items that pass the stand-in's checks: JSON numbers and decimal strings
+LINES = [{"description": "Roses", "quantity": 2, "unit_cost": "3.50", "amount": "7.00",
+          "unit_of_measure": "EACH"},
+         {"description": "Vase", "quantity": "1", "unit_cost": 12, "amount": 12.5}]
+
+
 def paytrace_money(c):
     admin(c, "customers", {"customers": [
         {"customer_id": "C100", "method": "card", "masked_number": "xxxxxxxxxxxx5439"},
@@ -702,8 +710,8 @@ def paytrace_money(c):
     refund_row = export_one(c, partial.json["transaction_id"])
     T.eq((refund_row["transaction_type"], refund_row["invoice_id"], refund_row["status_code"]),
          ("REFUND", "INV-000300", "Y"), "pt: refund exported as REFUND for the same invoice")
-    T.eq(list(pt(c, "level_three/visa", {"transaction_id": sale_id}).json["errors"]),
-         ["9007"], "pt: level 3 on a settled sale -> 400")
+    T.eq(list(pt(c, "level_three/visa", {"transaction_id": sale_id, "line_items": LINES})
+              .json["errors"]), ["9007"], "pt: level 3 on a settled sale -> 400")
     return sale_id
 
 
@@ -734,8 +742,8 @@ def paytrace_exports_and_batches(c):
     T.eq(sorted(r["transaction_type"] for r in listed.json["transactions"]),
          ["AUTHORIZATION", "SALE"], "pt: batches/transaction_list rows")
     sale = pt(c, "transactions/sale/by_customer", {"customer_id": "C100", "amount": "7.00"})
-    level3 = pt(c, "level_three/mastercard", {"transaction_id": sale.json["transaction_id"],
-                                              "line_items": [{"description": "Roses"}]})
+    level3 = pt(c, "level_three/visa", {"transaction_id": sale.json["transaction_id"],
+                                        "line_items": LINES[:1]})
     T.eq(level3.json["response_code"], 170, "pt: level 3 on a pending sale -> 170")
     helper = pt(c, "transactions/settle", {})
     T.eq(helper.json["batch_number"], 572, "pt: /v1/transactions/settle makes batch 572")
@@ -776,6 +784,272 @@ def paytrace_ach_keyed_autovoid(c):
     pt(c, "transactions/sale/by_customer", {"customer_id": "NEW1", "amount": "8.00"})
     T.ok(time.monotonic() - started >= 0.35, "pt: approval_delay slows money calls")
     admin(c, "config", {"approval_delay": 0.0})
+
+
+def state_of(c, kind, key, value):
+    """The row of GET /_standin/state[kind] whose key is value."""
+    return next(r for r in admin(c, "state")[kind] if r[key] == value)
+
+
+def paytrace_card_brands(c):
+    """BINs on vault profiles, keyed cards and transactions; include_bin on exports."""
+    seeded = admin(c, "customers", {"customers": [
+        {"customer_id": "BV", "billing_address": {"name": "Vera Visa", "zip": "99201"}},
+        {"customer_id": "BM", "bin": "545454"},
+        {"customer_id": "BM2", "bin": "222100"},
+        {"customer_id": "BX", "bin": "371449", "masked_number": "xxxxxxxxxxx8431"},
+        {"customer_id": "BD", "bin": 601100},
+        {"customer_id": "BA", "method": "ach"}]})["customers"]
+    T.eq([(p["customer_id"], p["bin"], p["card_brand"]) for p in seeded],
+         [("BV", "401200", "VISA"), ("BM", "545454", "MASTERCARD"),
+          ("BM2", "222100", "MASTERCARD"), ("BX", "371449", "AMEX"),
+          ("BD", "601100", "DISCOVER"), ("BA", "", "")],
+         "pt brands: seeded profiles get their BIN (default 401200) and brand; ACH none")
+    T.eq(seeded[0]["masked_number"], "xxxxxxxxxxxx5439",
+         "pt brands: the default profile stays xxxxxxxxxxxx5439")
+    for bad, why in (({"customer_id": "B?", "bin": "4012"}, "a 4-digit bin"),
+                     ({"customer_id": "B?", "bin": "40120a"}, "a bin with a letter"),
+                     ({"customer_id": "B?", "method": "ach", "bin": "401200"},
+                      "a bin on an ACH profile")):
+        reply = c.call("POST", "/_standin/customers", {"customers": [bad]}, token="")
+        T.eq(reply.status, 400, f"pt brands: admin customers refuses {why}")
+
+    sales = {cid: pt(c, "transactions/sale/by_customer",
+                     {"customer_id": cid, "amount": "11.00"}).json["transaction_id"]
+             for cid in ("BV", "BM", "BM2", "BX", "BD")}
+    brands = {cid: (state_of(c, "transactions", "id", txn)["bin"],
+                    state_of(c, "transactions", "id", txn)["card_brand"])
+              for cid, txn in sales.items()}
+    T.eq(brands, {"BV": ("401200", "VISA"), "BM": ("545454", "MASTERCARD"),
+                  "BM2": ("222100", "MASTERCARD"), "BX": ("371449", "AMEX"),
+                  "BD": ("601100", "DISCOVER")},
+         "pt brands: a by_customer sale keeps its profile's BIN (state: bin, card_brand)")
+    card = {"number": "5454545454545454", "expiration_month": "12", "expiration_year": "2031"}
+    keyed = pt(c, "transactions/sale/keyed", {"amount": "9.00", "credit_card": card}).json
+    T.eq(keyed["masked_card_number"], "xxxxxxxxxxxx5454",
+         "pt brands: keyed Mastercard sale masked as before")
+    T.eq(state_of(c, "transactions", "id", keyed["transaction_id"])["card_brand"],
+         "MASTERCARD", "pt brands: a keyed sale's BIN is the number's first 6 digits")
+    again = pt(c, "transactions/sale/by_transaction",
+               {"transaction_id": keyed["transaction_id"], "amount": "2.00"}).json
+    T.eq(state_of(c, "transactions", "id", again["transaction_id"])["bin"], "545454",
+         "pt brands: a by_transaction sale keeps the earlier card's BIN")
+    amex = {"number": "371449635398431", "expiration_month": "1", "expiration_year": "2032"}
+    pt(c, "customer/create", {"customer_id": "BX2", "credit_card": amex,
+                              "billing_address": {"name": "Amy Amex"}})
+    created = state_of(c, "customers", "customer_id", "BX2")
+    T.eq((created["bin"], created["card_brand"], created["masked_number"]),
+         ("371449", "AMEX", "xxxxxxxxxxx8431"),
+         "pt brands: customer/create keeps the card's BIN on the profile")
+    check = pt(c, "checks/sale/by_customer", {"customer_id": "BA", "amount": "5.00"}).json
+    T.eq(state_of(c, "transactions", "id", check["check_transaction_id"])["bin"], "",
+         "pt brands: an ACH transaction has no BIN")
+
+    # include_bin on the exports
+    today = datetime.date.today().strftime("%m/%d/%Y")
+
+    def export(**extra):
+        rows = pt(c, "transactions/export/by_date_range",
+                  {"start_date": today, "end_date": today, **extra}).json["transactions"]
+        return {r.get("transaction_id"): r for r in rows}
+
+    plain, with_bin = export(), export(include_bin=True)
+    T.eq(plain[sales["BV"]]["credit_card"]["masked_number"], "************5439",
+         "pt include_bin: without it the masked number is unchanged")
+    T.eq(export(include_bin=False)[sales["BV"]]["credit_card"]["masked_number"],
+         "************5439", "pt include_bin: false is the same as leaving it out")
+    T.eq([with_bin[sales[cid]]["credit_card"]["masked_number"]
+          for cid in ("BV", "BM", "BX", "BD")],
+         ["401200******5439", "545454******5439", "371449*****8431", "601100******5439"],
+         "pt include_bin: BIN, stars, last 4, the masked number's length kept")
+    T.eq(with_bin[keyed["transaction_id"]]["credit_card"]["masked_number"],
+         "545454******5454", "pt include_bin: a keyed card's BIN")
+    T.eq(export(include_bin="true")[sales["BM"]]["credit_card"]["masked_number"],
+         "545454******5439", "pt include_bin: the string \"true\" counts as true [G]")
+    ach_row = with_bin[check["check_transaction_id"]]
+    T.ok("credit_card" not in ach_row and ach_row["check"] == {"masked_account_number":
+                                                               "xxxxx6789"},
+         "pt include_bin: an ACH row is unchanged", ach_row)
+    check_export_row(with_bin[sales["BV"]], "pt include_bin")
+    by_id = pt(c, "transactions/export/by_id",
+               {"transaction_id": sales["BM"], "include_bin": True})
+    T.eq((by_id.status, by_id.json["transactions"][0]["credit_card"]["masked_number"]),
+         (200, "545454******5439"), "pt include_bin: export/by_id accepts it too")
+    T.eq(export_one(c, sales["BM"])["credit_card"]["masked_number"], "************5439",
+         "pt include_bin: export/by_id without it unchanged")
+    return sales
+
+
+CUSTOMER_ROW_KEYS = ["customer_id", "credit_card", "billing_address", "shipping_address",
+                     "email", "phone"]
+
+
+def paytrace_customer_export(c):
+    admin(c, "customers", {"customers": [
+        {"customer_id": "CE1", "expiration_month": 7, "expiration_year": 2029,
+         "billing_address": {"name": "Cleo East", "street_address": "1 Main St",
+                             "city": "Spokane", "state": "WA", "zip": "99201"},
+         "shipping_address": {"name": "Dock 4", "zip": "99202"},
+         "email": "cleo@example.com", "phone": "509-555-0100"},
+        {"customer_id": "CE-ACH", "method": "ach", "masked_number": "xxxxx4321"}]})
+    everything = pt(c, "customer/export", {})
+    T.eq((everything.status, list(everything.json)),
+         (200, ["success", "response_code", "status_message", "customers",
+                "external_transaction_id"]),
+         "pt customer/export: 200 with the export envelope [G]")
+    listed = {r["customer_id"]: r for r in everything.json["customers"]}
+    profiles = [p["customer_id"] for p in admin(c, "state")["customers"]]
+    T.eq(list(listed), profiles, "pt customer/export: without customer_id every profile")
+    one = pt(c, "customer/export", {"customer_id": "CE1"})
+    T.eq(len(one.json["customers"]), 1, "pt customer/export: customer_id filters to one")
+    row = one.json["customers"][0]
+    T.eq(list(row), CUSTOMER_ROW_KEYS, "pt customer/export: card row fields in ninja's order")
+    T.eq(row["credit_card"], {"masked_number": "************5439", "expiration_month": 7,
+                              "expiration_year": 2029},
+         "pt customer/export: credit_card masked with *, month, 4-digit year")
+    T.eq(list(row["billing_address"]), ["name", "street_address", "street_address2", "city",
+                                        "state", "zip", "country"],
+         "pt customer/export: billing_address fields")
+    T.eq((row["billing_address"]["name"], row["billing_address"]["city"],
+          row["shipping_address"]["name"], "county" in row["shipping_address"],
+          row["email"], row["phone"]),
+         ("Cleo East", "Spokane", "Dock 4", True, "cleo@example.com", "509-555-0100"),
+         "pt customer/export: addresses, email and phone as stored")
+    ach = pt(c, "customer/export", {"customer_id": "CE-ACH"}).json["customers"][0]
+    T.eq((list(ach), ach["check"]),
+         (["customer_id", "check", "billing_address", "shipping_address", "email", "phone"],
+          {"masked_account_number": "xxxxx4321"}),
+         "pt customer/export: ACH profile has check{masked_account_number}, no credit_card")
+    created = pt(c, "customer/export", {"customer_id": "BX2"})
+    T.eq(created.json["customers"][0]["credit_card"]["masked_number"], "***********8431",
+         "pt customer/export: a created profile shows only the last 4")
+    T.ok(b"371449635398431" not in created.raw and b"371449" not in created.raw,
+         "pt customer/export: never the card number nor its BIN")
+    unknown = pt(c, "customer/export", {"customer_id": "NOPE"})
+    T.eq((unknown.status, unknown.json["success"], unknown.json["response_code"],
+          unknown.json["errors"]),
+         (400, False, 1, {"30": ["Customer ID, NOPE, was not found or is incomplete."]}),
+         "pt customer/export: unknown customer_id -> 400 error 30 [G]")
+    T.eq(c.post("/v1/customer/export", {}).json["errors"],
+         {"9001": ["Please provide a valid Integrator ID."]},
+         "pt customer/export: integrator_id required like other v1 calls")
+    T.eq(c.post("/v1/customer/export", INTEGRATOR, token="pttok0:0:0").status, 401,
+         "pt customer/export: bearer token required")
+
+    # the admin changes an expiry
+    updated = admin(c, "customers/CE1", {"expiration_month": "03", "expiration_year": 2031})
+    T.eq((updated["customer"]["expiration_month"], updated["customer"]["expiration_year"]),
+         (3, 2031), "pt admin customers/{id}: new expiry stored")
+    exported = pt(c, "customer/export", {"customer_id": "CE1"}).json["customers"][0]
+    T.eq((exported["credit_card"]["expiration_month"],
+          exported["credit_card"]["expiration_year"], exported["email"]),
+         (3, 2031, "cleo@example.com"),
+         "pt admin customers/{id}: customer/export shows it, other fields kept")
+    sale = pt(c, "transactions/sale/by_customer", {"customer_id": "CE1", "amount": "4.00"})
+    card = export_one(c, sale.json["transaction_id"])["credit_card"]
+    T.eq((card["expiration_month"], card["expiration_year"]), (3, 31),
+         "pt admin customers/{id}: later sales carry it (export: 2-digit year)")
+    for path, body, status, why in (
+            ("customers/NOPE", {"expiration_month": 1}, 404, "an unknown profile -> 404"),
+            ("customers/CE1", {"expiration_month": 13}, 400, "month 13 -> 400"),
+            ("customers/CE1", {"expiration_year": 31}, 400, "a 2-digit year -> 400"),
+            ("customers/CE1", {"number": "4111"}, 400, "an unknown field -> 400"),
+            ("customers/CE-ACH", {"expiration_month": 1}, 400, "an ACH expiry -> 400")):
+        T.eq(c.call("POST", "/_standin/" + path, body, token="").status, status,
+             f"pt admin customers/{{id}}: {why}")
+
+
+def paytrace_level_three(c, sales):
+    """Level 3: brand per endpoint, state, line items; what was accepted is in the state."""
+    def l3(path, txn_id, **extra):
+        return pt(c, path, {"transaction_id": txn_id, "line_items": LINES, **extra})
+
+    visa = l3("level_three/visa", sales["BV"], tax_amount="0.50")
+    T.eq((visa.status, visa.json), (200, {
+        "success": True, "response_code": 170, "status_message":
+        f"Visa/MasterCard enhanced data was successfully added to Transaction ID "
+        f"{sales['BV']}. 2 line item records were created."}),
+        "pt level 3: visa on a Visa sale -> 170")
+    sent = {**INTEGRATOR, "transaction_id": sales["BV"], "line_items": LINES,
+            "tax_amount": "0.50"}
+    plain = json.loads(json.dumps(sent), parse_float=str)    # the state writes 12.5 as "12.5"
+    T.eq(state_of(c, "transactions", "id", sales["BV"])["level_three"], [plain],
+         "pt level 3: the accepted body is in the state (transactions[].level_three)")
+    for cid in ("BM", "BM2"):
+        T.eq(l3("level_three/mastercard", sales[cid]).json["response_code"], 170,
+             f"pt level 3: mastercard on a Mastercard sale ({cid}) -> 170")
+    brand_error = {"9010": ["The card type of the transaction does not support Level 3 data."]}
+    for path, cid, why in (("level_three/mastercard", "BV", "mastercard on Visa"),
+                           ("level_three/visa", "BM", "visa on Mastercard"),
+                           ("level_three/visa", "BX", "visa on Amex"),
+                           ("level_three/mastercard", "BX", "mastercard on Amex"),
+                           ("level_three/visa", "BD", "visa on Discover")):
+        reply = l3(path, sales[cid])
+        T.eq((reply.status, reply.json["response_code"], reply.json["errors"]),
+             (400, 1, brand_error), f"pt level 3: {why} refused (9010 [G])")
+    T.eq(state_of(c, "transactions", "id", sales["BX"])["level_three"], [],
+         "pt level 3: a refused call records nothing")
+
+    auth = pt(c, "transactions/authorization/by_customer",
+              {"customer_id": "BV", "amount": "6.00"}).json["transaction_id"]
+    T.eq(list(l3("level_three/visa", auth).json["errors"]), ["9007"],
+         "pt level 3: an uncaptured authorization refused")
+    pt(c, "transactions/authorization/capture", {"transaction_id": auth})
+    T.eq(l3("level_three/visa", auth).json["response_code"], 170,
+         "pt level 3: a captured authorization -> 170")
+    voided = pt(c, "transactions/sale/by_customer",
+                {"customer_id": "BM", "amount": "3.00"}).json["transaction_id"]
+    pt(c, "transactions/void", {"transaction_id": voided})
+    T.eq(list(l3("level_three/mastercard", voided).json["errors"]), ["9007"],
+         "pt level 3: a voided sale refused")
+    declined = pt(c, "transactions/sale/by_customer",
+                  {"customer_id": "BV", "amount": "0.29"}).json["transaction_id"]
+    T.eq(list(l3("level_three/visa", declined).json["errors"]), ["9007"],
+         "pt level 3: a declined sale refused")
+
+    # bad line items: PayTrace's error shape, one message per bad field and item
+    def items_errors(items, txn_id=sales["BV"], path="level_three/visa"):
+        reply = pt(c, path, {"transaction_id": txn_id, "line_items": items})
+        return reply.status, reply.json["errors"]
+
+    T.eq(pt(c, "level_three/visa", {"transaction_id": sales["BV"]}).json["errors"],
+         {"9011": ["Please provide at least one Level 3 line item."]},
+         "pt level 3: no line_items -> 9011")
+    T.eq(items_errors([]), (400, {"9011": ["Please provide at least one Level 3 line item."]}),
+         "pt level 3: an empty line_items list -> 9011")
+    T.eq(items_errors([{"description": "Roses"}, "x"]), (400, {
+        "9012": ["Please provide a valid Description for line item 2."],
+        "9013": ["Please provide a valid Quantity for line item 1.",
+                 "Please provide a valid Quantity for line item 2."],
+        "9014": ["Please provide a valid Unit Cost for line item 1.",
+                 "Please provide a valid Unit Cost for line item 2."],
+        "9015": ["Please provide a valid Amount for line item 1.",
+                 "Please provide a valid Amount for line item 2."]}),
+        "pt level 3: missing fields -> 9012-9015, each naming its item")
+    good = LINES[0]
+    for change, code, why in (({"unit_cost": "3.505"}, "9014", "unit_cost with 3 decimals"),
+                              ({"amount": "7,00"}, "9015", "amount \"7,00\""),
+                              ({"amount": -7}, "9015", "a negative amount"),
+                              ({"amount": True}, "9015", "amount true"),
+                              ({"quantity": 0}, "9013", "quantity 0"),
+                              ({"quantity": "two"}, "9013", "quantity \"two\""),
+                              ({"description": ""}, "9012", "an empty description"),
+                              ({"description": "x" * 36}, "9012", "a 36-character description")):
+        status, errors = items_errors([good, {**good, **change}])
+        T.eq((status, list(errors), errors[code][0][-7:]), (400, [code], "item 2."),
+             f"pt level 3: {why} -> {code}")
+    edge = pt(c, "level_three/visa", {"transaction_id": sales["BV"], "line_items": [
+        {**good, "description": "x" * 35, "quantity": "1.2345", "unit_cost": 0, "amount": "0"}]})
+    T.eq(edge.json["response_code"], 170,
+         "pt level 3: 35 characters, quantity 1.2345, zero cost and amount accepted")
+    T.eq(list(items_errors([{**good, "amount": "x"}], sales["BX"])[1]), ["9015"],
+         "pt level 3: field errors come before the brand check")
+    T.eq(list(items_errors(LINES, sales["BV"] + 10 ** 6)[1]), ["811"],
+         "pt level 3: an unknown transaction -> 811")
+
+    admin(c, "settle", {})
+    T.eq(list(l3("level_three/mastercard", sales["BM"]).json["errors"]), ["9007"],
+         "pt level 3: after settlement refused")
 
 
 def paytrace_faults(c):
@@ -1022,11 +1296,18 @@ def paytrace_v3_requests(c, c1):
     refused = c.call("POST", f"/_standin/payment_requests/{auth_id}/pay", {"amount": "1.00"},
                      token="")
     T.eq(refused.status, 400, "pt v3: admin pay refuses another amount when not editable")
-    paid = admin(c, f"payment_requests/{sale_id}/pay", {"amount": "10.00"})
+    reply = c.call("POST", f"/_standin/payment_requests/{sale_id}/pay",
+                   {"amount": "10.00", "bin": "5454"}, token="")
+    T.eq(reply.status, 400, "pt v3: admin pay refuses a bin that is not 6 digits")
+    paid = admin(c, f"payment_requests/{sale_id}/pay", {"amount": "10.00", "bin": "545454"})
     row = export_one(c1, paid["transaction"]["transaction_id"])
     T.eq((row["amount"], row["customer_id"], row["invoice_id"], paid["customer_id"]),
          (Decimal(10), "", "INV-000613", None),
          "pt v3: SALE with an editable amount: the payer's amount, no profile")
+    brands = {t["id"]: (t["bin"], t["card_brand"]) for t in admin(c, "state")["transactions"]}
+    T.eq((brands[paid["transaction"]["transaction_id"]], brands[again.json["transaction_id"]]),
+         (("545454", "MASTERCARD"), ("401200", "VISA")),
+         "pt v3: the payer's card has the given bin (default 401200, kept on its profile)")
     paid = admin(c, f"payment_requests/{auth_id}/pay", {"store_card": True})
     row = export_one(c1, paid["transaction"]["transaction_id"])
     T.eq((row["transaction_type"], row["status_message"], row["customer_id"]),
@@ -1260,6 +1541,9 @@ def test_paytrace(tls=None, context=None):
         paytrace_money(c)
         paytrace_exports_and_batches(c)
         paytrace_ach_keyed_autovoid(c)
+        sales = paytrace_card_brands(c)
+        paytrace_customer_export(c)
+        paytrace_level_three(c, sales)
         raw_chunked_check(server.port)
         replay_checks(c)
         paytrace_v3(c)      # ends with expire_tokens: the v1 token needs renewing
