@@ -2,10 +2,33 @@
  * freshpay 0.7 → 0.8: B2B collection (issue 10, contract section 13).  The
  * decline guard: a customer whose card declined freshpay.max_declines_per_day
  * times within 24 hours is not collected by itself until the oldest of those
- * declines is a day old, and is an exception meanwhile.
+ * declines is a day old, and is an exception meanwhile.  Level 3: after an
+ * approved Visa or Mastercard sale or capture the worker sends the
+ * invoice's lines to PayTrace (job send_level3); the outcome is kept on the
+ * payment, which it never changes otherwise.
  */
 
 \echo Use "ALTER EXTENSION freshpay UPDATE TO '0.8'" to load this file. \quit
+
+ALTER TABLE freshpay.administrations
+	ADD COLUMN level3_enabled boolean NOT NULL DEFAULT true;
+COMMENT ON COLUMN freshpay.administrations.level3_enabled IS
+	'Send Level 3 line items after Visa and Mastercard sales and captures (false: never)';
+
+ALTER TABLE freshpay.payments
+	ADD COLUMN level3_status text,
+	ADD COLUMN level3_message text,
+	ADD CONSTRAINT payments_level3_status_check
+		CHECK (level3_status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'sent', 'failed', 'not_applicable', 'skipped']));
+COMMENT ON COLUMN freshpay.payments.level3_status IS
+	'Level 3 line items of a card sale or capture: pending, sent, failed (PayTrace refused; see level3_message), not_applicable (not a Visa or Mastercard), skipped (settled first, a partial payment, no lines, or turned off); null for other payments';
+COMMENT ON COLUMN freshpay.payments.level3_message IS 'What PayTrace said of the Level 3 call, or why none was made';
+
+ALTER TABLE freshpay.jobs
+	DROP CONSTRAINT jobs_kind_check,
+	ADD CONSTRAINT jobs_kind_check
+		CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['collect_invoice', 'register_payment', 'reverse_payment', 'resolve_payment', 'send_level3']));
+COMMENT ON COLUMN freshpay.jobs.kind IS 'collect_invoice, register_payment, reverse_payment, resolve_payment or send_level3';
 
 CREATE OR REPLACE VIEW freshpay.exceptions AS
 	SELECT 'unknown_outcome'::text AS kind, p.administration, p.id AS payment_id, p.invoice_id,

@@ -130,6 +130,16 @@ apply_success(const Attempt *a)
 		if (strcmp(a->kind, "capture") == 0)
 			set_parent_status(a->parent_id, "captured");
 		job_queue("register_payment", a->payment_id, 0);
+		/* A card's sale or capture gets its invoice's lines as Level 3 data. */
+		if (strcmp(a->kind, "ach_sale") != 0 && a->has_invoice)
+		{
+			Datum		values[] = {Int64GetDatum(a->payment_id), (Datum) 0};
+
+			fp_spi_run("UPDATE freshpay.payments SET level3_status = 'pending'"
+					   " WHERE id OPERATOR(pg_catalog.=) $1",
+					   1, types, values, NULL, SPI_OK_UPDATE);
+			job_queue("send_level3", a->payment_id, 0);
+		}
 	}
 	else if (strcmp(a->kind, "void") == 0)
 	{

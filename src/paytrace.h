@@ -85,6 +85,7 @@ typedef struct PtTransaction
 	Datum		amount;			/* numeric(12,2) */
 	char	   *invoice_id;		/* as sent, "" when none */
 	char	   *customer_id;	/* vault profile, "" when none */
+	char		bin[7];			/* the card's first six digits, "" unless asked for and shown */
 	char	   *approval_code;
 	PtState		state;
 	char	   *status_message;
@@ -111,6 +112,35 @@ typedef struct PtBatch
 /* A PayTrace call other than a money request (an export). */
 typedef struct PtQuery PtQuery;
 
+/* Level 3 data of a Visa or Mastercard sale or capture: the invoice's lines. */
+typedef struct PtLevel3Line
+{
+	const char *description;
+	const char *product_id;		/* NULL when none */
+	const char *quantity;		/* numeric text */
+	const char *unit_cost;		/* numeric text, dollars */
+	const char *amount;			/* numeric text, dollars, excluding tax */
+	const char *tax_amount;		/* numeric text, or NULL */
+} PtLevel3Line;
+
+typedef struct PtLevel3
+{
+	int64		transaction_id;
+	bool		mastercard;		/* level_three/mastercard, else level_three/visa */
+	const char *invoice_number;
+	const char *tax_amount;		/* numeric text: the invoice's tax */
+	List	   *lines;			/* PtLevel3Line */
+} PtLevel3;
+
+/* The card brands Level 3 knows, from a BIN. */
+typedef enum PtBrand
+{
+	PT_BRAND_UNKNOWN,
+	PT_BRAND_VISA,
+	PT_BRAND_MASTERCARD,
+	PT_BRAND_OTHER
+} PtBrand;
+
 extern HttpTransfer *paytrace_start(const Administration *admin, const PtRequest *request,
 									void *owner, int priority);
 extern void paytrace_prepare(const Administration *admin);
@@ -132,5 +162,10 @@ extern bool paytrace_answers(const PtQuery *query, const HttpResponse *response)
 extern bool paytrace_answered(PtQuery *query, const HttpResponse *response, void *owner,
 							  int priority);
 extern List *paytrace_export_of(PtQuery *query, const HttpResponse *response);
+extern PtQuery *paytrace_export_card_query(const Administration *admin, int64 transaction_id,
+										   DateADT start, DateADT end);
+extern PtBrand paytrace_brand_of(const char *bin);
+extern PtQuery *paytrace_level3_query(const Administration *admin, const PtLevel3 *level3);
+extern PtResult *paytrace_level3_of(PtQuery *query, const HttpResponse *response);
 
 #endif							/* FRESHPAY_PAYTRACE_H */

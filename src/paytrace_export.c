@@ -116,6 +116,28 @@ state_of(const char *status_code, const char *status_message, int *batch)
 	return PT_STATE_OTHER;
 }
 
+/*
+ * The first six digits of credit_card.masked_number, when the export was
+ * asked to include them (include_bin [C]: "first 6 and last 4 digits"; the
+ * form "401200******5439" is [G]); "" otherwise.
+ */
+static void
+card_bin(json_object *item, char bin[7])
+{
+	json_object *card = jsonconv_member(item, "credit_card");
+	char	   *masked = card && json_object_is_type(card, json_type_object)
+		? jsonconv_string_opt(card, "masked_number") : NULL;
+
+	bin[0] = '\0';
+	if (masked == NULL || strlen(masked) < 10)
+		return;
+	for (int i = 0; i < 6; i++)
+		if (!isdigit((unsigned char) masked[i]))
+			return;
+	memcpy(bin, masked, 6);
+	bin[6] = '\0';
+}
+
 static PtTransaction *
 transaction_from_json(json_object *item)
 {
@@ -135,6 +157,7 @@ transaction_from_json(json_object *item)
 	t->amount = jsonconv_money_text(json_object_get_string(amount), "amount");
 	t->invoice_id = jsonconv_string_opt(item, "invoice_id");
 	t->customer_id = jsonconv_string_opt(item, "customer_id");
+	card_bin(item, t->bin);
 	t->approval_code = jsonconv_string_opt(item, "approval_code");
 	status_code = jsonconv_string_opt(item, "status_code");
 	t->status_message = jsonconv_string_opt(item, "status_message");
@@ -254,6 +277,38 @@ paytrace_export_by_date_range_query(const Administration *admin, DateADT start, 
 		escape_json(&fields, including_text);
 	}
 	return paytrace_query_new(admin, "/v1/transactions/export/by_date_range", fields.data);
+}
+
+/*
+ * POST transactions/export/by_date_range for one transaction, with its
+ * card's BIN (include_bin and the transaction_id filter [C]).
+ */
+PtQuery *
+paytrace_export_card_query(const Administration *admin, int64 transaction_id, DateADT start,
+						   DateADT end)
+{
+	return paytrace_query_new(admin, "/v1/transactions/export/by_date_range",
+							  psprintf(",\"start_date\":\"%s\",\"end_date\":\"%s\","
+									   "\"transaction_id\":" INT64_FORMAT ",\"include_bin\":true",
+									   us_date(start), us_date(end), transaction_id));
+}
+
+/* Visa: 4; Mastercard: 51-55 and 2221-2720 (the card networks' published ranges). */
+PtBrand
+paytrace_brand_of(const char *bin)
+{
+	int			two,
+				four;
+
+	if (bin == NULL || strlen(bin) < 6)
+		return PT_BRAND_UNKNOWN;
+	two = (bin[0] - '0') * 10 + (bin[1] - '0');
+	four = two * 100 + (bin[2] - '0') * 10 + (bin[3] - '0');
+	if (bin[0] == '4')
+		return PT_BRAND_VISA;
+	if ((two >= 51 && two <= 55) || (four >= 2221 && four <= 2720))
+		return PT_BRAND_MASTERCARD;
+	return PT_BRAND_OTHER;
 }
 
 List *

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * paytrace_int.h
- *	  What paytrace.c and paytrace_export.c share, and nobody else sees.
+ *	  What paytrace.c, paytrace_export.c and paytrace_level3.c share, and
+ *	  nobody else sees.
  *
  *-------------------------------------------------------------------------
  */

@@ -35,6 +35,7 @@
 #include "flow.h"
 #include "http.h"
 #include "jobs.h"
+#include "level3.h"
 #include "mailbox.h"
 #include "pipeline.h"
 #include "request.h"
@@ -86,6 +87,8 @@ kind_of_job(const Job *job)
 		return FLOW_MONEY;
 	if (strcmp(job->kind, "resolve_payment") == 0)
 		return FLOW_RESOLVE;
+	if (strcmp(job->kind, "send_level3") == 0)
+		return FLOW_LEVEL3;
 	return FLOW_WRITEBACK;
 }
 
@@ -115,6 +118,9 @@ flow_step(Flow *f, const HttpResponse *response)
 			break;
 		case FLOW_RESOLVE:
 			next = resolve_step(f, response);
+			break;
+		case FLOW_LEVEL3:
+			next = level3_step(f, response);
 			break;
 		case FLOW_REQUEST:
 			next = request_step(f, response);
