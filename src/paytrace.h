@@ -96,6 +96,15 @@ typedef struct PtTransaction
 	TimestampTz created_at;
 } PtTransaction;
 
+/* A card vault profile as customer/export describes it: nothing more than this is read. */
+typedef struct PtProfile
+{
+	char	   *customer_id;
+	char		last4[5];		/* "" when not shown */
+	int			expiry_month;	/* 0 when not shown */
+	int			expiry_year;	/* four digits */
+} PtProfile;
+
 /* A settlement batch as PayTrace's batch export describes it. */
 typedef struct PtBatch
 {
@@ -165,6 +174,7 @@ extern List *paytrace_export_of(PtQuery *query, const HttpResponse *response);
 extern PtQuery *paytrace_export_card_query(const Administration *admin, int64 transaction_id,
 										   DateADT start, DateADT end);
 extern PtBrand paytrace_brand_of(const char *bin);
+extern List *paytrace_export_profiles(const Administration *admin);
 extern PtQuery *paytrace_level3_query(const Administration *admin, const PtLevel3 *level3);
 extern PtResult *paytrace_level3_of(PtQuery *query, const HttpResponse *response);
 

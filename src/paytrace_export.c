@@ -318,6 +318,82 @@ paytrace_export_by_date_range(const Administration *admin, DateADT start, DateAD
 	return pt_export(paytrace_export_by_date_range_query(admin, start, end, including_text));
 }
 
+/*
+ * A card profile of customer/export [C shape, research §4.1]: its last four
+ * digits and expiry month and year, and nothing else of the card.  The year
+ * may come with two digits, as in transaction exports [G].  ACH profiles
+ * (no credit_card) are left out.
+ */
+static PtProfile *
+profile_from_json(json_object *item)
+{
+	json_object *card = jsonconv_member(item, "credit_card");
+	PtProfile  *p;
+	char	   *masked;
+	int64		month = 0,
+				year = 0;
+	size_t		len;
+
+	if (card == NULL || !json_object_is_type(card, json_type_object))
+		return NULL;
+	p = palloc0(sizeof(PtProfile));
+	p->customer_id = jsonconv_string(item, "customer_id");
+	masked = jsonconv_string_opt(card, "masked_number");
+	len = masked ? strlen(masked) : 0;
+	if (len >= 4 && strspn(masked + len - 4, "0123456789") == 4)
+		memcpy(p->last4, masked + len - 4, 5);
+	if (jsonconv_int64_opt(card, "expiration_month", &month) && month >= 1 && month <= 12 &&
+		jsonconv_int64_opt(card, "expiration_year", &year) && year >= 0 && year <= 2999)
+	{
+		p->expiry_month = (int) month;
+		p->expiry_year = (int) (year < 100 ? 2000 + year : year);
+	}
+	return p;
+}
+
+/* POST customer/export: every vault profile's card, made here and now (the pull). */
+List *
+paytrace_export_profiles(const Administration *admin)
+{
+	HttpResponse response;
+	char		error[128];
+	json_object *root;
+	List	   *volatile profiles = NIL;
+
+	paytrace_query_perform(paytrace_query_new(admin, "/v1/customer/export", ""), &response);
+	root = jsonconv_parse(response.body, response.body_len, error, sizeof(error));
+	if (root == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_JSON_TEXT),
+				 errmsg("PayTrace sent malformed JSON in answer to customer/export"),
+				 errdetail("%s.", error)));
+	PG_TRY();
+	{
+		json_object *success = jsonconv_member(root, "success");
+		json_object *items = jsonconv_member(root, "customers");
+
+		if (success == NULL || !json_object_get_boolean(success) || items == NULL ||
+			!json_object_is_type(items, json_type_array))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("PayTrace refused customer/export (HTTP %ld)", response.status)));
+		for (size_t i = 0; i < json_object_array_length(items); i++)
+		{
+			PtProfile  *p = profile_from_json(json_object_array_get_idx(items, i));
+
+			if (p != NULL)
+				profiles = lappend(profiles, p);
+		}
+	}
+	PG_FINALLY();
+	{
+		json_object_put(root);
+	}
+	PG_END_TRY();
+	explicit_bzero(response.body, response.body_len);
+	return profiles;
+}
+
 /* An amount that may come as a JSON number or string, exactly as written. */
 static Datum
 amount_member(json_object *item, const char *key)

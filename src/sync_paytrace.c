@@ -3,7 +3,8 @@
  * sync_paytrace.c
  *	  The PayTrace pull: PayTrace's transactions into freshpay.payments
  *	  (payments.c applies each), the ACH transactions of API v3 (ach.c),
- *	  its settlement batches into freshpay.settlements.
+ *	  the cards of linked customers' vault profiles (daily), its
+ *	  settlement batches into freshpay.settlements.
  *
  * Fetching and applying are separate calls, so that the worker makes the
  * request without a transaction open and applies the answer in a short
@@ -40,8 +41,33 @@
  * through the usual jobs.  There is no cursor: the window is re-read, and
  * applying a transaction twice changes nothing.
  */
+/*
+ * Are the vault profiles to be read: a linked card customer of the
+ * administration whose card was not read yet, or not for a day?  In a
+ * transaction.
+ */
+bool
+sync_profiles_due(const char *administration)
+{
+	Oid			types[] = {TEXTOID};
+	Datum		values[] = {CStringGetTextDatum(administration)};
+	bool		due;
+
+	SPI_connect();
+	due = fp_spi_run("SELECT 1 FROM freshpay.customers"
+					 " WHERE administration OPERATOR(pg_catalog.=) $1"
+					 "   AND payment_method OPERATOR(pg_catalog.=) 'card'"
+					 "   AND paytrace_customer_id IS NOT NULL"
+					 "   AND (card_checked_at IS NULL OR card_checked_at OPERATOR(pg_catalog.<)"
+					 "        (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 day'))"
+					 " LIMIT 1",
+					 1, types, values, NULL, SPI_OK_SELECT) > 0;
+	SPI_finish();
+	return due;
+}
+
 PaytracePull *
-sync_paytrace_fetch(const Administration *admin)
+sync_paytrace_fetch(const Administration *admin, bool profiles_due)
 {
 	DateADT		today = fp_date_of(GetCurrentTimestamp());
 	PaytracePull *pull = palloc0(sizeof(PaytracePull));
@@ -51,6 +77,12 @@ sync_paytrace_fetch(const Administration *admin)
 	/* ACH debits through v3: followed until they can no longer come back. */
 	if (admin->paytrace_merchant_id > 0)
 		pull->ach = paytrace_v3_ach_list(admin, today - ACH_FOLLOW_DAYS, today + 1);
+	/* Card health: each card's expiry, so that finance asks for a new one in time. */
+	if (profiles_due)
+	{
+		pull->profiles = paytrace_export_profiles(admin);
+		pull->profiles_read = true;
+	}
 	return pull;
 }
 
@@ -70,6 +102,47 @@ expire_requests(const char *administration)
 			   "   AND status OPERATOR(pg_catalog.=) ANY (ARRAY['sent', 'unknown'])"
 			   "   AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()",
 			   1, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * Each linked card customer takes its profile's last four digits and
+ * expiry; a customer whose profile PayTrace did not show keeps none.  All
+ * are checked now.
+ */
+static void
+apply_profiles(const char *administration, List *profiles)
+{
+	Oid			types[] = {TEXTOID, TEXTOID, TEXTOID, INT2OID, INT2OID};
+	ListCell   *lc;
+
+	foreach(lc, profiles)
+	{
+		PtProfile  *p = lfirst(lc);
+		Datum		values[] = {CStringGetTextDatum(administration), CStringGetTextDatum(p->customer_id),
+			CStringGetTextDatum(p->last4), Int16GetDatum(p->expiry_month), Int16GetDatum(p->expiry_year)};
+		char		nulls[] = {' ', ' ', p->last4[0] ? ' ' : 'n', p->expiry_month ? ' ' : 'n',
+		p->expiry_month ? ' ' : 'n'};
+
+		fp_spi_run("UPDATE freshpay.customers"
+				   "   SET card_last4 = $3, card_expiry_month = $4, card_expiry_year = $5,"
+				   "       card_checked_at = pg_catalog.now()"
+				   " WHERE administration OPERATOR(pg_catalog.=) $1"
+				   "   AND paytrace_customer_id OPERATOR(pg_catalog.=) $2"
+				   "   AND payment_method OPERATOR(pg_catalog.=) 'card'",
+				   5, types, values, nulls, SPI_OK_UPDATE);
+	}
+	{
+		Datum		values[] = {CStringGetTextDatum(administration)};
+
+		fp_spi_run("UPDATE freshpay.customers"
+				   "   SET card_last4 = NULL, card_expiry_month = NULL, card_expiry_year = NULL,"
+				   "       card_checked_at = pg_catalog.now()"
+				   " WHERE administration OPERATOR(pg_catalog.=) $1"
+				   "   AND payment_method OPERATOR(pg_catalog.=) 'card'"
+				   "   AND paytrace_customer_id IS NOT NULL"
+				   "   AND card_checked_at IS DISTINCT FROM pg_catalog.now()",
+				   1, types, values, NULL, SPI_OK_UPDATE);
+	}
 }
 
 SyncCounts
@@ -92,6 +165,8 @@ sync_paytrace_apply(const Administration *admin, PaytracePull *pull)
 		counts.fetched++;
 		counts.updated += ach_apply(admin->name, lfirst(lc)) == 'u';
 	}
+	if (pull->profiles_read)
+		apply_profiles(admin->name, pull->profiles);
 	expire_requests(admin->name);
 	sync_state_record(admin->name, "paytrace_transactions", &counts);
 	SPI_finish();

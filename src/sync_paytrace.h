@@ -18,9 +18,12 @@ typedef struct PaytracePull
 {
 	List	   *transactions;	/* PtTransaction */
 	List	   *ach;			/* PtAchTransaction; NIL without a merchant id */
+	bool		profiles_read;	/* the vault profiles were read (daily) */
+	List	   *profiles;		/* PtProfile */
 } PaytracePull;
 
-extern PaytracePull *sync_paytrace_fetch(const Administration *admin);
+extern bool sync_profiles_due(const char *administration);
+extern PaytracePull *sync_paytrace_fetch(const Administration *admin, bool profiles_due);
 extern SyncCounts sync_paytrace_apply(const Administration *admin, PaytracePull *pull);
 extern List *sync_settlements_fetch(const Administration *admin);
 extern SyncCounts sync_settlements_apply(const Administration *admin, List *batches);

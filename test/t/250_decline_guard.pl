@@ -64,6 +64,8 @@ my $paused = sql("SELECT detail FROM freshpay.exceptions WHERE kind = 'collectio
 like($paused, qr/Wilted Florist.*2 declined charges in 24 hours.*resumes at \d{4}-\d\d-\d\d/s,
 	'exceptions: collection_paused names the customer, the declines and when it resumes');
 like($paused, qr/freshpay_capture/, 'and how to collect by hand');
+is(sql("SELECT code || '|' || declines_24h || '|' || collection_paused FROM freshpay.customer_status ORDER BY code"),
+	"DEAD|2|true\nGOOD|0|false", 'customer_status: the declines of the day and the pause');
 is(sql("SELECT count(*) FROM freshpay.jobs j WHERE j.kind = 'collect_invoice' AND j.state = 'queued'"
 	  . " AND j.invoice_id IN (SELECT id FROM freshpay.invoices WHERE freshportal_id BETWEEN 101 AND 104)"
 	  . " AND j.next_run_at > now() + interval '23 hours'"), '2',

@@ -98,6 +98,7 @@ is(sprintf('%.2f', sum0(map { $_->{amount} } @{ $body->{line_items} // [] }) + (
 	sql("SELECT amount FROM freshpay.payments WHERE id = $id"), 'the lines and the tax add up to the sale');
 ok(!grep({ exists $_->{debit_or_credit} } @{ $body->{line_items} // [] }), 'Visa lines carry no debit_or_credit');
 is(sql("SELECT status FROM freshpay.payments WHERE id = $id"), 'captured', 'the payment is untouched');
+is(sql("SELECT level3_status FROM freshpay.invoice_status WHERE number = 'L3-11'"), 'sent', 'invoice_status shows it');
 my @stored = grep { $_->{id} == $txn } @{ $pt->state->{transactions} };
 is(scalar @{ $stored[0]{level_three} // [] }, 1, 'PayTrace holds the Level 3 data on the transaction');
 
