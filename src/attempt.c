@@ -38,6 +38,13 @@
  * holds for the invoice; a transaction freshpay has no record of is recorded
  * and the charge is refused.
  *
+ * ACH through PayTrace API v3 (an administration with a merchant id) keeps
+ * these steps and adds one: the debit (or refund) carries an idempotency key
+ * recorded with the attempt, and a debit's answer is followed by a read of
+ * its status (accepted or declined) before the outcome is recorded; a lost
+ * answer is looked up by the key (resolve.c), which PayTrace never uses
+ * twice.
+ *
  * The database backs this up: a partial unique index allows one attempt in
  * flight per invoice and per parent transaction.
  *
@@ -58,6 +65,7 @@
 #include "attempt.h"
 #include "autocollect.h"
 #include "freshportal.h"
+#include "holdings.h"
 #include "jobs.h"
 #include "money.h"
 #include "payments.h"
@@ -110,83 +118,6 @@ record_attempt(const CallPlan *plan, const char *requested_by, const char *idemp
 			   11, types, values, nulls, SPI_OK_SELECT);
 	fp_spi_int64(1, &payment_id);
 	return payment_id;
-}
-
-/*
- * Before a new sale or authorization: what does PayTrace already hold for
- * this invoice?  An approved transaction freshpay has no record of (an
- * answer lost before a failover, a sale in the Virtual Terminal, a request
- * PayTrace processed late) is recorded, and the charge is refused.
- */
-static void
-lookup_before_charge(const Administration *admin, const CallPlan *plan, List *found)
-{
-	ListCell   *lc;
-
-	foreach(lc, found)
-	{
-		PtTransaction *t = lfirst(lc);
-		Oid			types[] = {TEXTOID, INT8OID};
-		Datum		values[] = {CStringGetTextDatum(admin->name), Int64GetDatum(t->transaction_id)};
-		MemoryContext caller;
-		bool		known;
-		int64		payment_id = 0;
-
-		if (strcmp(t->invoice_id, plan->invoice_number) != 0 ||
-			(t->state != PT_STATE_PENDING_SETTLEMENT && t->state != PT_STATE_SETTLED &&
-			 t->state != PT_STATE_AUTHORIZED))
-			continue;
-		caller = fp_txn_begin();
-		known = fp_spi_run("SELECT 1 FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
-						" AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2",
-						2, types, values, NULL, SPI_OK_SELECT) > 0;
-		if (!known && payments_apply_paytrace(admin->name, t) != 0 &&
-			fp_spi_run("SELECT id FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
-					" AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2 ORDER BY id LIMIT 1",
-					2, types, values, NULL, SPI_OK_SELECT) == 1)
-			fp_spi_int64(1, &payment_id);
-		fp_txn_commit(caller);
-		if (known)
-			continue;
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("PayTrace already holds transaction " INT64_FORMAT " for invoice %s",
-						t->transaction_id, plan->invoice_number),
-				 payment_id ? errdetail("freshpay had no record of it; it is now recorded as payment " INT64_FORMAT ".",
-										payment_id)
-				 : errdetail("freshpay had no record of it."),
-				 errhint("See freshpay.payments; collect what is still open once FreshPortal shows it.")));
-	}
-}
-
-/*
- * For a void: PayTrace's word on whether the target is settled, which the
- * local row may not know yet.  Records the settlement if it is.
- */
-static bool
-target_is_settled(const Administration *admin, const CallPlan *plan, List *found)
-{
-	PtTransaction *t;
-
-	if (found == NIL)
-		return false;
-	t = linitial(found);
-	if (t->state != PT_STATE_SETTLED)
-		return false;
-
-	{
-		MemoryContext caller = fp_txn_begin();
-		Oid			types[] = {INT8OID, INT4OID, TIMESTAMPTZOID};
-		Datum		values[] = {Int64GetDatum(plan->parent_id), Int32GetDatum(t->batch_number),
-		TimestampTzGetDatum(t->settled_at)};
-		char		nulls[] = {' ', ' ', t->has_settled_at ? ' ' : 'n'};
-
-		fp_spi_run("UPDATE freshpay.payments SET batch_number = $2, settled_at = $3,"
-				" updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
-				3, types, values, nulls, SPI_OK_UPDATE);
-		fp_txn_commit(caller);
-	}
-	return true;
 }
 
 /*
@@ -568,8 +499,8 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 	{
 		/* The answers are in: FreshPortal's was checked when it came, now PayTrace's. */
 		if (p->lookup != NULL && p->plan.operation != PT_VOID)
-			lookup_before_charge(p->admin, &p->plan, p->found);
-		else if (p->lookup != NULL && target_is_settled(p->admin, &p->plan, p->found))
+			holdings_check_charge(p->admin, &p->plan, p->found);
+		else if (p->lookup != NULL && holdings_target_settled(p->admin, &p->plan, p->found))
 		{
 			/* The local row did not know yet: a reversal becomes a refund. */
 			if (p->plan.op != MONEY_REVERSE)
