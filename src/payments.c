@@ -476,6 +476,22 @@ request_settle(int64 request_id, int64 payment_id, const PtTransaction *t)
 			   2, types, values, NULL, SPI_OK_UPDATE);
 }
 
+/* Is a void of this payment recorded (by its transaction), or one of ours in flight? */
+static bool
+void_known(const char *administration, int64 transaction_id, int64 payment_id)
+{
+	Oid			types[] = {TEXTOID, INT8OID, INT8OID};
+	Datum		values[] = {CStringGetTextDatum(administration), Int64GetDatum(transaction_id),
+	Int64GetDatum(payment_id)};
+
+	return fp_spi_run("SELECT 1 FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
+					  "   AND kind OPERATOR(pg_catalog.=) 'void'"
+					  "   AND (paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+					  "        OR (parent_id OPERATOR(pg_catalog.=) $3"
+					  "            AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])))",
+					  3, types, values, NULL, SPI_OK_SELECT) > 0;
+}
+
 /*
  * Apply what PayTrace's export shows of one transaction (inside a worker or
  * caller transaction, SPI connected): settlement of our payments; a void made
@@ -520,13 +536,13 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 					4, types, values, nulls, SPI_OK_UPDATE) > 0)
 			change = 'u';
 
-		/* A void of it already recorded (one of ours, say) is not learned twice. */
+		/*
+		 * A void of it already recorded (one of ours, say) is not learned
+		 * twice, nor one of ours still in flight: its answer records it.
+		 */
 		if ((t->state == PT_STATE_VOIDED || t->state == PT_STATE_DECLINED) &&
 			(strcmp(status, "captured") == 0 || strcmp(status, "authorized") == 0) &&
-			fp_spi_run("SELECT 1 FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
-					"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
-					"   AND kind OPERATOR(pg_catalog.=) 'void'",
-					2, types, values, NULL, SPI_OK_SELECT) == 0)
+			!void_known(administration, t->transaction_id, payment_id))
 		{
 			Oid			vtypes[] = {INT8OID, INT8OID, TEXTOID};
 			Datum		vvalues[] = {Int64GetDatum(payment_id), Int64GetDatum(t->transaction_id),

@@ -1,0 +1,68 @@
+# The PayTrace pull meets a void of freshpay's own while its answer is being
+# recorded: PayTrace already shows the sale voided, freshpay's void row is
+# still pending.  The pull must not take the void for one made outside
+# freshpay (a second void row, a second reversal): the void in flight is the
+# one, and its answer records it.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(sleep);
+
+use FreshpayTest;
+
+my $fp = FreshpayTest::start_standin('fp', args => ['--quiet']);
+my $pt = FreshpayTest::start_standin('pt', args => ['--quiet']);
+
+my $node = FreshpayTest::new_node('voidrace', extension => 1, conf => "freshpay.sync_interval = '5min'");
+FreshpayTest::add_administration($node, freshportal_url => $fp->url, paytrace_url => $pt->url);
+
+sub sql { return $node->safe_psql('freshpay', shift); }
+
+sub set_pause
+{
+	my ($point) = @_;
+	$node->append_conf('postgresql.conf', "freshpay.debug_pause_at = '$point'\n");
+	$node->reload;
+	ok(FreshpayTest::poll_true($node, "SELECT current_setting('freshpay.debug_pause_at', true) = '$point'", 30, 'the pause point'),
+		"freshpay.debug_pause_at = '$point' is in effect");
+	sleep 0.5;    # the worker handles its SIGHUP at its next wakeup
+}
+
+$pt->customers([ { customer_id => 'C-RACE', method => 'card' } ]);
+$fp->seed({ customers => [ { id => 1, code => 'RACE', name => 'Racing Stems', currency => 'USD' } ],
+	invoices => [ { id => 51, number => 'VR-51', customer_id => 1, amount_incl_vat => '120.00' } ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+sql("SELECT 1 FROM freshpay_link_customer((SELECT id FROM freshpay.customers WHERE freshportal_id = 1), 'C-RACE', 'manual', 'card')");
+sql("UPDATE freshpay.administrations SET level3_enabled = false");
+my $sale = sql("SELECT id FROM freshpay_capture((SELECT id FROM freshpay.invoices WHERE freshportal_id = 51))");
+ok(FreshpayTest::poll_true($node, "SELECT freshportal_payment_id IS NOT NULL FROM freshpay.payments WHERE id = $sale", 30, 'registration'),
+	'setup: a sale, captured and registered');
+
+# The void is made at PayTrace; the worker holds its answer before recording it.
+set_pause('after_answer');
+my $offset = -s $node->logfile;
+my $void = FreshpayTest::start_psql($node, "SELECT status FROM freshpay_void($sale)");
+ok(FreshpayTest::wait_for(sub { slurp_file($node->logfile, $offset) =~ /freshpay worker: pausing at after_answer/ }, 60, 'the pause'),
+	'the worker holds the void\'s answer');
+is(scalar(grep { $_->{state} eq 'voided' } @{ $pt->state->{transactions} }), 1, 'PayTrace shows the sale voided');
+
+# The pull runs meanwhile.
+sql("SELECT count(*) FROM freshpay_sync('main')");
+is(sql("SELECT count(*) FROM freshpay.payments WHERE parent_id = $sale AND kind = 'void'"), '1',
+	'the pull records no second void: the one in flight is freshpay\'s');
+
+set_pause('');
+$void->{handle}->finish;
+is($void->{out} =~ s/\s+$//r, 'voided', 'the void\'s answer is recorded: voided');
+ok(FreshpayTest::poll_true($node, "SELECT count(*) = 0 FROM freshpay.jobs WHERE state = 'queued' AND kind = 'reverse_payment'", 30, 'reversal'),
+	'the reversal is done');
+is(sql("SELECT string_agg(kind || ':' || status || ':' || requested_by, ',' ORDER BY id) FROM freshpay.payments"),
+	'sale:voided:freshpay_test,void:voided:freshpay_test', 'one sale, one void (freshpay\'s own)');
+is(scalar(grep { $_->{status} eq 'reversed' } @{ $fp->state->{payments} }), 1, 'FreshPortal: the registration reversed once');
+is(scalar(grep { $_->{path} =~ m{^/v1/payments/\d+/reverse$} } @{ $fp->requests }), 1, 'one reversal sent to FreshPortal');
+
+$node->stop;
+done_testing();
