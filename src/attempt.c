@@ -309,7 +309,7 @@ start_call(Flow *f, Pending *p)
 	MemoryContextSwitchTo(f->context);
 	if (f->job.id != 0)
 	{
-		TimestampTz check = autocollect_check(f->job.invoice_id);
+		TimestampTz check = autocollect_check(f->job.invoice_id, f->job.id);
 
 		if (check == AUTOCOLLECT_REQUEST)
 		{
@@ -357,7 +357,7 @@ record_and_send(Flow *f, Pending *p)
 	MemoryContextSwitchTo(f->context);
 	if (f->job.id != 0)
 	{
-		TimestampTz later = autocollect_guard(f->job.invoice_id, true);
+		TimestampTz later = autocollect_guard(f->job.invoice_id, f->job.id, true);
 
 		if (later != 0)
 		{

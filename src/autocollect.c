@@ -34,21 +34,24 @@
  * freshpay.max_declines_per_day declined charges, automatic collection
  * pauses until the oldest of them is a day old; and until the card has been
  * charged successfully, or after it declined, one charge at a time, so that
- * a burst of invoices cannot meet a dead card all at once.  Returns 0 (go),
- * or when to look again.  With lock, the customer's row is locked, so that
- * two collections of one customer decide one after the other (the worker
- * checks again when it records the attempt).  Explicit calls are not
- * guarded: a person decides.
+ * a burst of invoices cannot meet a dead card all at once: of a customer's
+ * collect jobs the worker runs, the oldest goes first, the others wait
+ * (before any remote call).  Returns 0 (go), or when to look again.  With
+ * lock, the customer's row is locked, so that two collections of one
+ * customer decide one after the other (the worker checks again when it
+ * records the attempt).  Explicit calls are not guarded: a person decides.
  */
 TimestampTz
-autocollect_guard(int64 invoice_id, bool lock)
+autocollect_guard(int64 invoice_id, int64 job_id, bool lock)
 {
-	Oid			types[] = {INT8OID, INT4OID};
-	Datum		values[] = {Int64GetDatum(invoice_id), Int32GetDatum(freshpay_max_declines_per_day)};
+	Oid			types[] = {INT8OID, INT4OID, INT8OID};
+	Datum		values[] = {Int64GetDatum(invoice_id), Int32GetDatum(freshpay_max_declines_per_day),
+	Int64GetDatum(job_id)};
 	bool		isnull;
 	int64		declines,
 				approved,
-				in_flight;
+				in_flight,
+				older_running;
 	Datum		resume;
 
 	if (freshpay_max_declines_per_day <= 0)
@@ -72,9 +75,17 @@ autocollect_guard(int64 invoice_id, bool lock)
 				   "                                    AND invoice_id OPERATOR(pg_catalog.<>) $1),"
 				   "        (pg_catalog.array_agg(created_at ORDER BY created_at) FILTER (WHERE declined))"
 				   "          [CAST(pg_catalog.count(*) FILTER (WHERE declined) OPERATOR(pg_catalog.-) $2 OPERATOR(pg_catalog.+) 1 AS pg_catalog.int4)]"
-				   "          OPERATOR(pg_catalog.+) interval '24 hours'"
+				   "          OPERATOR(pg_catalog.+) interval '24 hours',"
+				   "        (SELECT pg_catalog.count(*) FROM freshpay.jobs j"
+				   "           JOIN freshpay.invoices ji ON ji.id OPERATOR(pg_catalog.=) j.invoice_id"
+				   "           JOIN freshpay.invoices me ON me.id OPERATOR(pg_catalog.=) $1"
+				   "          WHERE j.kind OPERATOR(pg_catalog.=) 'collect_invoice'"
+				   "            AND j.state OPERATOR(pg_catalog.=) 'queued' AND j.claimed_at IS NOT NULL"
+				   "            AND j.next_run_at OPERATOR(pg_catalog.>) pg_catalog.now()"
+				   "            AND j.id OPERATOR(pg_catalog.<) $3"
+				   "            AND ji.customer_id OPERATOR(pg_catalog.=) me.customer_id)"
 				   "   FROM charges",
-				   2, types, values, NULL, SPI_OK_SELECT) != 1)
+				   3, types, values, NULL, SPI_OK_SELECT) != 1)
 		return 0;
 	fp_spi_int64(1, &declines);
 	fp_spi_int64(2, &approved);
@@ -82,7 +93,8 @@ autocollect_guard(int64 invoice_id, bool lock)
 	resume = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
 	if (declines >= freshpay_max_declines_per_day && !isnull)
 		return DatumGetTimestampTz(resume);
-	if ((declines > 0 || approved == 0) && in_flight > 0)
+	fp_spi_int64(5, &older_running);
+	if ((declines > 0 || approved == 0) && (in_flight > 0 || older_running > 0))
 		return TimestampTzPlusMilliseconds(GetCurrentTimestamp(), AUTOCOLLECT_PROBE_WAIT_MS);
 	return 0;
 }
@@ -98,7 +110,7 @@ autocollect_guard(int64 invoice_id, bool lock)
  * is in flight).
  */
 TimestampTz
-autocollect_check(int64 invoice_id)
+autocollect_check(int64 invoice_id, int64 job_id)
 {
 	Oid			types[] = {INT8OID};
 	Datum		values[] = {Int64GetDatum(invoice_id)};
@@ -145,7 +157,7 @@ autocollect_check(int64 invoice_id)
 										   freshpay_request_timeout + AUTOCOLLECT_GRACE_MS);
 	if (!has_profile)
 		return AUTOCOLLECT_REQUEST;
-	guard = autocollect_guard(invoice_id, false);
+	guard = autocollect_guard(invoice_id, job_id, false);
 	return guard != 0 ? guard : AUTOCOLLECT_CHARGE;
 }
 

@@ -14,8 +14,8 @@
 #define AUTOCOLLECT_CHARGE ((TimestampTz) -1)
 #define AUTOCOLLECT_REQUEST ((TimestampTz) -2)
 
-extern TimestampTz autocollect_check(int64 invoice_id);
-extern TimestampTz autocollect_guard(int64 invoice_id, bool lock);
+extern TimestampTz autocollect_check(int64 invoice_id, int64 job_id);
+extern TimestampTz autocollect_guard(int64 invoice_id, int64 job_id, bool lock);
 extern int64 autocollect_queue_due(void);
 extern int64 autocollect_revive(void);
 

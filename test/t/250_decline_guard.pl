@@ -91,6 +91,11 @@ my @recorded = split /\n/, sql("SELECT extract(epoch FROM p.created_at) FROM fre
 my $first_answered = sql("SELECT extract(epoch FROM min(h.at)) FROM freshpay.payment_history h JOIN freshpay.payments p ON p.id = h.payment_id"
 	  . " JOIN freshpay.customers c ON c.id = p.customer_id WHERE c.freshportal_id = 2 AND h.new_status = 'captured'");
 cmp_ok($recorded[1], '>=', $first_answered, 'the second charge was recorded only after the first was approved');
+my %rereads;
+$rereads{$_}++ for map { $_->{method} eq 'GET' && $_->{path} =~ m{^/v1/invoices/(20[1-5])$} ? $1 : () } @{ $fp->requests };
+is_deeply(\%rereads, { map { (200 + $_ => 1) } 1 .. 5 },
+	'each invoice was re-read from FreshPortal once: the waiting ones made no call while the first was out')
+  or diag(join "\n", map { "$_->{method} $_->{path}" } grep { $_->{path} =~ m{/v1/invoices} } @{ $fp->requests });
 is(sql("SELECT count(*) FROM freshpay.exceptions WHERE kind = 'collection_paused'"), '1', 'the working card is not paused');
 
 # --- Off ------------------------------------------------------------------------------
