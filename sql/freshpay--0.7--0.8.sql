@@ -13,6 +13,9 @@
 
 \echo Use "ALTER EXTENSION freshpay UPDATE TO '0.8'" to load this file. \quit
 
+-- The decline guard reads a customer's charges of the day at each collection.
+CREATE INDEX payments_customer_idx ON freshpay.payments (customer_id, created_at);
+
 ALTER TABLE freshpay.administrations
 	ADD COLUMN level3_enabled boolean NOT NULL DEFAULT true;
 COMMENT ON COLUMN freshpay.administrations.level3_enabled IS

@@ -634,7 +634,11 @@ finish(Flow *f, Pending *p, const HttpResponse *response)
 		if (payments_record_outcome(p->payment_id, result, "answered") && p->v3_debit != NULL)
 			ach_note(p->payment_id, p->v3_debit);
 		if (f->job.id != 0)
+		{
 			end_collect_job(f, result);
+			if (autocollect_probe_done(f->job.invoice_id) > 0)
+				flow_jobs_came_due();
+		}
 		/* Its write-back runs next (a void of an authorization has none). */
 		if (result->outcome == PT_APPROVED &&
 			!job_claim_for("register_payment", p->payment_id, &f->follow))

@@ -27,6 +27,74 @@
 /* When an invoice waiting for its customer's charge in flight is looked at again. */
 #define AUTOCOLLECT_PROBE_WAIT_MS (2 * 1000L)
 
+/* The customer's charges of the last 24 hours; false when the invoice has none. */
+typedef struct Charges
+{
+	int64		declines;
+	int64		approved;
+	int64		in_flight;		/* of other invoices */
+	bool		has_resume;
+	TimestampTz resume;			/* when the declines fall below the limit */
+} Charges;
+
+static void
+count_charges(int64 invoice_id, Charges *c)
+{
+	Oid			types[] = {INT8OID, INT4OID};
+	Datum		values[] = {Int64GetDatum(invoice_id), Int32GetDatum(freshpay_max_declines_per_day)};
+	bool		isnull;
+	Datum		resume;
+
+	memset(c, 0, sizeof(Charges));
+	if (fp_spi_run("WITH charges AS ("
+				   "  SELECT p.status, p.created_at, p.invoice_id,"
+				   "         p.status OPERATOR(pg_catalog.=) 'failed'"
+				   "           AND (p.response_code IS NOT NULL OR p.paytrace_transaction_id IS NOT NULL) AS declined"
+				   "    FROM freshpay.payments p JOIN freshpay.invoices i ON i.customer_id OPERATOR(pg_catalog.=) p.customer_id"
+				   "   WHERE i.id OPERATOR(pg_catalog.=) $1"
+				   "     AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'authorization', 'ach_sale'])"
+				   "     AND (p.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '24 hours')"
+				   "          OR p.status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])))"
+				   " SELECT pg_catalog.count(*) FILTER (WHERE declined),"
+				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.<>) ALL (ARRAY['failed', 'pending', 'unknown'])),"
+				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])"
+				   "                                    AND invoice_id OPERATOR(pg_catalog.<>) $1),"
+				   "        (pg_catalog.array_agg(created_at ORDER BY created_at) FILTER (WHERE declined))"
+				   "          [CAST(pg_catalog.count(*) FILTER (WHERE declined) OPERATOR(pg_catalog.-) $2 OPERATOR(pg_catalog.+) 1 AS pg_catalog.int4)]"
+				   "          OPERATOR(pg_catalog.+) interval '24 hours'"
+				   "   FROM charges",
+				   2, types, values, NULL, SPI_OK_SELECT) != 1)
+		return;
+	fp_spi_int64(1, &c->declines);
+	fp_spi_int64(2, &c->approved);
+	fp_spi_int64(3, &c->in_flight);
+	resume = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+	c->has_resume = !isnull;
+	if (!isnull)
+		c->resume = DatumGetTimestampTz(resume);
+}
+
+/* Collect jobs of the invoice's customer the worker is running that are older than job_id. */
+static int64
+older_running(int64 invoice_id, int64 job_id)
+{
+	Oid			types[] = {INT8OID, INT8OID};
+	Datum		values[] = {Int64GetDatum(invoice_id), Int64GetDatum(job_id)};
+	int64		n = 0;
+
+	if (fp_spi_run("SELECT pg_catalog.count(*) FROM freshpay.jobs j"
+				   "  JOIN freshpay.invoices ji ON ji.id OPERATOR(pg_catalog.=) j.invoice_id"
+				   "  JOIN freshpay.invoices me ON me.id OPERATOR(pg_catalog.=) $1"
+				   " WHERE j.kind OPERATOR(pg_catalog.=) 'collect_invoice'"
+				   "   AND j.state OPERATOR(pg_catalog.=) 'queued' AND j.claimed_at IS NOT NULL"
+				   "   AND j.next_run_at OPERATOR(pg_catalog.>) pg_catalog.now()"
+				   "   AND j.id OPERATOR(pg_catalog.<) $2"
+				   "   AND ji.customer_id OPERATOR(pg_catalog.=) me.customer_id",
+				   2, types, values, NULL, SPI_OK_SELECT) == 1)
+		fp_spi_int64(1, &n);
+	return n;
+}
+
 /*
  * The decline guard (contract section 13).  PayTrace warns on the 3rd
  * failed charge of one card within 24 hours and disables it on the 4th.
@@ -44,59 +112,61 @@
 TimestampTz
 autocollect_guard(int64 invoice_id, int64 job_id, bool lock)
 {
-	Oid			types[] = {INT8OID, INT4OID, INT8OID};
-	Datum		values[] = {Int64GetDatum(invoice_id), Int32GetDatum(freshpay_max_declines_per_day),
-	Int64GetDatum(job_id)};
-	bool		isnull;
-	int64		declines,
-				approved,
-				in_flight,
-				older_running;
-	Datum		resume;
+	Charges		c;
 
 	if (freshpay_max_declines_per_day <= 0)
 		return 0;
+	count_charges(invoice_id, &c);
+	if (c.declines >= freshpay_max_declines_per_day && c.has_resume)
+		return c.resume;
+	/* A card charged successfully today, and no decline since: no probing. */
+	if (c.declines == 0 && c.approved > 0)
+		return 0;
 	if (lock)
+	{
+		Oid			types[] = {INT8OID};
+		Datum		values[] = {Int64GetDatum(invoice_id)};
+
 		fp_spi_run("SELECT 1 FROM freshpay.customers c JOIN freshpay.invoices i ON i.customer_id OPERATOR(pg_catalog.=) c.id"
 				   " WHERE i.id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF c",
 				   1, types, values, NULL, SPI_OK_SELECT);
-	if (fp_spi_run("WITH charges AS ("
-				   "  SELECT p.status, p.created_at, p.invoice_id,"
-				   "         p.status OPERATOR(pg_catalog.=) 'failed'"
-				   "           AND (p.response_code IS NOT NULL OR p.paytrace_transaction_id IS NOT NULL) AS declined"
-				   "    FROM freshpay.payments p JOIN freshpay.invoices i ON i.customer_id OPERATOR(pg_catalog.=) p.customer_id"
-				   "   WHERE i.id OPERATOR(pg_catalog.=) $1"
-				   "     AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'authorization', 'ach_sale'])"
-				   "     AND (p.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '24 hours')"
-				   "          OR p.status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])))"
-				   " SELECT pg_catalog.count(*) FILTER (WHERE declined),"
-				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.<>) ALL (ARRAY['failed', 'pending', 'unknown'])),"
-				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])"
-				   "                                    AND invoice_id OPERATOR(pg_catalog.<>) $1),"
-				   "        (pg_catalog.array_agg(created_at ORDER BY created_at) FILTER (WHERE declined))"
-				   "          [CAST(pg_catalog.count(*) FILTER (WHERE declined) OPERATOR(pg_catalog.-) $2 OPERATOR(pg_catalog.+) 1 AS pg_catalog.int4)]"
-				   "          OPERATOR(pg_catalog.+) interval '24 hours',"
-				   "        (SELECT pg_catalog.count(*) FROM freshpay.jobs j"
-				   "           JOIN freshpay.invoices ji ON ji.id OPERATOR(pg_catalog.=) j.invoice_id"
-				   "           JOIN freshpay.invoices me ON me.id OPERATOR(pg_catalog.=) $1"
-				   "          WHERE j.kind OPERATOR(pg_catalog.=) 'collect_invoice'"
-				   "            AND j.state OPERATOR(pg_catalog.=) 'queued' AND j.claimed_at IS NOT NULL"
-				   "            AND j.next_run_at OPERATOR(pg_catalog.>) pg_catalog.now()"
-				   "            AND j.id OPERATOR(pg_catalog.<) $3"
-				   "            AND ji.customer_id OPERATOR(pg_catalog.=) me.customer_id)"
-				   "   FROM charges",
-				   3, types, values, NULL, SPI_OK_SELECT) != 1)
-		return 0;
-	fp_spi_int64(1, &declines);
-	fp_spi_int64(2, &approved);
-	fp_spi_int64(3, &in_flight);
-	resume = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
-	if (declines >= freshpay_max_declines_per_day && !isnull)
-		return DatumGetTimestampTz(resume);
-	fp_spi_int64(5, &older_running);
-	if ((declines > 0 || approved == 0) && (in_flight > 0 || older_running > 0))
+		/* What the lock waited for may have changed it. */
+		count_charges(invoice_id, &c);
+		if (c.declines >= freshpay_max_declines_per_day && c.has_resume)
+			return c.resume;
+		if (c.declines == 0 && c.approved > 0)
+			return 0;
+	}
+	if (c.in_flight > 0 || (job_id != 0 && older_running(invoice_id, job_id) > 0))
 		return TimestampTzPlusMilliseconds(GetCurrentTimestamp(), AUTOCOLLECT_PROBE_WAIT_MS);
 	return 0;
+}
+
+/*
+ * A charge of this invoice's customer has its outcome: the customer's
+ * collections waiting for it (the guard's one at a time) look again now,
+ * not when their wait is over.  In the transaction that records it;
+ * returns how many.
+ */
+int64
+autocollect_probe_done(int64 invoice_id)
+{
+	Oid			types[] = {INT8OID, INT4OID};
+	Datum		values[] = {Int64GetDatum(invoice_id), Int32GetDatum(AUTOCOLLECT_PROBE_WAIT_MS)};
+
+	if (freshpay_max_declines_per_day <= 0)
+		return 0;
+	return fp_spi_run("UPDATE freshpay.jobs j SET next_run_at = pg_catalog.now()"
+			   "  FROM freshpay.invoices ji, freshpay.invoices me"
+			   " WHERE me.id OPERATOR(pg_catalog.=) $1"
+			   "   AND ji.customer_id OPERATOR(pg_catalog.=) me.customer_id"
+			   "   AND j.invoice_id OPERATOR(pg_catalog.=) ji.id"
+			   "   AND j.kind OPERATOR(pg_catalog.=) 'collect_invoice'"
+			   "   AND j.state OPERATOR(pg_catalog.=) 'queued' AND j.claimed_at IS NULL"
+			   "   AND j.next_run_at OPERATOR(pg_catalog.>) pg_catalog.now()"
+			   "   AND j.next_run_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.+)"
+			   "       pg_catalog.make_interval(secs => $2 OPERATOR(pg_catalog./) 1000.0))",
+			   2, types, values, NULL, SPI_OK_UPDATE);
 }
 
 /*

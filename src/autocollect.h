@@ -16,6 +16,7 @@
 
 extern TimestampTz autocollect_check(int64 invoice_id, int64 job_id);
 extern TimestampTz autocollect_guard(int64 invoice_id, int64 job_id, bool lock);
+extern int64 autocollect_probe_done(int64 invoice_id);
 extern int64 autocollect_queue_due(void);
 extern int64 autocollect_revive(void);
 

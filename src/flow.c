@@ -41,3 +41,21 @@ flow_job_step(Flow *f, const HttpResponse *response, FlowAdvance advance)
 	MemoryContextSwitchTo(outer);
 	return next;
 }
+
+/* Set by a step that made queued jobs due now; the pipeline claims at once. */
+static bool jobs_came_due = false;
+
+void
+flow_jobs_came_due(void)
+{
+	jobs_came_due = true;
+}
+
+bool
+flow_take_jobs_due(void)
+{
+	bool		due = jobs_came_due;
+
+	jobs_came_due = false;
+	return due;
+}

@@ -54,5 +54,7 @@ typedef struct Flow
 typedef FlowStep (*FlowAdvance) (Flow *f, const HttpResponse *response);
 
 extern FlowStep flow_job_step(Flow *f, const HttpResponse *response, FlowAdvance advance);
+extern void flow_jobs_came_due(void);
+extern bool flow_take_jobs_due(void);
 
 #endif							/* FRESHPAY_FLOW_H */

@@ -135,10 +135,12 @@ apply_success(const Attempt *a)
 		{
 			Datum		values[] = {Int64GetDatum(a->payment_id), (Datum) 0};
 
-			fp_spi_run("UPDATE freshpay.payments SET level3_status = 'pending'"
-					   " WHERE id OPERATOR(pg_catalog.=) $1",
-					   1, types, values, NULL, SPI_OK_UPDATE);
-			job_queue("send_level3", a->payment_id, 0);
+			if (fp_spi_run("UPDATE freshpay.payments p SET level3_status = 'pending'"
+						   "  FROM freshpay.administrations a"
+						   " WHERE p.id OPERATOR(pg_catalog.=) $1"
+						   "   AND a.name OPERATOR(pg_catalog.=) p.administration AND a.level3_enabled",
+						   1, types, values, NULL, SPI_OK_UPDATE) == 1)
+				job_queue("send_level3", a->payment_id, 0);
 		}
 	}
 	else if (strcmp(a->kind, "void") == 0)

@@ -328,6 +328,8 @@ pipeline_serve(MemoryContext loop_context, const char *only_kind, long max_ms)
 			busy |= admit_calls();
 		busy |= harvest() > 0;
 		resume_parked();
+		if (flow_take_jobs_due())
+			next_claim_at = 0;
 		if (GetCurrentTimestamp() >= next_claim_at)
 			busy |= admit_jobs(only_kind) > 0;
 

@@ -162,7 +162,8 @@ sql("UPDATE freshpay.administrations SET level3_enabled = false WHERE name = 'ma
 $fp->seed({ invoices => [ { id => 19, number => 'L3-19', customer_id => 1, lines => \@lines } ] });
 sql("SELECT count(*) FROM freshpay_sync('main')");
 ($id, $txn, $status, $message) = collect(19);
-is("$status|$message", 'skipped|Level 3 is turned off for the administration', 'turned off: skipped');
+is("$status|$message", '|', 'turned off: the payment has no Level 3 step');
+is(sql("SELECT count(*) FROM freshpay.jobs WHERE kind = 'send_level3' AND payment_id = $id"), '0', 'and no job');
 is(scalar(calls_for($VISA, $txn)), 0, 'and nothing sent');
 
 $node->stop;
