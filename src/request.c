@@ -187,11 +187,13 @@ start_request(Flow *f, Request *r)
 	fp_txn_commit(caller);
 }
 
+static void not_sent(Flow *f, Request *r) pg_attribute_noreturn();
+
 /* RECORD: expire what has expired, record this request; then send it. */
 static void
 record_and_send(Flow *f, Request *r)
 {
-	MemoryContext caller = fp_txn_begin();
+	MemoryContext caller;
 	TimestampTz expires_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														 r->call.expires_in_s * 1000L);
 	bool		onboard = strcmp(r->call.mode, "onboard") == 0;
@@ -210,6 +212,9 @@ record_and_send(Flow *f, Request *r)
 	char		nulls[] = {' ', ' ', r->plan.customer_id ? ' ' : 'n', ' ', ' ', ' ', ' ', ' '};
 	PtV3Invoice inv = {0};
 
+	/* The token first: without one nothing is recorded, and the caller is told. */
+	paytrace_v3_prepare(r->admin);
+	caller = fp_txn_begin();
 	MemoryContextSwitchTo(f->context);
 	fp_spi_run("UPDATE freshpay.payment_requests SET status = 'expired', updated_at = pg_catalog.now()"
 			   " WHERE invoice_id OPERATOR(pg_catalog.=) $1"
@@ -232,8 +237,17 @@ record_and_send(Flow *f, Request *r)
 	inv.email = r->email;
 	inv.customer_label = r->customer_name;
 	inv.expire_at = expires_at;
-	r->v3 = paytrace_v3_invoice_call(r->admin, &inv);
-	paytrace_v3_send(r->v3, f, f->priority);
+	PG_TRY();
+	{
+		r->v3 = paytrace_v3_invoice_call(r->admin, &inv);
+		paytrace_v3_send(r->v3, f, f->priority);
+	}
+	PG_CATCH();
+	{
+		/* Nothing left: the request is failed, and may be asked again. */
+		not_sent(f, r);
+	}
+	PG_END_TRY();
 	r->state = REQUEST_SENT;
 }
 
@@ -273,6 +287,19 @@ record_outcome(int64 request_id, const char *status, const char *id, const char 
 	if (!fp_txn_on_the_side(record_outcome_step, &o))
 		elog(WARNING, "freshpay worker: could not record the outcome of payment request " INT64_FORMAT
 			 "; it stays pending and becomes unknown when the worker restarts", request_id);
+}
+
+/* An error before the request left (or while a refused token was renewed): 'failed', then the error. */
+static void
+not_sent(Flow *f, Request *r)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(f->context);
+	edata = CopyErrorData();
+	FlushErrorState();
+	record_outcome(r->request_id, "failed", NULL, psprintf("Not sent: %s", edata->message));
+	ReThrowError(edata);
 }
 
 /* SENT: what PayTrace's answer says, recorded; a refusal is the caller's error too. */
@@ -322,8 +349,22 @@ advance(Flow *f, Request *r, const HttpResponse *response)
 			return FLOW_WAITING;
 
 		case REQUEST_SENT:
-			if (!paytrace_v3_answered(r->v3, response, f, f->priority))
-				return FLOW_WAITING;
+			{
+				volatile bool answered = false;
+
+				/* A 401 renews the token and sends again; failing that, nothing was sent. */
+				PG_TRY();
+				{
+					answered = paytrace_v3_answered(r->v3, response, f, f->priority);
+				}
+				PG_CATCH();
+				{
+					not_sent(f, r);
+				}
+				PG_END_TRY();
+				if (!answered)
+					return FLOW_WAITING;
+			}
 			record_answer(f, r, response);
 			return FLOW_DONE;
 	}

@@ -270,6 +270,36 @@ is(sql(q{SELECT string_agg(kind || ':' || i.number, ',' ORDER BY kind) FROM fres
 	'payment_request_expired:RQ-907,payment_request_open_long:RQ-903,payment_request_unknown:RQ-909',
 	'exceptions: a lost answer, a request open for more than a week, an expired request on an open invoice');
 
+# --- PayTrace's v3 token cannot be had: nothing is left pending ----------------------------
+
+$fp->seed({ invoices => [ { id => 911, number => 'RQ-911', customer_id => 1, amount_incl_vat => '31.00' },
+	{ id => 912, number => 'RQ-912', customer_id => 1, amount_incl_vat => '32.00' } ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+my $token_down = [ { method => 'POST', path => '/v3/token', action => 'status', status => 500, times => -1,
+	body => '{"message":"Server Error"}' } ];
+
+# No token cached (a restart empties the cache), and none to be had.
+$node->restart;
+$pt->faults($token_down);
+my $seq_911 = $pt->last_seq;
+my ($out_911, $err_911) = call('SELECT status FROM freshpay_request_payment(' . inv(911) . ')');
+like($err_911, qr/ERROR:.*token/, 'no v3 token to be had: the call fails, saying so');
+is(sql('SELECT count(*) FROM freshpay.payment_requests WHERE invoice_id = ' . inv(911)), '0',
+	'and records no request: nothing was sent');
+is(scalar(v3_invoices($seq_911)), 0, 'PayTrace received no request');
+$pt->faults([]);
+is((call('SELECT status FROM freshpay_request_payment(' . inv(911) . ')'))[0], 'sent', 'once PayTrace is back, it is sent');
+
+# The token cached is refused (401) and a new one cannot be had: the request never left.
+$pt->expire_tokens;
+$pt->faults($token_down);
+my ($out_912, $err_912) = call('SELECT status FROM freshpay_request_payment(' . inv(912) . ')');
+like($err_912, qr/ERROR:.*token/, 'the cached token refused and no new one: the call fails');
+is(sql('SELECT string_agg(status, \',\') FROM freshpay.payment_requests WHERE invoice_id = ' . inv(912)), 'failed',
+	'the request is recorded failed, not left pending');
+$pt->faults([]);
+is((call('SELECT status FROM freshpay_request_payment(' . inv(912) . ')'))[0], 'sent', 'and may be asked again');
+
 # --- Visible to a reader, never to PUBLIC ------------------------------------------------
 
 sql('CREATE ROLE regress_req_reader IN ROLE freshpay_reader');
