@@ -633,22 +633,15 @@ ach_from_json(json_object *object)
 	return t;
 }
 
-/*
- * The transaction a GET by id or by key answered, or NULL when PayTrace has
- * none (404): which proves nothing about a request still in process.  Any
- * other failure is an ERROR.
- */
-PtAchTransaction *
-paytrace_v3_ach_of(PtV3Call *c, const HttpResponse *response)
+/* A GET's answer as JSON (the caller puts it); anything but a 200 with JSON is an ERROR. */
+static json_object *
+v3_read_answer(PtV3Call *c, const HttpResponse *response)
 {
 	char		error[128];
 	json_object *root;
-	PtAchTransaction *volatile t = NULL;
 
 	if (response->transport != HTTP_TRANSPORT_OK)
 		http_report_transport_error(&c->request, response);
-	if (response->status == 404)
-		return NULL;
 	if (response->status != 200)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
@@ -658,6 +651,23 @@ paytrace_v3_ach_of(PtV3Call *c, const HttpResponse *response)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("PayTrace's answer to %s is not JSON: %s", c->call, error)));
+	return root;
+}
+
+/*
+ * The transaction a GET by id or by key answered, or NULL when PayTrace has
+ * none (404): which proves nothing about a request still in process.  Any
+ * other failure is an ERROR.
+ */
+PtAchTransaction *
+paytrace_v3_ach_of(PtV3Call *c, const HttpResponse *response)
+{
+	json_object *root;
+	PtAchTransaction *volatile t = NULL;
+
+	if (response->transport == HTTP_TRANSPORT_OK && response->status == 404)
+		return NULL;
+	root = v3_read_answer(c, response);
 	PG_TRY();
 	{
 		t = ach_from_json(jsonconv_member(root, "data"));
@@ -698,21 +708,9 @@ v3_date(DateADT date)
 static int
 v3_ach_page(PtV3Call *c, const HttpResponse *response, List **found, int64 *total)
 {
-	char		error[128];
-	json_object *root;
+	json_object *root = v3_read_answer(c, response);
 	volatile int page = 0;
 
-	if (response->transport != HTTP_TRANSPORT_OK)
-		http_report_transport_error(&c->request, response);
-	if (response->status != 200)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("PayTrace answered HTTP %ld to %s", response->status, c->call)));
-	root = jsonconv_parse(response->body, response->body_len, error, sizeof(error));
-	if (root == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-				 errmsg("PayTrace's answer to %s is not JSON: %s", c->call, error)));
 	PG_TRY();
 	{
 		json_object *data = jsonconv_member(root, "data");
