@@ -145,7 +145,8 @@ autocollect_guard(int64 invoice_id, int64 job_id, bool lock)
 /*
  * A charge of this invoice's customer has its outcome: the customer's
  * collections waiting for it (the guard's one at a time) look again now,
- * not when their wait is over.  In the transaction that records it;
+ * not when their wait is over; never one that waits out a failure's
+ * backoff.  In the transaction that records it;
  * returns how many.
  */
 int64
@@ -163,6 +164,8 @@ autocollect_probe_done(int64 invoice_id)
 			   "   AND j.invoice_id OPERATOR(pg_catalog.=) ji.id"
 			   "   AND j.kind OPERATOR(pg_catalog.=) 'collect_invoice'"
 			   "   AND j.state OPERATOR(pg_catalog.=) 'queued' AND j.claimed_at IS NULL"
+			   /* a job that failed waits out its backoff (a 429's Retry-After, say) */
+			   "   AND j.last_error IS NULL"
 			   "   AND j.next_run_at OPERATOR(pg_catalog.>) pg_catalog.now()"
 			   "   AND j.next_run_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.+)"
 			   "       pg_catalog.make_interval(secs => $2 OPERATOR(pg_catalog./) 1000.0))",
