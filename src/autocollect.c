@@ -32,7 +32,7 @@ typedef struct Charges
 {
 	int64		declines;
 	int64		approved;
-	int64		in_flight;		/* of other invoices */
+	int64		in_flight;		/* of other invoices, their answer awaited */
 	bool		has_resume;
 	TimestampTz resume;			/* when the declines fall below the limit */
 } Charges;
@@ -57,7 +57,7 @@ count_charges(int64 invoice_id, Charges *c)
 				   "          OR p.status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])))"
 				   " SELECT pg_catalog.count(*) FILTER (WHERE declined),"
 				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.<>) ALL (ARRAY['failed', 'pending', 'unknown'])),"
-				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])"
+				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) 'pending'"
 				   "                                    AND invoice_id OPERATOR(pg_catalog.<>) $1),"
 				   "        (pg_catalog.array_agg(created_at ORDER BY created_at) FILTER (WHERE declined))"
 				   "          [CAST(pg_catalog.count(*) FILTER (WHERE declined) OPERATOR(pg_catalog.-) $2 OPERATOR(pg_catalog.+) 1 AS pg_catalog.int4)]"
@@ -104,7 +104,9 @@ older_running(int64 invoice_id, int64 job_id)
  * charged successfully, or after it declined, one charge at a time, so that
  * a burst of invoices cannot meet a dead card all at once: of a customer's
  * collect jobs the worker runs, the oldest goes first, the others wait
- * (before any remote call).  Returns 0 (go), or when to look again.  With
+ * (before any remote call).  A charge whose answer was lost ('unknown')
+ * does not hold the others up: it waits for a lookup or a person, and the
+ * next charge probes the card instead.  Returns 0 (go), or when to look again.  With
  * lock, the customer's row is locked, so that two collections of one
  * customer decide one after the other (the worker checks again when it
  * records the attempt).  Explicit calls are not guarded: a person decides.

@@ -98,6 +98,26 @@ is_deeply(\%rereads, { map { (200 + $_ => 1) } 1 .. 5 },
   or diag(join "\n", map { "$_->{method} $_->{path}" } grep { $_->{path} =~ m{/v1/invoices} } @{ $fp->requests });
 is(sql("SELECT count(*) FROM freshpay.exceptions WHERE kind = 'collection_paused'"), '1', 'the working card is not paused');
 
+# --- A lost answer does not hold the customer up ------------------------------------------
+
+$pt->customers([ { customer_id => 'C-LOST', method => 'card' } ]);
+$fp->seed({ customers => [ { id => 3, code => 'LOST', name => 'Misty Florist', currency => 'USD' } ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+sql("SELECT 1 FROM freshpay_link_customer((SELECT id FROM freshpay.customers WHERE freshportal_id = 3), 'C-LOST', 'on_issue', 'card')");
+# The customer's first charge never reaches PayTrace, and its answer is lost.
+$pt->faults([ { method => 'POST', path => $SALE, action => 'close_before', times => 1 } ]);
+$fp->seed({ invoices => [ map { +{ id => 300 + $_, number => "LO-$_", customer_id => 3, amount_incl_vat => sprintf('%d.00', 60 + $_) } } 1 .. 3 ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+ok( FreshpayTest::poll_true($node,
+		"SELECT count(*) = 1 FROM freshpay.payments p JOIN freshpay.customers c ON c.id = p.customer_id"
+		  . " WHERE c.freshportal_id = 3 AND p.status = 'unknown'", 30, 'the unknown'),
+	'setup: the first charge of a new customer is unknown (answer lost)');
+ok( FreshpayTest::poll_true($node,
+		"SELECT count(*) = 2 FROM freshpay.payments p JOIN freshpay.customers c ON c.id = p.customer_id"
+		  . " WHERE c.freshportal_id = 3 AND p.status = 'captured'", 30, 'the others'),
+	'its other invoices are still collected: a lost answer does not hold the customer up');
+$pt->faults([]);
+
 # --- Off ------------------------------------------------------------------------------
 
 $node->append_conf('postgresql.conf', 'freshpay.max_declines_per_day = 0');
