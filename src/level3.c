@@ -16,9 +16,10 @@
  *
  * Level 3 never changes a payment's status or amounts.  A call that fails
  * to reach PayTrace is retried (the job's backoff) while the sale is
- * unsettled; a refusal is final — the same lines would be refused again —
- * and recorded as 'failed' with PayTrace's message.  A Level 3 call whose
- * answer was lost is sent again: it moves no money.
+ * unsettled, freshpay.max_attempts times at most, then recorded 'failed'
+ * with the last error; a refusal is final — the same lines would be refused
+ * again — and recorded as 'failed' with PayTrace's message.  A Level 3 call
+ * whose answer was lost is sent again: it moves no money.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,6 +34,7 @@
 #include "jobs.h"
 #include "level3.h"
 #include "paytrace.h"
+#include "settings.h"
 #include "spi_txn.h"
 
 typedef enum Level3State
@@ -65,6 +67,22 @@ record(Flow *f, const char *status, const char *message)
 			   3, types, values, NULL, SPI_OK_UPDATE);
 	job_record(&f->job, true, 0, NULL, false, -1);
 	fp_txn_commit(caller);
+}
+
+/* The job's last error, for the record of a Level 3 given up. */
+static const char *
+last_error(int64 job_id)
+{
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(job_id)};
+	MemoryContext caller = fp_txn_begin();
+	char	   *error = NULL;
+
+	if (fp_spi_run("SELECT last_error FROM freshpay.jobs WHERE id OPERATOR(pg_catalog.=) $1",
+				   1, types, values, NULL, SPI_OK_SELECT) == 1)
+		error = fp_spi_text(caller, 1);
+	fp_txn_commit(caller);
+	return error ? error : "no error recorded";
 }
 
 /*
@@ -160,6 +178,13 @@ advance(Flow *f, const HttpResponse *response)
 		l = f->state = MemoryContextAllocZero(f->context, sizeof(Level3));
 		MemoryContextSwitchTo(f->context);
 		why = load(f, l);
+		if (why == NULL && f->job.attempts >= freshpay_max_attempts)
+		{
+			fp_txn_commit(caller);
+			record(f, "failed", psprintf("gave up after %d tries: %s", f->job.attempts,
+										 last_error(f->job.id)));
+			return FLOW_DONE;
+		}
 		fp_txn_commit(caller);
 		MemoryContextSwitchTo(f->context);
 		if (why != NULL)

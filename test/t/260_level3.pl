@@ -153,6 +153,20 @@ ok(FreshpayTest::poll_true($node, "SELECT level3_status = 'skipped' FROM freshpa
 like(sql("SELECT level3_message FROM freshpay.payments WHERE id = $id"), qr/settled/, 'because it settled');
 is(scalar(grep { ($_->{status} // 0) == 200 } calls_for($VISA, $txn)), 0, 'nothing was sent after settlement');
 
+# --- A Level 3 that keeps failing is given up after freshpay.max_attempts tries --------
+
+$node->append_conf('postgresql.conf', 'freshpay.max_attempts = 2');
+$node->reload;
+$pt->set_faults([ { name => 'l3 down for good', path => $VISA, action => 'status', status => 503, times => -1, body => '{"message":"down"}' } ]);
+$fp->seed({ invoices => [ { id => 20, number => 'L3-20', customer_id => 1, lines => \@lines } ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+($id, $txn, $status, $message) = collect(20);
+is($status, 'failed', 'PayTrace unreachable for Level 3: given up, failed');
+like($message, qr/^gave up after 2 tries: /, 'after freshpay.max_attempts tries, with the last error');
+is(sql("SELECT count(*) FROM freshpay.jobs WHERE kind = 'send_level3' AND payment_id = $id AND state = 'queued'"), '0',
+	'and nothing is left queued');
+$pt->set_faults([]);
+
 # --- A partial payment, and an administration that turned it off -----------------------
 
 ($id, $txn, $status, $message) = collect(18, '100.00');
