@@ -208,13 +208,7 @@ ach_apply(const char *administration, const PtAchTransaction *t)
 		if (t->state == PT_ACH_VOIDED)
 		{
 			/* Voided in PayTrace: recorded as a void made there, with all that follows. */
-			PtTransaction v = {0};
-
-			v.transaction_id = t->ach_id;
-			v.state = PT_STATE_VOIDED;
-			v.status_message = t->status;
-			v.invoice_id = "";
-			(void) payments_apply_paytrace(administration, &v);
+			(void) payments_record_outside_void(administration, payment_id, t->ach_id, t->status);
 			(void) note_status(payment_id, t);
 			return 'u';
 		}

@@ -47,11 +47,12 @@ holdings_check_charge(const Administration *admin, const CallPlan *plan, List *f
 			continue;
 		caller = fp_txn_begin();
 		known = fp_spi_run("SELECT 1 FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
-						" AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2",
+						" AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2 AND idempotency_key IS NULL",
 						2, types, values, NULL, SPI_OK_SELECT) > 0;
 		if (!known && payments_apply_paytrace(admin->name, t) != 0 &&
 			fp_spi_run("SELECT id FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
-					" AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2 ORDER BY id LIMIT 1",
+					" AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2 AND idempotency_key IS NULL"
+					" ORDER BY id LIMIT 1",
 					2, types, values, NULL, SPI_OK_SELECT) == 1)
 			fp_spi_int64(1, &payment_id);
 		fp_txn_commit(caller);

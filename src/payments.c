@@ -340,7 +340,7 @@ adopted_elsewhere(const Attempt *a, int64 transaction_id)
 		CStringGetTextDatum(a->kind), Int64GetDatum(a->payment_id)};
 
 	return fp_spi_run("SELECT 1 FROM freshpay.payments WHERE administration OPERATOR(pg_catalog.=) $1"
-				   " AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+				   " AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2 AND idempotency_key IS NULL"
 				   " AND kind OPERATOR(pg_catalog.=) $3 AND id OPERATOR(pg_catalog.<>) $4",
 				   4, types, values, NULL, SPI_OK_SELECT) > 0;
 }
@@ -495,6 +495,44 @@ void_known(const char *administration, int64 transaction_id, int64 payment_id)
 }
 
 /*
+ * A void made at PayTrace outside freshpay (its Virtual Terminal, say) of
+ * payment_id: recorded as a 'void' row, so that everything a void of ours
+ * does follows (parent status, the reversal in FreshPortal).  Not when a
+ * void of it is recorded already, or one of ours is in flight (its answer
+ * records it).  Returns whether it was recorded.
+ */
+bool
+payments_record_outside_void(const char *administration, int64 payment_id, int64 transaction_id,
+							 const char *status_message)
+{
+	Oid			types[] = {INT8OID, INT8OID, TEXTOID};
+	Datum		values[] = {Int64GetDatum(payment_id), Int64GetDatum(transaction_id),
+		CStringGetTextDatum(psprintf("Voided at PayTrace, outside freshpay: %s",
+									 status_message ? status_message : "no status"))};
+	int64		void_id;
+	PtResult	result = {0};
+
+	if (void_known(administration, transaction_id, payment_id))
+		return false;
+	fp_spi_run("INSERT INTO freshpay.payments"
+			   " (administration, invoice_id, customer_id, kind, parent_id, amount, status,"
+			   "  paytrace_transaction_id, message, invoice_number, requested_by)"
+			   " SELECT administration, invoice_id, customer_id, 'void', id,"
+			   "        amount OPERATOR(pg_catalog.-) refunded_amount, 'pending', $2, $3,"
+			   "        invoice_number, 'paytrace'"
+			   "   FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1"
+			   " RETURNING id",
+			   3, types, values, NULL, SPI_OK_INSERT_RETURNING);
+	fp_spi_int64(1, &void_id);
+	payments_history(void_id, NULL, "pending", 0, "learned", "A void made at PayTrace outside freshpay.");
+	result.outcome = PT_APPROVED;
+	result.retry_after = -1;
+	result.message = psprintf("Voided at PayTrace, outside freshpay (transaction " INT64_FORMAT ").",
+							  transaction_id);
+	return payments_record_outcome(void_id, &result, "learned");
+}
+
+/*
  * Apply what PayTrace's export shows of one transaction (inside a worker or
  * caller transaction, SPI connected): settlement of our payments; a void made
  * outside freshpay (PayTrace's Virtual Terminal, say), recorded as a 'void'
@@ -514,9 +552,11 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 	char	   *status;
 	char		change = 0;
 
+	/* (a v1 export never shows a debit or refund made through v3: those are ach.c's) */
 	if (fp_spi_run("SELECT id, status FROM freshpay.payments"
 				" WHERE administration OPERATOR(pg_catalog.=) $1"
 				"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+				"   AND idempotency_key IS NULL"
 				"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'authorization', 'refund'])"
 				" ORDER BY (kind OPERATOR(pg_catalog.=) 'authorization'), id LIMIT 1",
 				2, types, values, NULL, SPI_OK_SELECT) == 1)
@@ -529,6 +569,7 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 					"       updated_at = pg_catalog.now()"
 					" WHERE administration OPERATOR(pg_catalog.=) $1"
 					"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+					"   AND idempotency_key IS NULL"
 					"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'refund'])"
 					/* a refund settles under its own id, not under its sale's */
 					"   AND (kind OPERATOR(pg_catalog.<>) 'refund' OR NOT EXISTS (SELECT FROM freshpay.payments s"
@@ -544,36 +585,8 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 		 */
 		if ((t->state == PT_STATE_VOIDED || t->state == PT_STATE_DECLINED) &&
 			(strcmp(status, "captured") == 0 || strcmp(status, "authorized") == 0) &&
-			!void_known(administration, t->transaction_id, payment_id))
-		{
-			Oid			vtypes[] = {INT8OID, INT8OID, TEXTOID};
-			Datum		vvalues[] = {Int64GetDatum(payment_id), Int64GetDatum(t->transaction_id),
-				CStringGetTextDatum(psprintf("Voided at PayTrace, outside freshpay: %s",
-											 t->status_message ? t->status_message : "no status"))};
-			int64		void_id;
-
-			fp_spi_run("INSERT INTO freshpay.payments"
-					" (administration, invoice_id, customer_id, kind, parent_id, amount, status,"
-					"  paytrace_transaction_id, message, invoice_number, requested_by)"
-					" SELECT administration, invoice_id, customer_id, 'void', id,"
-					"        amount OPERATOR(pg_catalog.-) refunded_amount, 'pending', $2, $3,"
-					"        invoice_number, 'paytrace'"
-					"   FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1"
-					" RETURNING id",
-					3, vtypes, vvalues, NULL, SPI_OK_INSERT_RETURNING);
-			fp_spi_int64(1, &void_id);
-			payments_history(void_id, NULL, "pending", 0, "learned", "A void made at PayTrace outside freshpay.");
-			{
-				PtResult	result = {0};
-
-				result.outcome = PT_APPROVED;
-				result.retry_after = -1;
-				result.message = psprintf("Voided at PayTrace, outside freshpay (transaction " INT64_FORMAT ").",
-										  t->transaction_id);
-				payments_record_outcome(void_id, &result, "learned");
-			}
+			payments_record_outside_void(administration, payment_id, t->transaction_id, t->status_message))
 			change = 'u';
-		}
 		return change;
 	}
 
@@ -613,7 +626,7 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 						" WHERE administration OPERATOR(pg_catalog.=) $1"
 						"   AND invoice_number OPERATOR(pg_catalog.=) $2"
 						"   AND kind OPERATOR(pg_catalog.=) $3 AND amount OPERATOR(pg_catalog.=) $4"
-						"   AND paytrace_transaction_id IS NULL"
+						"   AND paytrace_transaction_id IS NULL AND idempotency_key IS NULL"
 						"   AND (status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])"
 						"        OR (status OPERATOR(pg_catalog.=) 'failed' AND response_code IS NULL))"
 						" ORDER BY (status OPERATOR(pg_catalog.=) 'failed'), id DESC LIMIT 1",

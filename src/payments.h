@@ -49,5 +49,7 @@ extern bool payments_record_outcome(int64 payment_id, const PtResult *result, co
 extern PtResult *payments_result_from(const Attempt *a, const PtTransaction *t);
 extern PtTransaction *payments_pick_outcome(const Attempt *a, List *candidates);
 extern char payments_apply_paytrace(const char *administration, const PtTransaction *t);
+extern bool payments_record_outside_void(const char *administration, int64 payment_id,
+										 int64 transaction_id, const char *status_message);
 
 #endif							/* FRESHPAY_PAYMENTS_H */
