@@ -448,7 +448,8 @@ freshpay_sync(PG_FUNCTION_ARGS)
 			sync_result(rsinfo, admin->name, freshportal_stream_name(streams[i]),
 						sync_freshportal_stream(admin, streams[i]));
 		sync_result(rsinfo, admin->name, "paytrace_transactions",
-					sync_paytrace_apply(admin, sync_paytrace_fetch(admin, sync_profiles_due(admin->name))));
+					sync_paytrace_apply(admin, sync_paytrace_fetch(admin, sync_profiles_due(admin->name),
+																	 sync_ach_due(admin->name))));
 		sync_result(rsinfo, admin->name, "settlements",
 					sync_settlements_apply(admin, sync_settlements_fetch(admin)));
 	}

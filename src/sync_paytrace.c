@@ -66,8 +66,32 @@ sync_profiles_due(const char *administration)
 	return due;
 }
 
+/*
+ * Has the administration ACH debits or refunds made through v3 that can
+ * still change (made in the last ACH_FOLLOW_DAYS)?  Only then is PayTrace's
+ * ACH list read.  In a transaction.
+ */
+bool
+sync_ach_due(const char *administration)
+{
+	Oid			types[] = {TEXTOID, INT4OID};
+	Datum		values[] = {CStringGetTextDatum(administration), Int32GetDatum(ACH_FOLLOW_DAYS)};
+	bool		due;
+
+	SPI_connect();
+	due = fp_spi_run("SELECT 1 FROM freshpay.payments"
+					 " WHERE administration OPERATOR(pg_catalog.=) $1"
+					 "   AND idempotency_key IS NOT NULL"
+					 "   AND created_at OPERATOR(pg_catalog.>)"
+					 "       (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => $2))"
+					 " LIMIT 1",
+					 2, types, values, NULL, SPI_OK_SELECT) > 0;
+	SPI_finish();
+	return due;
+}
+
 PaytracePull *
-sync_paytrace_fetch(const Administration *admin, bool profiles_due)
+sync_paytrace_fetch(const Administration *admin, bool profiles_due, bool ach_due)
 {
 	DateADT		today = fp_date_of(GetCurrentTimestamp());
 	PaytracePull *pull = palloc0(sizeof(PaytracePull));
@@ -75,7 +99,7 @@ sync_paytrace_fetch(const Administration *admin, bool profiles_due)
 	pull->transactions = paytrace_export_by_date_range(admin, today - PAYTRACE_LOOKBACK_DAYS,
 													   today + 1, NULL);
 	/* ACH debits through v3: followed until they can no longer come back. */
-	if (admin->paytrace_merchant_id > 0)
+	if (admin->paytrace_merchant_id > 0 && ach_due)
 		pull->ach = paytrace_v3_ach_list(admin, today - ACH_FOLLOW_DAYS, today + 1);
 	/* Card health: each card's expiry, so that finance asks for a new one in time. */
 	if (profiles_due)

@@ -23,7 +23,8 @@ typedef struct PaytracePull
 } PaytracePull;
 
 extern bool sync_profiles_due(const char *administration);
-extern PaytracePull *sync_paytrace_fetch(const Administration *admin, bool profiles_due);
+extern bool sync_ach_due(const char *administration);
+extern PaytracePull *sync_paytrace_fetch(const Administration *admin, bool profiles_due, bool ach_due);
 extern SyncCounts sync_paytrace_apply(const Administration *admin, PaytracePull *pull);
 extern List *sync_settlements_fetch(const Administration *admin);
 extern SyncCounts sync_settlements_apply(const Administration *admin, List *batches);

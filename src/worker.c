@@ -147,12 +147,13 @@ sync_administration(const char *name, MemoryContext context)
 	PaytracePull *transactions;
 	List	   *batches;
 	bool		profiles_due = sync_profiles_due(name);
+	bool		ach_due = sync_ach_due(name);
 
 	fp_txn_commit(caller);
 	sync_freshportal_stream_paged(admin, FP_STREAM_CUSTOMERS);
 	sync_freshportal_stream_paged(admin, FP_STREAM_INVOICES);
 
-	transactions = sync_paytrace_fetch(admin, profiles_due);
+	transactions = sync_paytrace_fetch(admin, profiles_due, ach_due);
 	batches = sync_settlements_fetch(admin);
 	caller = fp_txn_begin();
 	sync_paytrace_apply(admin, transactions);

@@ -300,6 +300,11 @@ is(sql('SELECT string_agg(status, \',\') FROM freshpay.payment_requests WHERE in
 $pt->faults([]);
 is((call('SELECT status FROM freshpay_request_payment(' . inv(912) . ')'))[0], 'sent', 'and may be asked again');
 
+# --- The pull reads no ACH list where there is no ACH debit through v3 ---------------------
+
+is(scalar(grep { $_->{path} eq '/v3/checks/transactions' } @{ $pt->requests }), 0,
+	'in all these syncs the pull read no ACH list: the administration has no ACH debit through v3');
+
 # --- Visible to a reader, never to PUBLIC ------------------------------------------------
 
 sql('CREATE ROLE regress_req_reader IN ROLE freshpay_reader');
