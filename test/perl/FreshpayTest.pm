@@ -138,6 +138,23 @@ sub new_node
 
 =pod
 
+=item call($node, $sql)
+
+A money call (or any SQL) in database freshpay with errors shown verbosely
+(their SQLSTATE): returns (stdout without its last newline, stderr).
+
+=cut
+
+sub call
+{
+	my ($node, $sql) = @_;
+	my ($out, $err) = psql_result($node, 'freshpay', "\\set VERBOSITY verbose\n$sql");
+	chomp $out;
+	return ($out, $err);
+}
+
+=pod
+
 =item psql_result($node, $db, $sql)
 
 Run $sql with psql (ON_ERROR_STOP) and return (stdout, stderr, exit code);

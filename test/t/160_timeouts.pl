@@ -38,12 +38,7 @@ sub pt_sales { return $pt->sales($_[0]); }
 sub fp_registrations { return $fp->registrations($_[0]); }
 
 # A money call with SQLSTATEs shown: (stdout, stderr).
-sub call
-{
-	my ($sql) = @_;
-	my ($out, $err) = FreshpayTest::psql_result($node, 'freshpay', "\\set VERBOSITY verbose\n$sql");
-	return ($out, $err);
-}
+sub call { return FreshpayTest::call($node, $_[0]); }
 
 sub statuses_of
 {

@@ -25,13 +25,7 @@ FreshpayTest::add_administration($node, name => 'nov3', freshportal_url => $fp->
 
 sub sql { return $node->safe_psql('freshpay', shift); }
 
-sub call
-{
-	my ($sql) = @_;
-	my ($out, $err) = FreshpayTest::psql_result($node, 'freshpay', "\\set VERBOSITY verbose\n$sql");
-	chomp $out;
-	return ($out, $err);
-}
+sub call { return FreshpayTest::call($node, $_[0]); }
 
 sub v3_invoices { return grep { $_->{path} eq $INVOICE } @{ $pt->requests(since => $_[0] // 0) }; }
 

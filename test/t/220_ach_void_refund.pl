@@ -22,13 +22,7 @@ FreshpayTest::add_administration($node, freshportal_url => $fp->url, paytrace_ur
 
 sub sql { return $node->safe_psql('freshpay', shift); }
 
-sub call
-{
-	my ($sql) = @_;
-	my ($out, $err) = FreshpayTest::psql_result($node, 'freshpay', "\\set VERBOSITY verbose\n$sql");
-	chomp $out;
-	return ($out, $err);
-}
+sub call { return FreshpayTest::call($node, $_[0]); }
 
 sub inv { return sql("SELECT id FROM freshpay.invoices WHERE freshportal_id = $_[0]"); }
 

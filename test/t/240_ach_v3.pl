@@ -42,13 +42,7 @@ my $POLL    = 30;
 
 sub sql { return $node->safe_psql('freshpay', shift); }
 
-sub call
-{
-	my ($sql) = @_;
-	my ($out, $err) = FreshpayTest::psql_result($node, 'freshpay', "\\set VERBOSITY verbose\n$sql");
-	chomp $out;
-	return ($out, $err);
-}
+sub call { return FreshpayTest::call($node, $_[0]); }
 
 sub poll_until { return FreshpayTest::poll_true($node, $_[0], $_[2] // $POLL, $_[1]); }
 
