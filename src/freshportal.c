@@ -215,14 +215,8 @@ fp_request(FpCall *c)
 {
 	HttpRequest *request = &c->request;
 
-	if (c->tries > 0 || !token_cache_lookup(c->admin->name, REMOTE_FRESHPORTAL, c->credential_hash,
-											c->token, sizeof(c->token)))
-	{
-		char	   *token = fp_authenticate(c->admin, c->credential_hash);
-
-		strlcpy(c->token, token, sizeof(c->token));
-		explicit_bzero(token, strlen(token));
-	}
+	token_cache_get(c->admin->name, REMOTE_FRESHPORTAL, c->credential_hash, c->tries > 0,
+					fp_authenticate, c->admin, c->token, sizeof(c->token));
 	c->tries++;
 	memset(request, 0, sizeof(HttpRequest));
 	request->service = SERVICE;

@@ -250,14 +250,8 @@ paytrace_query_new(const Administration *admin, const char *path, char *fields)
 static HttpRequest *
 pt_query_request(PtQuery *c)
 {
-	if (c->tries > 0 ||
-		!token_cache_lookup(c->admin->name, REMOTE_PAYTRACE, c->hash, c->token, sizeof(c->token)))
-	{
-		char	   *token = pt_authenticate(c->admin, c->hash);
-
-		strlcpy(c->token, token, sizeof(c->token));
-		explicit_bzero(token, strlen(token));
-	}
+	token_cache_get(c->admin->name, REMOTE_PAYTRACE, c->hash, c->tries > 0,
+					pt_authenticate, c->admin, c->token, sizeof(c->token));
 	c->tries++;
 	pt_request(c->admin, c->path, c->fields, true, c->token, &c->request);
 	return &c->request;
@@ -544,16 +538,14 @@ result_of(const HttpResponse *response)
 HttpTransfer *
 paytrace_start(const Administration *admin, const PtRequest *request, void *owner, int priority)
 {
-	uint32		hash = credential_hash(admin);
-	char		cached[FRESHPAY_TOKEN_MAX + 1];
-	char	   *token;
+	char		token[FRESHPAY_TOKEN_MAX + 1];
 	HttpRequest *http = palloc0(sizeof(HttpRequest));
 
-	if (token_cache_lookup(admin->name, REMOTE_PAYTRACE, hash, cached, sizeof(cached)))
-		token = cached;
-	else
-		token = pt_authenticate(admin, hash);
+	token_cache_get(admin->name, REMOTE_PAYTRACE, credential_hash(admin), false,
+					pt_authenticate, admin, token, sizeof(token));
+	/* (the request keeps a copy of the token for as long as it is out) */
 	pt_request(admin, call_of(request->operation)->path, money_fields(request), false, token, http);
+	explicit_bzero(token, sizeof(token));
 	return http_start(http, owner, priority);
 }
 
@@ -564,12 +556,11 @@ paytrace_start(const Administration *admin, const PtRequest *request, void *owne
 void
 paytrace_prepare(const Administration *admin)
 {
-	uint32		hash = credential_hash(admin);
-	char		cached[FRESHPAY_TOKEN_MAX + 1];
+	char		token[FRESHPAY_TOKEN_MAX + 1];
 
-	if (!token_cache_lookup(admin->name, REMOTE_PAYTRACE, hash, cached, sizeof(cached)))
-		(void) pt_authenticate(admin, hash);
-	explicit_bzero(cached, sizeof(cached));
+	token_cache_get(admin->name, REMOTE_PAYTRACE, credential_hash(admin), false,
+					pt_authenticate, admin, token, sizeof(token));
+	explicit_bzero(token, sizeof(token));
 }
 
 PtResult *
@@ -585,10 +576,13 @@ paytrace_finish(const Administration *admin, const PtRequest *request,
 	{
 		HttpRequest http;
 		HttpResponse again;
+		char		token[FRESHPAY_TOKEN_MAX + 1];
 
 		token_cache_forget_any(admin->name, REMOTE_PAYTRACE);
-		pt_request(admin, call_of(request->operation)->path, money_fields(request), false,
-				   pt_authenticate(admin, credential_hash(admin)), &http);
+		token_cache_get(admin->name, REMOTE_PAYTRACE, credential_hash(admin), true,
+						pt_authenticate, admin, token, sizeof(token));
+		pt_request(admin, call_of(request->operation)->path, money_fields(request), false, token, &http);
+		explicit_bzero(token, sizeof(token));
 		http_perform(&http, &again);
 		if (again.transport == HTTP_TRANSPORT_OK && is_invalid_token(&again))
 		{

@@ -199,14 +199,8 @@ v3_request(PtV3Call *c)
 {
 	HttpRequest *request = &c->request;
 
-	if (c->tries > 0 || !token_cache_lookup(c->admin->name, REMOTE_PAYTRACE_V3, c->hash,
-											c->token, sizeof(c->token)))
-	{
-		char	   *token = v3_authenticate(c->admin, c->hash);
-
-		strlcpy(c->token, token, sizeof(c->token));
-		explicit_bzero(token, strlen(token));
-	}
+	token_cache_get(c->admin->name, REMOTE_PAYTRACE_V3, c->hash, c->tries > 0,
+					v3_authenticate, c->admin, c->token, sizeof(c->token));
 	c->tries++;
 	memset(request, 0, sizeof(HttpRequest));
 	request->service = SERVICE;
@@ -229,18 +223,12 @@ v3_request(PtV3Call *c)
 void
 paytrace_v3_prepare(const Administration *admin)
 {
-	uint32		hash;
-	char		cached[FRESHPAY_TOKEN_MAX + 1];
+	char		token[FRESHPAY_TOKEN_MAX + 1];
 
 	paytrace_v3_require(admin, "an ACH call through PayTrace API v3");
-	hash = v3_credential_hash(admin);
-	if (!token_cache_lookup(admin->name, REMOTE_PAYTRACE_V3, hash, cached, sizeof(cached)))
-	{
-		char	   *token = v3_authenticate(admin, hash);
-
-		explicit_bzero(token, strlen(token));
-	}
-	explicit_bzero(cached, sizeof(cached));
+	token_cache_get(admin->name, REMOTE_PAYTRACE_V3, v3_credential_hash(admin), false,
+					v3_authenticate, admin, token, sizeof(token));
+	explicit_bzero(token, sizeof(token));
 }
 
 void

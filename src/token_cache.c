@@ -100,6 +100,24 @@ token_cache_lookup(const char *administration, RemoteApi api,
 	return found;
 }
 
+/*
+ * The token for a call into token[]: the cached one, or — when there is
+ * none, or renew (the remote API refused the cached one) — a fresh one from
+ * fetch, which caches it.  The fetched copy is wiped.
+ */
+void
+token_cache_get(const char *administration, RemoteApi api, uint32 credential_hash, bool renew,
+				TokenFetch fetch, const struct Administration *admin, char *token, Size token_size)
+{
+	char	   *fresh;
+
+	if (!renew && token_cache_lookup(administration, api, credential_hash, token, token_size))
+		return;
+	fresh = fetch(admin, credential_hash);
+	strlcpy(token, fresh, token_size);
+	explicit_bzero(fresh, strlen(fresh));
+}
+
 void
 token_cache_store(const char *administration, RemoteApi api,
 				  uint32 credential_hash, const char *token,

@@ -39,4 +39,12 @@ extern void token_cache_forget(const char *administration, RemoteApi api,
 							   const char *token);
 extern void token_cache_forget_any(const char *administration, RemoteApi api);
 
+/* Fetches a fresh token from the remote API and caches it; returns a palloc'd copy. */
+struct Administration;
+typedef char *(*TokenFetch) (const struct Administration *admin, uint32 credential_hash);
+
+extern void token_cache_get(const char *administration, RemoteApi api, uint32 credential_hash,
+							bool renew, TokenFetch fetch, const struct Administration *admin,
+							char *token, Size token_size);
+
 #endif							/* FRESHPAY_TOKEN_CACHE_H */

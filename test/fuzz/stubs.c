@@ -192,6 +192,16 @@ token_cache_forget_any(const char *administration, RemoteApi api)
 	token_cached = false;
 }
 
+/* As the real one: the cached token, else (or to renew) one from fetch. */
+void
+token_cache_get(const char *administration, RemoteApi api, uint32 credential_hash, bool renew,
+				TokenFetch fetch, const struct Administration *admin, char *token, Size token_size)
+{
+	if (!renew && token_cache_lookup(administration, api, credential_hash, token, token_size))
+		return;
+	strlcpy(token, fetch(admin, credential_hash), token_size);
+}
+
 /* -- src/administration.c -------------------------------------------------- */
 
 uint32
