@@ -172,25 +172,35 @@ transaction_from_json(json_object *item)
 	return t;
 }
 
-/* The transactions of an export answer; raises on anything malformed. */
-List *
-paytrace_parse_export(const char *body, size_t len)
+/* One item of an export's list as a struct, or NULL to leave it out. */
+typedef void *(*ExportItem) (json_object *item);
+
+/*
+ * The items of an export answer's list (member), each through from_json.
+ * Malformed JSON, or an answer that is not a success (PayTrace's errors in
+ * the detail), is an ERROR naming what was asked; so is a missing list when
+ * required (otherwise it is an empty one).
+ */
+static List *
+export_items(const char *body, size_t len, const char *what, const char *member,
+			 bool required, ExportItem from_json)
 {
 	char		error[128];
 	json_object *root = jsonconv_parse(body, len, error, sizeof(error));
-	List	   *transactions = NIL;
+	List	   *volatile items = NIL;
 
 	if (root == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_JSON_TEXT),
-				 errmsg("PayTrace sent malformed JSON in answer to a transaction export"),
+				 errmsg("PayTrace sent malformed JSON in answer to %s", what),
 				 errdetail("%s.", error)));
 	PG_TRY();
 	{
 		json_object *success = jsonconv_member(root, "success");
-		json_object *items = jsonconv_member(root, "transactions");
+		json_object *list = jsonconv_member(root, member);
+		bool		has_list = list != NULL && json_object_is_type(list, json_type_array);
 
-		if (success == NULL || !json_object_get_boolean(success))
+		if (success == NULL || !json_object_get_boolean(success) || (required && !has_list))
 		{
 			StringInfoData message;
 			StringInfoData codes;
@@ -202,14 +212,18 @@ paytrace_parse_export(const char *body, size_t len)
 				paytrace_describe_errors(errors, &message, &codes);
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("PayTrace refused a transaction export"),
+					 errmsg("PayTrace refused %s", what),
 					 message.len ? errdetail("%s", message.data) : 0));
 		}
-		if (items != NULL && json_object_is_type(items, json_type_array))
+		if (has_list)
 		{
-			for (size_t i = 0; i < json_object_array_length(items); i++)
-				transactions = lappend(transactions,
-									   transaction_from_json(json_object_array_get_idx(items, i)));
+			for (size_t i = 0; i < json_object_array_length(list); i++)
+			{
+				void	   *item = from_json(json_object_array_get_idx(list, i));
+
+				if (item != NULL)
+					items = lappend(items, item);
+			}
 		}
 	}
 	PG_FINALLY();
@@ -217,7 +231,20 @@ paytrace_parse_export(const char *body, size_t len)
 		json_object_put(root);
 	}
 	PG_END_TRY();
-	return transactions;
+	return items;
+}
+
+static void *
+transaction_item(json_object *item)
+{
+	return transaction_from_json(item);
+}
+
+/* The transactions of an export answer; raises on anything malformed. */
+List *
+paytrace_parse_export(const char *body, size_t len)
+{
+	return export_items(body, len, "a transaction export", "transactions", false, transaction_item);
 }
 
 /* The transactions of an export's answer. */
@@ -351,45 +378,22 @@ profile_from_json(json_object *item)
 	return p;
 }
 
+static void *
+profile_item(json_object *item)
+{
+	return profile_from_json(item);
+}
+
 /* POST customer/export: every vault profile's card, made here and now (the pull). */
 List *
 paytrace_export_profiles(const Administration *admin)
 {
 	HttpResponse response;
-	char		error[128];
-	json_object *root;
-	List	   *volatile profiles = NIL;
+	List	   *profiles;
 
 	paytrace_query_perform(paytrace_query_new(admin, "/v1/customer/export", ""), &response);
-	root = jsonconv_parse(response.body, response.body_len, error, sizeof(error));
-	if (root == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_JSON_TEXT),
-				 errmsg("PayTrace sent malformed JSON in answer to customer/export"),
-				 errdetail("%s.", error)));
-	PG_TRY();
-	{
-		json_object *success = jsonconv_member(root, "success");
-		json_object *items = jsonconv_member(root, "customers");
-
-		if (success == NULL || !json_object_get_boolean(success) || items == NULL ||
-			!json_object_is_type(items, json_type_array))
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("PayTrace refused customer/export (HTTP %ld)", response.status)));
-		for (size_t i = 0; i < json_object_array_length(items); i++)
-		{
-			PtProfile  *p = profile_from_json(json_object_array_get_idx(items, i));
-
-			if (p != NULL)
-				profiles = lappend(profiles, p);
-		}
-	}
-	PG_FINALLY();
-	{
-		json_object_put(root);
-	}
-	PG_END_TRY();
+	profiles = export_items(response.body, response.body_len, "customer/export", "customers", true,
+							profile_item);
 	explicit_bzero(response.body, response.body_len);
 	return profiles;
 }
@@ -421,43 +425,23 @@ batch_from_json(json_object *item)
 	return b;
 }
 
+static void *
+batch_item(json_object *item)
+{
+	return batch_from_json(item);
+}
+
 /* POST batches/export: the settlement batches closed between two dates. */
 List *
 paytrace_export_batches(const Administration *admin, DateADT start, DateADT end)
 {
 	HttpResponse response;
-	char		error[128];
-	json_object *root;
-	List	   *volatile batches = NIL;
 
 	paytrace_query_perform(paytrace_query_new(admin, "/v1/batches/export",
 											  psprintf(",\"start_date\":\"%s\",\"end_date\":\"%s\"",
 													   us_date(start), us_date(end))),
 						   &response);
-	root = jsonconv_parse(response.body, response.body_len, error, sizeof(error));
-	if (root == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_JSON_TEXT),
-				 errmsg("PayTrace sent malformed JSON in answer to a batch export for administration \"%s\"",
-						admin->name),
-				 errdetail("%s.", error)));
-	PG_TRY();
-	{
-		json_object *success = jsonconv_member(root, "success");
-		json_object *items = jsonconv_member(root, batch_fields.list);
-
-		if (success == NULL || !json_object_get_boolean(success))
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("PayTrace refused a batch export for administration \"%s\"", admin->name)));
-		if (items != NULL && json_object_is_type(items, json_type_array))
-			for (size_t i = 0; i < json_object_array_length(items); i++)
-				batches = lappend(batches, batch_from_json(json_object_array_get_idx(items, i)));
-	}
-	PG_FINALLY();
-	{
-		json_object_put(root);
-	}
-	PG_END_TRY();
-	return batches;
+	return export_items(response.body, response.body_len,
+						psprintf("a batch export for administration \"%s\"", admin->name),
+						batch_fields.list, false, batch_item);
 }
