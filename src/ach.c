@@ -99,8 +99,8 @@ ach_result(const Attempt *a, const PtAchTransaction *t)
 }
 
 /* The row keeps PayTrace's ACH status, its settlement and a return's reason; true if changed. */
-static bool
-note_status(int64 payment_id, const PtAchTransaction *t)
+bool
+ach_note(int64 payment_id, const PtAchTransaction *t)
 {
 	Oid			types[] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
 	Datum		values[] = {Int64GetDatum(payment_id), CStringGetTextDatum(t->status),
@@ -115,12 +115,6 @@ note_status(int64 payment_id, const PtAchTransaction *t)
 			   "   AND (ach_status IS DISTINCT FROM $2 OR return_reason IS DISTINCT FROM COALESCE($3, return_reason)"
 			   "        OR (settled_at IS NULL AND $4 IS NOT NULL))",
 			   4, types, values, nulls, SPI_OK_UPDATE);
-}
-
-void
-ach_note(int64 payment_id, const PtAchTransaction *t)
-{
-	(void) note_status(payment_id, t);
 }
 
 /*
@@ -138,7 +132,7 @@ ach_record(const Attempt *a, const PtAchTransaction *t, const char *event)
 	if (!payments_record_outcome(a->payment_id, r, event))
 		return false;
 	if (strcmp(a->kind, "void") != 0)
-		(void) note_status(a->payment_id, t);
+		(void) ach_note(a->payment_id, t);
 	return true;
 }
 
@@ -152,7 +146,7 @@ record_return(int64 payment_id, const char *old_status, const PtAchTransaction *
 	fp_spi_run("UPDATE freshpay.payments SET status = 'returned', message = $2, updated_at = pg_catalog.now()"
 			   " WHERE id OPERATOR(pg_catalog.=) $1",
 			   2, types, values, NULL, SPI_OK_UPDATE);
-	(void) note_status(payment_id, t);
+	(void) ach_note(payment_id, t);
 	payments_history(payment_id, old_status, "returned", 0, "returned", describe(t));
 	/* FreshPortal's registration is reversed by the job, exactly once. */
 	job_queue("reverse_payment", payment_id, 0);
@@ -209,9 +203,9 @@ ach_apply(const char *administration, const PtAchTransaction *t)
 		{
 			/* Voided in PayTrace: recorded as a void made there, with all that follows. */
 			(void) payments_record_outside_void(administration, payment_id, t->ach_id, t->status);
-			(void) note_status(payment_id, t);
+			(void) ach_note(payment_id, t);
 			return 'u';
 		}
 	}
-	return note_status(payment_id, t) ? 'u' : 0;
+	return ach_note(payment_id, t) ? 'u' : 0;
 }

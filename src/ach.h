@@ -13,7 +13,7 @@
 
 extern char *ach_new_key(void);
 extern PtResult *ach_result(const Attempt *a, const PtAchTransaction *t);
-extern void ach_note(int64 payment_id, const PtAchTransaction *t);
+extern bool ach_note(int64 payment_id, const PtAchTransaction *t);
 extern bool ach_record(const Attempt *a, const PtAchTransaction *t, const char *event);
 extern char ach_apply(const char *administration, const PtAchTransaction *t);
 

@@ -632,7 +632,7 @@ finish(Flow *f, Pending *p, const HttpResponse *response)
 		caller = fp_txn_begin();
 		MemoryContextSwitchTo(f->context);
 		if (payments_record_outcome(p->payment_id, result, "answered") && p->v3_debit != NULL)
-			ach_note(p->payment_id, p->v3_debit);
+			(void) ach_note(p->payment_id, p->v3_debit);
 		if (f->job.id != 0)
 		{
 			end_collect_job(f, result);

@@ -71,22 +71,17 @@ paytrace_level3_query(const Administration *admin, const PtLevel3 *level3)
 
 /*
  * What became of a Level 3 call: approved (170), refused (PayTrace's
- * errors, in the message), or unknown (no readable answer).  A lost
- * answer is an ERROR, for the caller to retry: Level 3 moves no money.
+ * errors, in the message), or unknown (no readable answer).  (A lost
+ * answer never gets here: paytrace_answered raised it, for the caller to
+ * retry; Level 3 moves no money.)
  */
 PtResult *
 paytrace_level3_of(PtQuery *query, const HttpResponse *response)
 {
-	if (response->transport != HTTP_TRANSPORT_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("Level 3 call to PayTrace failed: %s", response->error)));
-	{
-		PtResult   *result = paytrace_parse_result(response->status, response->body, response->body_len);
+	PtResult   *result = paytrace_parse_result(response->status, response->body, response->body_len);
 
-		/* 170 is Level 3's own success; never a money call's. */
-		if (result->outcome == PT_UNKNOWN && result->response_code == LEVEL3_APPROVED && response->status == 200)
-			result->outcome = PT_APPROVED;
-		return result;
-	}
+	/* 170 is Level 3's own success; never a money call's. */
+	if (result->outcome == PT_UNKNOWN && result->response_code == LEVEL3_APPROVED && response->status == 200)
+		result->outcome = PT_APPROVED;
+	return result;
 }
