@@ -84,7 +84,7 @@ ALTER TABLE freshpay.customers
 					OR (statement_day OPERATOR(pg_catalog.>=) 1 AND statement_day OPERATOR(pg_catalog.<=) 28)));
 COMMENT ON COLUMN freshpay.customers.collection IS 'manual, on_issue (collect when the invoice arrives), on_due_date, statement_weekly or statement_monthly (one card charge for all open invoices due, on statement_day)';
 COMMENT ON COLUMN freshpay.customers.statement_day IS 'Day of a statement rule: statement_weekly 0 (Sunday) to 6 (Saturday), as extract(dow); statement_monthly the day of the month, 1 to 28; null for other rules';
-COMMENT ON COLUMN freshpay.customers.statement_since IS 'The day the statement rule (or its day) was set: statement days before it are never caught up; null for other rules';
+COMMENT ON COLUMN freshpay.customers.statement_since IS 'The earliest statement day the worker still collects: the day the statement rule (or its day) was set, then the day after each statement day it collected; earlier days are never caught up; null for other rules';
 
 -- freshpay_link_customer takes the statement day as an optional last
 -- argument.

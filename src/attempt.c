@@ -45,8 +45,12 @@
  * answer is looked up by the key (resolve.c), which PayTrace never uses
  * twice.
  *
+ * A statement (statement.c) is a sale of several invoices in these same
+ * states: its START, READING and RECORD take every invoice.
+ *
  * The database backs this up: a partial unique index allows one attempt in
- * flight per invoice and per parent transaction.
+ * flight per invoice and per parent transaction (a statement's invoices
+ * are held by their locks when it is recorded, and by its allocations).
  *
  *-------------------------------------------------------------------------
  */
@@ -75,6 +79,7 @@
 #include "request.h"
 #include "settings.h"
 #include "spi_txn.h"
+#include "statement.h"
 
 /* After freshpay.request_timeout, when the safety-net lookup of an attempt runs. */
 #define RESOLVE_GRACE_MS (5 * 1000L)
@@ -244,7 +249,7 @@ typedef enum MoneyState
 typedef struct Pending
 {
 	MoneyState	state;
-	int			slot;			/* mailbox slot, or -1 for a collect_invoice job */
+	int			slot;			/* mailbox slot, or -1 for a collect job */
 	MoneyCall	call;
 	CallPlan	plan;
 	Administration *admin;
@@ -307,7 +312,22 @@ start_call(Flow *f, Pending *p)
 	MemoryContext caller = fp_txn_begin();
 
 	MemoryContextSwitchTo(f->context);
-	if (f->job.id != 0)
+	if (f->job.customer_id != 0)
+	{
+		/* A collect_statement job: the customer's statement, on its day. */
+		TimestampTz check = statement_job_check(f->job.customer_id);
+
+		if (check >= 0)
+		{
+			job_record(&f->job, check == 0, check, NULL, false, -1);
+			fp_txn_commit(caller);
+			return START_NOTHING;
+		}
+		p->call.op = MONEY_STATEMENT;
+		p->call.target_id = f->job.customer_id;
+		strlcpy(p->call.requested_by, "freshpay worker", sizeof(p->call.requested_by));
+	}
+	else if (f->job.id != 0)
 	{
 		TimestampTz check = autocollect_check(f->job.invoice_id, f->job.id);
 
@@ -327,7 +347,10 @@ start_call(Flow *f, Pending *p)
 		p->call.target_id = f->job.invoice_id;
 		strlcpy(p->call.requested_by, "freshpay worker", sizeof(p->call.requested_by));
 	}
-	plan_call(&p->plan, &p->call, f->context);
+	if (p->call.op == MONEY_STATEMENT)
+		statement_plan(&p->plan, &p->call, f->context);
+	else
+		plan_call(&p->plan, &p->call, f->context);
 	p->admin = administration_load(p->plan.administration, f->context);
 	/* ACH goes through v3 where the administration has a merchant id; a debit's void or refund goes where it went. */
 	p->v3 = p->plan.operation == PT_ACH_SALE ? p->admin->paytrace_merchant_id > 0
@@ -355,7 +378,7 @@ record_and_send(Flow *f, Pending *p)
 
 	caller = fp_txn_begin();
 	MemoryContextSwitchTo(f->context);
-	if (f->job.id != 0)
+	if (f->job.invoice_id != 0)
 	{
 		TimestampTz later = autocollect_guard(f->job.invoice_id, f->job.id, true);
 
@@ -366,7 +389,9 @@ record_and_send(Flow *f, Pending *p)
 			return false;
 		}
 	}
-	if (p->plan.op == MONEY_CAPTURE || p->plan.op == MONEY_AUTHORIZE)
+	if (p->plan.op == MONEY_STATEMENT)
+		statement_lock(&p->plan, f->context);
+	else if (p->plan.op == MONEY_CAPTURE || p->plan.op == MONEY_AUTHORIZE)
 	{
 		CallPlan	locked = {0};
 
@@ -379,6 +404,8 @@ record_and_send(Flow *f, Pending *p)
 	if (p->v3 && p->plan.operation != PT_ACH_VOID)
 		p->request.idempotency_key = ach_new_key();
 	p->payment_id = record_attempt(&p->plan, p->call.requested_by, p->request.idempotency_key);
+	if (p->plan.op == MONEY_STATEMENT)
+		statement_allocate(&p->plan, p->payment_id);
 	fp_txn_commit(caller);
 	MemoryContextSwitchTo(f->context);
 	if (p->slot >= 0)
@@ -443,6 +470,12 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 			 * FreshPortal's word first: nothing at all goes to PayTrace for
 			 * an invoice that changed or was paid meanwhile.
 			 */
+			if (p->plan.op == MONEY_STATEMENT)
+			{
+				statement_send_reads(p->admin, &p->plan, f, f->priority);
+				p->state = MONEY_READING;
+				return FLOW_WAITING;
+			}
 			if (p->plan.op == MONEY_CAPTURE || p->plan.op == MONEY_AUTHORIZE)
 			{
 				p->reread = freshportal_get_invoice_call(p->admin, p->plan.freshportal_invoice_id);
@@ -462,6 +495,14 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 			break;
 
 		case MONEY_READING:
+			if (p->plan.op == MONEY_STATEMENT)
+			{
+				if (!statement_read(p->admin, &p->plan, response, f, f->priority))
+					return FLOW_WAITING;
+				statement_check_holdings(p->admin, &p->plan, f->context);
+				p->state = MONEY_RECORD;
+				break;
+			}
 			if (p->reread != NULL && freshportal_answers(p->reread, response))
 			{
 				if (!freshportal_answered(p->reread, response, f, f->priority))
@@ -519,16 +560,17 @@ advance(Flow *f, Pending *p, const HttpResponse *response)
 }
 
 /*
- * The outcome of a collect_invoice job's call, in the transaction that
- * records it: done, again later (unknown: its resolve job looks it up), or
- * failed (not sent, rate limited) and retried.
+ * The outcome of a collect job's call, in the transaction that records it:
+ * done, again later (unknown: its resolve job looks it up; a statement's
+ * job is done, its resolve job follows the statement), or failed (not
+ * sent, rate limited) and retried.
  */
 static void
 end_collect_job(Flow *f, const PtResult *result)
 {
 	if (result->outcome == PT_NOT_SENT || result->outcome == PT_RETRY_LATER)
 		job_record(&f->job, false, 0, result->message, false, result->retry_after);
-	else if (result->outcome == PT_UNKNOWN)
+	else if (result->outcome == PT_UNKNOWN && f->job.customer_id == 0)
 		job_record(&f->job, false,
 				   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), freshpay_request_timeout + 10000L),
 				   NULL, false, -1);
@@ -636,7 +678,7 @@ finish(Flow *f, Pending *p, const HttpResponse *response)
 		if (f->job.id != 0)
 		{
 			end_collect_job(f, result);
-			if (autocollect_probe_done(f->job.invoice_id) > 0)
+			if (f->job.invoice_id != 0 && autocollect_probe_done(f->job.invoice_id) > 0)
 				flow_jobs_came_due();
 		}
 		/* Its write-back runs next (a void of an authorization has none). */
@@ -704,7 +746,7 @@ attempt_step(Flow *f, const HttpResponse *response)
 
 	if (f->state == NULL)
 	{
-		/* A collect_invoice job. */
+		/* A collect_invoice or collect_statement job. */
 		Pending    *job_call = MemoryContextAllocZero(f->context, sizeof(Pending));
 
 		job_call->slot = -1;

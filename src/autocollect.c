@@ -58,7 +58,7 @@ count_charges(int64 invoice_id, Charges *c)
 				   " SELECT pg_catalog.count(*) FILTER (WHERE declined),"
 				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.<>) ALL (ARRAY['failed', 'pending', 'unknown'])),"
 				   "        pg_catalog.count(*) FILTER (WHERE status OPERATOR(pg_catalog.=) 'pending'"
-				   "                                    AND invoice_id OPERATOR(pg_catalog.<>) $1),"
+				   "                                    AND (invoice_id IS NULL OR invoice_id OPERATOR(pg_catalog.<>) $1)),"
 				   "        (pg_catalog.array_agg(created_at ORDER BY created_at) FILTER (WHERE declined))"
 				   "          [CAST(pg_catalog.count(*) FILTER (WHERE declined) OPERATOR(pg_catalog.-) $2 OPERATOR(pg_catalog.+) 1 AS pg_catalog.int4)]"
 				   "          OPERATOR(pg_catalog.+) interval '24 hours'"

@@ -2,7 +2,8 @@
  *
  * collect.c
  *	  The SQL money functions: freshpay_capture, freshpay_authorize,
- *	  freshpay_void, freshpay_refund, freshpay_reverse.
+ *	  freshpay_void, freshpay_refund, freshpay_reverse,
+ *	  freshpay_capture_statement.
  *
  * They run in the caller's backend but move no money themselves: the call
  * goes to the background worker (mailbox.c), which records the attempt,
@@ -23,6 +24,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/numeric.h"
 #include "utils/snapmgr.h"
@@ -129,8 +131,12 @@ call_worker(const MoneyCall *call, const char *table)
 {
 	MoneyAnswer answer;
 
-	/* The worker re-reads the invoice, then PayTrace answers within the timeout. */
-	int			timeout_ms = (int) Min((int64) freshpay_request_timeout * 2 + freshpay_connect_timeout * 2 + 30000,
+	/*
+	 * The worker re-reads the invoice, then PayTrace answers within the
+	 * timeout; a statement also asks PayTrace what it holds of each invoice.
+	 */
+	int			rounds = call->op == MONEY_STATEMENT ? 3 : 2;
+	int			timeout_ms = (int) Min((int64) (freshpay_request_timeout + freshpay_connect_timeout) * rounds + 30000,
 									   (int64) PG_INT32_MAX);
 
 	if (!mailbox_call(call, &answer, timeout_ms))
@@ -162,14 +168,33 @@ payment_row(int64 payment_id, char **status)
 						 payment_id, "payment", status);
 }
 
+/*
+ * The call goes to the worker as the calling user's; the payments row it
+ * recorded is the answer, with a WARNING when its outcome is not known yet.
+ */
+static Datum
+payment_answer(MoneyCall *call)
+{
+	char	   *status;
+	Datum		row;
+	int64		payment_id;
+
+	strlcpy(call->requested_by, GetUserNameFromId(GetUserId(), false), sizeof(call->requested_by));
+	payment_id = call_worker(call, "payments");
+	row = payment_row(payment_id, &status);
+	if (strcmp(status, "unknown") == 0 || strcmp(status, "pending") == 0)
+		ereport(WARNING,
+				(errmsg("the outcome of payment " INT64_FORMAT " is not known yet", payment_id),
+				 errdetail("The answer of PayTrace was lost or is late; freshpay looks the transaction up at PayTrace and records the outcome. Nothing is sent again before that."),
+				 errhint("Follow it in freshpay.payments and freshpay.payment_history.")));
+	return row;
+}
+
 static Datum
 money_call(FunctionCallInfo fcinfo, const char *function, MoneyOp op, const char *what,
 		   bool takes_amount)
 {
 	MoneyCall	call = {0};
-	char	   *status;
-	Datum		row;
-	int64		payment_id;
 
 	/* The worker would take our ids for those of its own database. */
 	mailbox_require_worker_database(function);
@@ -182,16 +207,7 @@ money_call(FunctionCallInfo fcinfo, const char *function, MoneyOp op, const char
 	call.target_id = PG_GETARG_INT64(0);
 	if (takes_amount)
 		amount_argument(fcinfo, 1, &call);
-	strlcpy(call.requested_by, GetUserNameFromId(GetUserId(), false), sizeof(call.requested_by));
-
-	payment_id = call_worker(&call, "payments");
-	row = payment_row(payment_id, &status);
-	if (strcmp(status, "unknown") == 0 || strcmp(status, "pending") == 0)
-		ereport(WARNING,
-				(errmsg("the outcome of payment " INT64_FORMAT " is not known yet", payment_id),
-				 errdetail("The answer of PayTrace was lost or is late; freshpay looks the transaction up at PayTrace and records the outcome. Nothing is sent again before that."),
-				 errhint("Follow it in freshpay.payments and freshpay.payment_history.")));
-	PG_RETURN_DATUM(row);
+	PG_RETURN_DATUM(payment_answer(&call));
 }
 
 PG_FUNCTION_INFO_V1(freshpay_capture);
@@ -228,6 +244,68 @@ Datum
 freshpay_reverse(PG_FUNCTION_ARGS)
 {
 	return money_call(fcinfo, "freshpay_reverse", MONEY_REVERSE, "invoice_id", false);
+}
+
+PG_FUNCTION_INFO_V1(freshpay_capture_statement);
+
+/*
+ * freshpay_capture_statement(customer_id, invoice_ids DEFAULT NULL): one
+ * PayTrace sale for several open invoices of the customer (statement.c).
+ * The list is checked here as far as it can be without the data: not
+ * empty, no NULL, no invoice twice, at most STATEMENT_MAX_INVOICES.
+ */
+Datum
+freshpay_capture_statement(PG_FUNCTION_ARGS)
+{
+	MoneyCall	call = {0};
+
+	mailbox_require_worker_database("freshpay_capture_statement");
+	call.database_id = MyDatabaseId;
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("customer_id must not be null")));
+	call.op = MONEY_STATEMENT;
+	call.target_id = PG_GETARG_INT64(0);
+	if (!PG_ARGISNULL(1))
+	{
+		ArrayType  *array = PG_GETARG_ARRAYTYPE_P(1);
+		Datum	   *ids;
+		bool	   *nulls;
+		int			n;
+
+		if (ARR_NDIM(array) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("invoice_ids must be a one-dimensional array")));
+		deconstruct_array(array, INT8OID, 8, true, TYPALIGN_DOUBLE, &ids, &nulls, &n);
+		if (n == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invoice_ids is empty: a statement needs invoices"),
+					 errhint("Name the invoices to collect, or pass NULL for every open invoice due by today.")));
+		if (n > STATEMENT_MAX_INVOICES)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("a statement names at most %d invoices, not %d", STATEMENT_MAX_INVOICES, n),
+					 errhint("Collect them in several statements.")));
+		for (int i = 0; i < n; i++)
+		{
+			if (nulls[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("invoice_ids must not contain NULL")));
+			for (int j = 0; j < i; j++)
+				if (DatumGetInt64(ids[j]) == DatumGetInt64(ids[i]))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("invoice " INT64_FORMAT " is named twice in invoice_ids", DatumGetInt64(ids[i])),
+							 errhint("Name each invoice once; a statement collects what is open of it.")));
+			call.invoice_ids[i] = DatumGetInt64(ids[i]);
+		}
+		call.n_invoices = n;
+	}
+	PG_RETURN_DATUM(payment_answer(&call));
 }
 
 /* The payment_requests row the worker committed. */

@@ -91,7 +91,8 @@ job_record(const Job *job, bool done, TimestampTz next_run_at, const char *error
 	 * they are an alert in freshpay.exceptions, not an end.  A collection may die; it
 	 * comes back when it can succeed (revive_collections).
 	 */
-	bool		never_dies = strcmp(job->kind, "collect_invoice") != 0;
+	bool		never_dies = strcmp(job->kind, "collect_invoice") != 0 &&
+		strcmp(job->kind, "collect_statement") != 0;
 	bool		dead = error != NULL && !never_dies && (permanent || attempts >= freshpay_max_attempts);
 	long		delay_ms = error ? job_backoff_ms(attempts - 1) : 0;
 	Oid			types[] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
@@ -175,11 +176,12 @@ job_claim(Job *jobs, int max, const char *only_kind, const int64 *running, int n
 	n = fp_spi_run("WITH ready AS ("
 				   "  SELECT j.id, j.next_run_at, j.id OPERATOR(pg_catalog.=) ANY ($4) AS running,"
 				   "         pg_catalog.row_number() OVER ("
-				   "           PARTITION BY COALESCE(i.administration, p.administration)"
+				   "           PARTITION BY COALESCE(i.administration, p.administration, c.administration)"
 				   "           ORDER BY j.id OPERATOR(pg_catalog.=) ANY ($4) DESC, j.next_run_at, j.id) AS turn"
 				   "    FROM freshpay.jobs j"
 				   "    LEFT JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) j.invoice_id"
 				   "    LEFT JOIN freshpay.payments p ON p.id OPERATOR(pg_catalog.=) j.payment_id"
+				   "    LEFT JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) j.customer_id"
 				   "   WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
 				   "     AND (j.id OPERATOR(pg_catalog.=) ANY ($4)"
 				   "          OR (j.next_run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
@@ -192,7 +194,7 @@ job_claim(Job *jobs, int max, const char *only_kind, const int64 *running, int n
 				   "        pg_catalog.make_interval(secs => $2), claimed_at = pg_catalog.now()"
 				   "   FROM due WHERE j.id OPERATOR(pg_catalog.=) due.id"
 				   " RETURNING j.id, j.kind, COALESCE(j.payment_id, 0), j.attempts,"
-				   "           COALESCE(j.invoice_id, 0)",
+				   "           COALESCE(j.invoice_id, 0), COALESCE(j.customer_id, 0)",
 				   4, types, values, NULL, SPI_OK_UPDATE_RETURNING);
 	for (int64 i = 0; i < n; i++)
 	{
@@ -206,6 +208,7 @@ job_claim(Job *jobs, int max, const char *only_kind, const int64 *running, int n
 		job->payment_id = DatumGetInt64(SPI_getbinval(row, desc, 3, &isnull));
 		job->attempts = DatumGetInt32(SPI_getbinval(row, desc, 4, &isnull));
 		job->invoice_id = DatumGetInt64(SPI_getbinval(row, desc, 5, &isnull));
+		job->customer_id = DatumGetInt64(SPI_getbinval(row, desc, 6, &isnull));
 	}
 	fp_txn_commit(caller);
 	return (int) n;

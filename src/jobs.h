@@ -14,9 +14,10 @@
 typedef struct Job
 {
 	int64		id;
-	char		kind[32];		/* collect_invoice, register_payment, reverse_payment, resolve_payment */
-	int64		payment_id;		/* 0 for collect_invoice */
+	char		kind[32];		/* collect_invoice, collect_statement, register_payment, ... */
+	int64		payment_id;		/* 0 for collect_invoice and collect_statement */
 	int64		invoice_id;		/* collect_invoice only */
+	int64		customer_id;	/* collect_statement only */
 	int			attempts;
 } Job;
 

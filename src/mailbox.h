@@ -27,15 +27,19 @@ typedef enum MoneyOp
 	MONEY_VOID,
 	MONEY_REFUND,
 	MONEY_REVERSE,
-	MONEY_REQUEST				/* a payment request (not a money call: no money moves) */
+	MONEY_REQUEST,				/* a payment request (not a money call: no money moves) */
+	MONEY_STATEMENT				/* one charge for several invoices of a customer */
 } MoneyOp;
+
+/* The most invoices a statement call can name (its default list has no limit). */
+#define STATEMENT_MAX_INVOICES 200
 
 typedef struct MoneyCall
 {
 	Oid			database_id;	/* the caller's database; the worker serves
 								 * only its own */
 	MoneyOp		op;
-	int64		target_id;		/* invoice id, or payment id (void, refund) */
+	int64		target_id;		/* invoice id, payment id (void, refund) or customer id (statement) */
 	bool		has_amount;
 	char		amount[32];		/* numeric text */
 	char		requested_by[NAMEDATALEN];
@@ -43,6 +47,9 @@ typedef struct MoneyCall
 	char		mode[24];
 	char		email[256];		/* "" = the customer's */
 	int64		expires_in_s;
+	/* MONEY_STATEMENT only: the invoices named, or none for the default */
+	int			n_invoices;
+	int64		invoice_ids[STATEMENT_MAX_INVOICES];
 } MoneyCall;
 
 typedef struct MoneyAnswer

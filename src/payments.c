@@ -168,6 +168,24 @@ apply_success(const Attempt *a)
 					" AND refunded_amount OPERATOR(pg_catalog.=) amount",
 					1, types, values, NULL, SPI_OK_SELECT) == 1)
 			set_parent_status(a->parent_id, "refunded");
+
+		/*
+		 * A statement's refund comes off its allocations newest invoice
+		 * first (latest invoice date, then highest number): the invoices
+		 * paid longest stay paid.  The write-back reverses the registrations
+		 * that no longer match and registers what is left.
+		 */
+		fp_spi_run("WITH a AS ("
+				   "  SELECT a.invoice_id, a.amount, pg_catalog.sum(a.amount) OVER ("
+				   "           ORDER BY i.invoice_date DESC, i.number DESC, i.id DESC"
+				   "           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS newer"
+				   "    FROM freshpay.payment_allocations a JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) a.invoice_id"
+				   "   WHERE a.payment_id OPERATOR(pg_catalog.=) $1)"
+				   " UPDATE freshpay.payment_allocations x"
+				   "    SET amount = x.amount OPERATOR(pg_catalog.-) LEAST(a.amount, $2 OPERATOR(pg_catalog.-) COALESCE(a.newer, 0))"
+				   "   FROM a WHERE x.payment_id OPERATOR(pg_catalog.=) $1 AND x.invoice_id OPERATOR(pg_catalog.=) a.invoice_id"
+				   "    AND $2 OPERATOR(pg_catalog.>) COALESCE(a.newer, 0)",
+				   2, types, values, NULL, SPI_OK_UPDATE);
 		job_queue("reverse_payment", a->payment_id, 0);
 	}
 }

@@ -83,7 +83,7 @@ flow_new(FlowKind kind, int priority, const Job *job)
 static FlowKind
 kind_of_job(const Job *job)
 {
-	if (strcmp(job->kind, "collect_invoice") == 0)
+	if (strcmp(job->kind, "collect_invoice") == 0 || strcmp(job->kind, "collect_statement") == 0)
 		return FLOW_MONEY;
 	if (strcmp(job->kind, "resolve_payment") == 0)
 		return FLOW_RESOLVE;

@@ -26,21 +26,34 @@
 /* PayTrace's longest invoice_id [G]; see README, "PayTrace assumptions". */
 #define PT_INVOICE_ID_MAX 50
 
-/* What a collection needs to know of an invoice (plan_collection). */
+/* A payment of invoice i: its own, or a statement allocating it. */
+#define PAYMENT_OF_INVOICE \
+	"(p.invoice_id OPERATOR(pg_catalog.=) i.id OR p.id OPERATOR(pg_catalog.=) ANY (ARRAY(" \
+	"  SELECT a.payment_id FROM freshpay.payment_allocations a WHERE a.invoice_id OPERATOR(pg_catalog.=) i.id)))"
+
+/*
+ * What a collection needs to know of an invoice (plan_collection).  Money
+ * not yet in FreshPortal includes a captured statement's unregistered
+ * allocations to the invoice.
+ */
 #define COLLECTION_SQL \
 	"SELECT i.administration, i.freshportal_id, i.number, i.type, i.status, i.currency," \
 	"       c.id, c.paytrace_customer_id, c.payment_method, c.code," \
 	"       i.open_amount OPERATOR(pg_catalog.-) u.amount," \
-	"       (SELECT pg_catalog.min(p.id) FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id" \
+	"       (SELECT pg_catalog.min(p.id) FROM freshpay.payments p WHERE " PAYMENT_OF_INVOICE \
 	"           AND p.status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown']))," \
 	"       a.id, a.amount, a.paytrace_transaction_id, u.amount, i.invoice_date," \
-	"       (SELECT pg_catalog.min(p.id) FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id" \
+	"       (SELECT pg_catalog.min(p.id) FROM freshpay.payments p WHERE " PAYMENT_OF_INVOICE \
 	"           AND p.status OPERATOR(pg_catalog.=) 'unknown')," \
 	"       c.freshportal_id" \
 	"  FROM freshpay.invoices i" \
 	"  LEFT JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) i.customer_id" \
 	/* Money freshpay collected that FreshPortal does not count yet. */ \
-	"  CROSS JOIN LATERAL (SELECT COALESCE(pg_catalog.sum(p.amount OPERATOR(pg_catalog.-) p.refunded_amount), 0) AS amount" \
+	"  CROSS JOIN LATERAL (SELECT COALESCE(pg_catalog.sum(p.amount OPERATOR(pg_catalog.-) p.refunded_amount), 0)" \
+	"         OPERATOR(pg_catalog.+) COALESCE((SELECT pg_catalog.sum(a.amount) FROM freshpay.payment_allocations a" \
+	"              JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) a.payment_id" \
+	"             WHERE a.invoice_id OPERATOR(pg_catalog.=) i.id AND s.status OPERATOR(pg_catalog.=) 'captured'" \
+	"               AND a.freshportal_payment_id IS NULL), 0) AS amount" \
 	"        FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id" \
 	"         AND p.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])" \
 	"         AND p.status OPERATOR(pg_catalog.=) 'captured' AND p.freshportal_payment_id IS NULL) u" \
@@ -54,8 +67,8 @@
  * same in its exports?  Lookups match it byte for byte, so anything PayTrace
  * might trim, truncate or re-encode is refused before sending.
  */
-static bool
-invoice_number_sendable(const char *number)
+bool
+plan_invoice_number_sendable(const char *number)
 {
 	size_t		len = number ? strlen(number) : 0;
 
@@ -72,13 +85,21 @@ invoice_number_sendable(const char *number)
  * a worker transaction; with lock, the invoice row is locked FOR UPDATE.
  * amount may be NULL (the open amount, or the open authorization's amount).
  */
-static void plan_invoice(CallPlan *plan, const MoneyCall *call, bool lock, bool for_request,
+typedef enum PlanMode
+{
+	PLAN_COLLECTION,			/* a capture or authorization */
+	PLAN_REQUEST,				/* a payment request: no vault profile needed */
+	PLAN_STATEMENT,				/* an invoice named for a statement */
+	PLAN_STATEMENT_DEFAULT		/* an invoice a statement takes by default: paid is left out */
+} PlanMode;
+
+static void plan_invoice(CallPlan *plan, const MoneyCall *call, bool lock, PlanMode mode,
 						 MemoryContext context);
 
 void
 plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext context)
 {
-	plan_invoice(plan, call, lock, false, context);
+	plan_invoice(plan, call, lock, PLAN_COLLECTION, context);
 }
 
 /*
@@ -89,12 +110,26 @@ plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext 
 void
 plan_request_checks(CallPlan *plan, const MoneyCall *call, MemoryContext context)
 {
-	plan_invoice(plan, call, false, true, context);
+	plan_invoice(plan, call, false, PLAN_REQUEST, context);
+}
+
+/*
+ * Checks of one invoice of a statement against local data: those of a
+ * capture.  With skip_paid (the statement's default list), an invoice with
+ * nothing left to collect is no error: plan->amount is NULL.
+ */
+void
+plan_statement_item(CallPlan *plan, int64 invoice_id, bool lock, bool skip_paid, MemoryContext context)
+{
+	MoneyCall	call = {.op = MONEY_CAPTURE, .target_id = invoice_id};
+
+	plan_invoice(plan, &call, lock, skip_paid ? PLAN_STATEMENT_DEFAULT : PLAN_STATEMENT, context);
 }
 
 static void
-plan_invoice(CallPlan *plan, const MoneyCall *call, bool lock, bool for_request, MemoryContext context)
+plan_invoice(CallPlan *plan, const MoneyCall *call, bool lock, PlanMode mode, MemoryContext context)
 {
+	bool		for_request = mode == PLAN_REQUEST;
 	Oid			types[] = {INT8OID};
 	Datum		values[] = {Int64GetDatum(call->target_id)};
 	char	   *type,
@@ -142,7 +177,7 @@ plan_invoice(CallPlan *plan, const MoneyCall *call, bool lock, bool for_request,
 		fp_refuse(ERRCODE_FEATURE_NOT_SUPPORTED,
 			  "PayTrace collects US dollars only.",
 			  "invoice %s is in %s", plan->invoice_number, currency);
-	if (!invoice_number_sendable(plan->invoice_number))
+	if (!plan_invoice_number_sendable(plan->invoice_number))
 		fp_refuse(ERRCODE_INVALID_PARAMETER_VALUE,
 			  "PayTrace's invoice_id takes 1 to 50 printable ASCII characters, and freshpay looks payments up by it; collect this invoice in PayTrace's Virtual Terminal.",
 			  "invoice number of invoice " INT64_FORMAT " cannot be sent to PayTrace", call->target_id);
@@ -154,6 +189,12 @@ plan_invoice(CallPlan *plan, const MoneyCall *call, bool lock, bool for_request,
 		fp_refuse(ERRCODE_OBJECT_IN_USE,
 			  "Wait for it to finish; freshpay.payments shows its status.",
 			  "a collection of invoice %s is already in progress", plan->invoice_number);
+	if ((strcmp(status, "paid") == 0 || strcmp(status, "credited") == 0 ||
+		 money_compare(available, "0") <= 0) && mode == PLAN_STATEMENT_DEFAULT)
+	{
+		plan->amount = NULL;
+		return;
+	}
 	if (strcmp(status, "paid") == 0 || strcmp(status, "credited") == 0 ||
 		money_compare(available, "0") <= 0)
 		fp_refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -35,11 +35,17 @@ typedef struct CallPlan
 	int64		parent_transaction_id;
 	bool		parent_on_v3;	/* the ACH debit acted on was made through API v3 */
 	PtOperation operation;
+	/* A statement (MONEY_STATEMENT): its invoices, StatementItem (statement.h) */
+	List	   *items;
+	char	   *customer_code;
 } CallPlan;
 
 extern void plan_call(CallPlan *plan, const MoneyCall *call, MemoryContext context);
 extern void plan_collection(CallPlan *plan, const MoneyCall *call, bool lock, MemoryContext context);
 extern void plan_request_checks(CallPlan *plan, const MoneyCall *call, MemoryContext context);
+extern bool plan_invoice_number_sendable(const char *number);
+extern void plan_statement_item(CallPlan *plan, int64 invoice_id, bool lock, bool skip_paid,
+								MemoryContext context);
 extern void plan_check_invoice(CallPlan *plan, const FpInvoice *remote, bool has_amount);
 extern PtRequest plan_request(const CallPlan *plan);
 

@@ -47,6 +47,7 @@
 
 #include "administration.h"
 #include "autocollect.h"
+#include "statement.h"
 #include "jobs.h"
 #include "mailbox.h"
 #include "pipeline.h"
@@ -197,6 +198,7 @@ scheduled_sync(void)
 		PG_END_TRY();
 	}
 	autocollect_queue_due();
+	statement_queue_due();
 	autocollect_revive();
 	worker_status_synced();
 	mailbox_wake_worker();
@@ -290,7 +292,7 @@ freshpay_worker_main(Datum main_arg)
 
 			if (GetCurrentTimestamp() - last_due_pass > USECS_PER_SEC * 60)
 			{
-				if (autocollect_queue_due() + autocollect_revive() > 0)
+				if (autocollect_queue_due() + statement_queue_due() + autocollect_revive() > 0)
 					busy = true;
 				last_due_pass = GetCurrentTimestamp();
 			}

@@ -22,6 +22,15 @@
  * An ACH debit that came back ('returned') reverses its own registration,
  * which it keeps, as the record of what was reversed.
  *
+ * A statement (statement.c) is registered allocation by allocation, one
+ * registration per invoice, all naming its one transaction: the lookup
+ * before each write matches the invoice as well as the provider id.  Its
+ * void or refund first takes over, in one transaction, every registration
+ * that no longer matches its allocation (all, for a void; those a refund
+ * reduced, newest invoice first, see payments.c) as rows of
+ * allocation_reversals, and reverses them one after the other; then what
+ * is left of each reduced allocation is registered anew, as for a sale.
+ *
  Each job is a flow of the worker's pipeline (flow.h):
  *
  *	  START      a transaction loads the payment (and, for a reversal, takes
@@ -52,6 +61,7 @@
 #include "freshportal.h"
 #include "jobs.h"
 #include "mailbox.h"
+#include "money.h"
 #include "spi_txn.h"
 #include "writeback.h"
 
@@ -72,6 +82,7 @@ typedef struct Written
 	bool		has_parent;
 	int64		parent_id;
 	char	   *provider_id;	/* provider_transaction_id of its registration */
+	bool		statement;		/* allocated to several invoices (payment_allocations) */
 } Written;
 
 static Written *
@@ -90,7 +101,8 @@ written_load(int64 payment_id, MemoryContext context)
 				"         (SELECT r.paytrace_transaction_id::text FROM freshpay.payments r"
 				"           WHERE r.parent_id OPERATOR(pg_catalog.=) p.id AND r.kind OPERATOR(pg_catalog.=) 'refund'"
 				"             AND r.status OPERATOR(pg_catalog.=) 'refunded' ORDER BY r.id DESC LIMIT 1)"
-				"       ELSE p.paytrace_transaction_id::text END"
+				"       ELSE p.paytrace_transaction_id::text END,"
+				"       EXISTS (SELECT FROM freshpay.payment_allocations a WHERE a.payment_id OPERATOR(pg_catalog.=) p.id)"
 				"  FROM freshpay.payments p"
 				"  LEFT JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) p.invoice_id"
 				"  LEFT JOIN freshpay.customers c ON c.id OPERATOR(pg_catalog.=) p.customer_id"
@@ -109,6 +121,7 @@ written_load(int64 payment_id, MemoryContext context)
 	w->method = fp_spi_text(context, 9);
 	w->has_parent = fp_spi_int64(10, &w->parent_id);
 	w->provider_id = fp_spi_text(context, 11);
+	w->statement = strcmp(fp_spi_text(context, 12), "t") == 0;
 	if (w->method == NULL || strcmp(w->kind, "ach_sale") == 0)
 		w->method = strcmp(w->kind, "ach_sale") == 0 ? "ach" : "card";
 	return w;
@@ -181,6 +194,11 @@ typedef struct Write
 	int64		reversing;		/* reverse: FreshPortal's payment id */
 	int64		invoice;		/* FreshPortal's invoice id, to re-read */
 	FpCall	   *call;
+	/* A statement's: one allocation (or reversal of one) after the other */
+	bool		statement;
+	int64		allocation;		/* register: the allocation's local invoice id */
+	char	   *allocated;		/* register: its amount */
+	int64		reversal;		/* reverse: allocation_reversals.id */
 } Write;
 
 /* START of register_payment: false when there is nothing to write. */
@@ -212,8 +230,8 @@ register_now(Flow *f, Write *x)
 	Written    *w = x->w;
 	FpRegistration r = {0};
 
-	r.invoice_id = w->freshportal_invoice_id;
-	r.amount = w->remaining;
+	r.invoice_id = x->statement ? x->invoice : w->freshportal_invoice_id;
+	r.amount = x->statement ? x->allocated : w->remaining;
 	r.currency = w->currency;
 	r.method = w->method;
 	r.provider_transaction_id = x->provider_id;
@@ -276,6 +294,8 @@ send_refresh(Flow *f, Write *x)
  * the invoice, the local invoice takes it and the job is done; COMMIT.
  * Otherwise the invoice is re-read (REFRESH) first.
  */
+static FlowStep next_of_statement(Flow *f, Write *x);
+
 static FlowStep
 commit_write(Flow *f, Write *x, const FpInvoiceState *invoice, MemoryContext caller)
 {
@@ -285,12 +305,160 @@ commit_write(Flow *f, Write *x, const FpInvoiceState *invoice, MemoryContext cal
 	{
 		mirror_invoice(x->admin->name, invoice->id, invoice->amount_paid, invoice->open_amount,
 					   invoice->status, invoice->mutation_time, invoice->raw, false);
-		job_record(&f->job, true, 0, NULL, false, -1);
+		if (!x->statement)
+			job_record(&f->job, true, 0, NULL, false, -1);
 	}
 	fp_txn_commit(caller);
-	if (shown)
+	if (!shown)
+	{
+		send_refresh(f, x);
+		return FLOW_WAITING;
+	}
+	return x->statement ? next_of_statement(f, x) : FLOW_DONE;
+}
+
+/*
+ * A statement's allocation is registered: it records the registration and
+ * its amount.  A void or refund that came meanwhile no longer matches it:
+ * the reversal runs again and takes it over.
+ */
+static void
+register_allocation(Write *x, int64 freshportal_payment_id)
+{
+	Oid			types[] = {INT8OID, INT8OID, INT8OID, NUMERICOID};
+	Datum		values[] = {Int64GetDatum(x->w->payment_id), Int64GetDatum(x->allocation),
+		Int64GetDatum(freshportal_payment_id), money_numeric(x->allocated)};
+
+	fp_spi_run("UPDATE freshpay.payment_allocations SET freshportal_payment_id = $3, registered_amount = $4"
+			   " WHERE payment_id OPERATOR(pg_catalog.=) $1 AND invoice_id OPERATOR(pg_catalog.=) $2",
+			   4, types, values, NULL, SPI_OK_UPDATE);
+	if (fp_spi_run("SELECT c.id FROM freshpay.payments c"
+				   "  JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) c.parent_id"
+				   "  JOIN freshpay.payment_allocations a ON a.payment_id OPERATOR(pg_catalog.=) s.id"
+				   " WHERE s.id OPERATOR(pg_catalog.=) $1 AND a.invoice_id OPERATOR(pg_catalog.=) $2"
+				   "   AND c.kind OPERATOR(pg_catalog.=) ANY (ARRAY['void', 'refund'])"
+				   "   AND c.status OPERATOR(pg_catalog.=) ANY (ARRAY['voided', 'refunded'])"
+				   "   AND (s.status OPERATOR(pg_catalog.<>) 'captured' OR a.amount OPERATOR(pg_catalog.<) $4)"
+				   " ORDER BY c.id DESC LIMIT 1",
+				   4, types, values, NULL, SPI_OK_SELECT) == 1)
+	{
+		int64		reversal;
+
+		fp_spi_int64(1, &reversal);
+		job_queue("reverse_payment", reversal, 0);
+	}
+}
+
+/*
+ * START of a statement's void or refund, in its transaction: the
+ * registrations of its allocations that no longer match (all of a voided
+ * statement; those a refund reduced) become reversals of this payment,
+ * and their allocations unregistered, before anything is sent.
+ */
+static void
+take_over_allocations(Write *x)
+{
+	Oid			types[] = {INT8OID, INT8OID};
+	Datum		values[] = {Int64GetDatum(x->sale->payment_id), Int64GetDatum(x->w->payment_id)};
+	int64		n;
+
+	n = fp_spi_run("INSERT INTO freshpay.allocation_reversals (payment_id, invoice_id, freshportal_payment_id, amount)"
+				   " SELECT $2, a.invoice_id, a.freshportal_payment_id, a.registered_amount"
+				   "   FROM freshpay.payment_allocations a JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) a.payment_id"
+				   "  WHERE a.payment_id OPERATOR(pg_catalog.=) $1 AND a.freshportal_payment_id IS NOT NULL"
+				   "    AND (s.status OPERATOR(pg_catalog.<>) 'captured' OR a.amount OPERATOR(pg_catalog.<) a.registered_amount)"
+				   " ON CONFLICT DO NOTHING",
+				   2, types, values, NULL, SPI_OK_INSERT);
+	fp_spi_run("UPDATE freshpay.payment_allocations a SET freshportal_payment_id = NULL, registered_amount = NULL"
+			   "  FROM freshpay.allocation_reversals r"
+			   " WHERE a.payment_id OPERATOR(pg_catalog.=) $1"
+			   "   AND r.freshportal_payment_id OPERATOR(pg_catalog.=) a.freshportal_payment_id",
+			   1, types, values, NULL, SPI_OK_UPDATE);
+	if (n > 0)
+		note(x->sale->payment_id, x->sale->status, "reversing",
+			 psprintf(INT64_FORMAT " FreshPortal registration(s) of its allocations are being reversed", n));
+}
+
+/*
+ * A statement's next step, in a transaction of its own: register its next
+ * unregistered allocation, or reverse the next registration this void or
+ * refund took over.  When none is left the job is done; after the last
+ * reversal, what is left of a captured statement is registered anew.
+ */
+static FlowStep
+next_of_statement(Flow *f, Write *x)
+{
+	bool		reverse = strcmp(f->job.kind, "reverse_payment") == 0;
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(x->w->payment_id)};
+	MemoryContext caller = fp_txn_begin();
+	bool		found;
+
+	MemoryContextSwitchTo(f->context);
+	if (reverse)
+	{
+		found = fp_spi_run("SELECT r.id, r.freshportal_payment_id, i.freshportal_id"
+						   "  FROM freshpay.allocation_reversals r"
+						   "  JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) r.invoice_id"
+						   " WHERE r.payment_id OPERATOR(pg_catalog.=) $1 AND r.reversed_at IS NULL"
+						   " ORDER BY r.id LIMIT 1",
+						   1, types, values, NULL, SPI_OK_SELECT) == 1;
+		if (found)
+		{
+			fp_spi_int64(1, &x->reversal);
+			fp_spi_int64(2, &x->reversing);
+			fp_spi_int64(3, &x->invoice);
+		}
+		else
+		{
+			Datum		sale[] = {Int64GetDatum(x->sale->payment_id)};
+
+			if (fp_spi_run("SELECT 1 FROM freshpay.payment_allocations a"
+						   "  JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) a.payment_id"
+						   " WHERE a.payment_id OPERATOR(pg_catalog.=) $1 AND s.status OPERATOR(pg_catalog.=) 'captured'"
+						   "   AND a.amount OPERATOR(pg_catalog.>) 0 AND a.freshportal_payment_id IS NULL LIMIT 1",
+						   1, types, sale, NULL, SPI_OK_SELECT) == 1)
+				job_queue("register_payment", x->sale->payment_id, 0);
+		}
+	}
+	else
+	{
+		found = x->w->transaction_id != NULL &&
+			fp_spi_run("SELECT a.invoice_id, i.freshportal_id, a.amount::text, i.currency"
+					   "  FROM freshpay.payment_allocations a"
+					   "  JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) a.invoice_id"
+					   "  JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) a.payment_id"
+					   " WHERE a.payment_id OPERATOR(pg_catalog.=) $1 AND s.status OPERATOR(pg_catalog.=) 'captured'"
+					   "   AND a.amount OPERATOR(pg_catalog.>) 0 AND a.freshportal_payment_id IS NULL"
+					   " ORDER BY i.invoice_date, i.number, i.id LIMIT 1",
+					   1, types, values, NULL, SPI_OK_SELECT) == 1;
+		if (found)
+		{
+			fp_spi_int64(1, &x->allocation);
+			fp_spi_int64(2, &x->invoice);
+			x->allocated = fp_spi_text(f->context, 3);
+			x->w->currency = fp_spi_text(f->context, 4);
+		}
+	}
+	if (!found)
+		job_record(&f->job, true, 0, NULL, false, -1);
+	fp_txn_commit(caller);
+	MemoryContextSwitchTo(f->context);
+	if (!found)
 		return FLOW_DONE;
-	send_refresh(f, x);
+	if (reverse)
+	{
+		x->call = freshportal_get_payment_call(x->admin, x->reversing);
+		x->state = WRITE_CHECK;
+	}
+	else
+	{
+		/* A write whose answer was lost is found here, on this invoice, instead of being made twice. */
+		x->provider_id = x->w->provider_id ? x->w->provider_id : x->w->transaction_id;
+		x->call = freshportal_find_payments_call(x->admin, x->provider_id);
+		x->state = WRITE_FIND;
+	}
+	freshportal_send(x->call, f, f->priority);
 	return FLOW_WAITING;
 }
 
@@ -312,6 +480,15 @@ record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool create
 {
 	MemoryContext caller = fp_txn_begin();
 
+	if (x->statement)
+	{
+		register_allocation(x, freshportal_payment_id);
+		note(x->w->payment_id, x->w->status, "registered",
+			 psprintf("%s in FreshPortal as payment " INT64_FORMAT " of invoice " INT64_FORMAT " (%s)",
+					  created ? "Registered" : "Found already registered", freshportal_payment_id,
+					  x->invoice, x->allocated));
+		return commit_write(f, x, invoice, caller);
+	}
 	set_registration(x->w->payment_id, true, freshportal_payment_id);
 	note(x->w->payment_id, x->w->status, "registered",
 		 psprintf("%s in FreshPortal as payment " INT64_FORMAT,
@@ -330,6 +507,15 @@ record_reversal(Flow *f, Write *x, const FpInvoiceState *invoice)
 
 	note(x->w->payment_id, x->w->status, "reversed",
 		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, x->reversing));
+	if (x->statement)
+	{
+		Oid			types[] = {INT8OID};
+		Datum		values[] = {Int64GetDatum(x->reversal)};
+
+		fp_spi_run("UPDATE freshpay.allocation_reversals SET reversed_at = pg_catalog.now()"
+				   " WHERE id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, SPI_OK_UPDATE);
+		return commit_write(f, x, invoice, caller);
+	}
 	if (x->sale != NULL && strcmp(x->sale->status, "captured") == 0 &&
 		strcmp(x->sale->remaining, "0.00") != 0)
 		job_queue("register_payment", x->sale->payment_id, 0);
@@ -364,6 +550,16 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 				x->w = written_load(f->job.payment_id, f->context);
 				x->sale = reverse && x->w->has_parent ? written_load(x->w->parent_id, f->context) : NULL;
 				x->admin = administration_load(x->w->administration, f->context);
+				x->statement = reverse ? x->sale != NULL && x->sale->statement : x->w->statement;
+				if (x->statement)
+				{
+					/* A statement's allocations, one after the other. */
+					if (reverse)
+						take_over_allocations(x);
+					fp_txn_commit(caller);
+					MemoryContextSwitchTo(f->context);
+					return next_of_statement(f, x);
+				}
 				go = reverse ? start_reverse(f, x) : true;
 				if (!go)
 					job_record(&f->job, true, 0, NULL, false, -1);
@@ -439,9 +635,10 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 
 				mirror_invoice(x->admin->name, inv->id, inv->amount_paid, inv->open_amount,
 							   inv->status, inv->mutation_time, inv->raw, true);
-				job_record(&f->job, true, 0, NULL, false, -1);
+				if (!x->statement)
+					job_record(&f->job, true, 0, NULL, false, -1);
 				fp_txn_commit(caller);
-				return FLOW_DONE;
+				return x->statement ? next_of_statement(f, x) : FLOW_DONE;
 			}
 	}
 	return FLOW_DONE;			/* keep compiler quiet */
