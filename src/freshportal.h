@@ -78,6 +78,7 @@ typedef struct FpPayment
 	int64		invoice_id;
 	char	   *status;			/* "registered" or "reversed" */
 	char	   *provider_transaction_id;
+	char	   *amount;			/* numeric text; NULL when FreshPortal leaves it out */
 } FpPayment;
 
 /* What freshpay registers against an invoice. */

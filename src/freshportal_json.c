@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "jsonconv.h"
+#include "money.h"
 
 #include "freshportal.h"
 #include "freshportal_int.h"
@@ -94,6 +95,8 @@ fpjson_payment(json_object *item)
 	jsonconv_int64_opt(item, "invoice_id", &payment->invoice_id);
 	payment->status = jsonconv_string_opt(item, "status");
 	payment->provider_transaction_id = jsonconv_string_opt(item, "provider_transaction_id");
+	if (jsonconv_member(item, "amount") != NULL && !jsonconv_is_null(jsonconv_member(item, "amount")))
+		payment->amount = money_text(jsonconv_money(item, "amount"));
 	if (payment->status == NULL)
 		payment->status = "";
 	return payment;

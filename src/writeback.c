@@ -6,8 +6,12 @@
  * FreshPortal does not reject duplicate registrations, so every write is
  * preceded by a lookup (GET /v1/payments?provider_transaction_id=): a write
  * whose answer was lost is found there on the retry instead of being made
- * twice.  Reversals check the registration's status first for the same
- * reason.
+ * twice.  The lookup is made even when the payment was voided or refunded
+ * meanwhile: a registration found then is recorded, and the void's or
+ * refund's reversal, which had found nothing to take back, runs again
+ * (reverse_again_if_stale); so does it when a registration's late answer
+ * arrives after the void.  Reversals check the registration's status first
+ * for the same reason.
  *
  * A partial refund: FreshPortal registrations cannot be reduced, so the
  * sale's registration is reversed and the remainder (captured − refunded) is
@@ -23,8 +27,10 @@
  * which it keeps, as the record of what was reversed.
  *
  * A statement (statement.c) is registered allocation by allocation, one
- * registration per invoice, all naming its one transaction: the lookup
- * before each write matches the invoice as well as the provider id.  Its
+ * registration per invoice, all naming its one transaction.  Each run first
+ * looks up every provider id used for the transaction at once (the sweep)
+ * and adopts the live registrations of its invoices it has not recorded;
+ * a match is by invoice as well as provider id.  Its
  * void or refund first takes over, in one transaction, every registration
  * that no longer matches its allocation (all, for a void; those a refund
  * reduced, newest invoice first, see payments.c) as rows of
@@ -177,6 +183,7 @@ mirror_invoice(const char *administration, int64 id, Datum amount_paid, Datum op
 typedef enum WriteState
 {
 	WRITE_START,
+	WRITE_SWEEP,				/* a statement: what FreshPortal holds of its transaction */
 	WRITE_FIND,					/* register: was it written before? */
 	WRITE_REGISTER,
 	WRITE_CHECK,				/* reverse: is it reversed already? */
@@ -199,6 +206,10 @@ typedef struct Write
 	int64		allocation;		/* register: the allocation's local invoice id */
 	char	   *allocated;		/* register: its amount */
 	int64		reversal;		/* reverse: allocation_reversals.id */
+	bool		swept;			/* register: FreshPortal's registrations looked at */
+	List	   *sweep;			/* register: the lookups, FpCall * */
+	int			sweeping;		/* of them, unanswered */
+	List	   *found;			/* register: what they found, FpPayment * */
 } Write;
 
 /* START of register_payment: false when there is nothing to write. */
@@ -208,11 +219,11 @@ start_register(Flow *f, Write *x)
 	Written    *w = x->w;
 
 	/*
-	 * Voided or fully refunded before it was registered, or made at PayTrace
-	 * for no invoice freshpay knows: nothing to write.
+	 * Made at PayTrace for no invoice freshpay knows: nothing to write.  A
+	 * payment voided or refunded since still looks first: a registration
+	 * whose answer was lost is taken back only once it is found.
 	 */
-	if (w->registered || strcmp(w->status, "captured") != 0 || w->transaction_id == NULL ||
-		w->freshportal_invoice_id == 0)
+	if (w->registered || w->transaction_id == NULL || w->freshportal_invoice_id == 0)
 		return false;
 	x->provider_id = w->provider_id ? w->provider_id : w->transaction_id;
 	x->invoice = w->freshportal_invoice_id;
@@ -295,6 +306,8 @@ send_refresh(Flow *f, Write *x)
  * Otherwise the invoice is re-read (REFRESH) first.
  */
 static FlowStep next_of_statement(Flow *f, Write *x);
+static FlowStep start_sweep(Flow *f, Write *x);
+static FlowStep sweep_answer(Flow *f, Write *x, const HttpResponse *response);
 
 static FlowStep
 commit_write(Flow *f, Write *x, const FpInvoiceState *invoice, MemoryContext caller)
@@ -318,10 +331,36 @@ commit_write(Flow *f, Write *x, const FpInvoiceState *invoice, MemoryContext cal
 }
 
 /*
- * A statement's allocation is registered: it records the registration and
- * its amount.  A void or refund that came meanwhile no longer matches it:
- * the reversal runs again and takes it over.
+ * A registration just recorded that a void or refund of the payment no
+ * longer matches: it was in flight when the void or refund was recorded,
+ * whose reversal found nothing registered yet to take back.  That reversal
+ * runs again.  invoice_id is the allocation's (a statement), or 0.
  */
+static void
+reverse_again_if_stale(int64 payment_id, int64 invoice_id, const char *registered)
+{
+	Oid			types[] = {INT8OID, INT8OID, NUMERICOID};
+	Datum		values[] = {Int64GetDatum(payment_id), Int64GetDatum(invoice_id), money_numeric(registered)};
+	int64		reversal;
+
+	if (fp_spi_run("SELECT c.id FROM freshpay.payments c"
+				   "  JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) c.parent_id"
+				   " WHERE s.id OPERATOR(pg_catalog.=) $1"
+				   "   AND c.kind OPERATOR(pg_catalog.=) ANY (ARRAY['void', 'refund'])"
+				   "   AND c.status OPERATOR(pg_catalog.=) ANY (ARRAY['voided', 'refunded'])"
+				   "   AND (s.status OPERATOR(pg_catalog.<>) 'captured'"
+				   "        OR COALESCE((SELECT a.amount FROM freshpay.payment_allocations a"
+				   "                      WHERE a.payment_id OPERATOR(pg_catalog.=) s.id"
+				   "                        AND a.invoice_id OPERATOR(pg_catalog.=) $2),"
+				   "                    s.amount OPERATOR(pg_catalog.-) s.refunded_amount) OPERATOR(pg_catalog.<) $3)"
+				   " ORDER BY c.id DESC LIMIT 1",
+				   3, types, values, NULL, SPI_OK_SELECT) != 1)
+		return;
+	fp_spi_int64(1, &reversal);
+	job_queue("reverse_payment", reversal, 0);
+}
+
+/* A statement's allocation is registered: the registration and its amount. */
 static void
 register_allocation(Write *x, int64 freshportal_payment_id)
 {
@@ -332,21 +371,7 @@ register_allocation(Write *x, int64 freshportal_payment_id)
 	fp_spi_run("UPDATE freshpay.payment_allocations SET freshportal_payment_id = $3, registered_amount = $4"
 			   " WHERE payment_id OPERATOR(pg_catalog.=) $1 AND invoice_id OPERATOR(pg_catalog.=) $2",
 			   4, types, values, NULL, SPI_OK_UPDATE);
-	if (fp_spi_run("SELECT c.id FROM freshpay.payments c"
-				   "  JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) c.parent_id"
-				   "  JOIN freshpay.payment_allocations a ON a.payment_id OPERATOR(pg_catalog.=) s.id"
-				   " WHERE s.id OPERATOR(pg_catalog.=) $1 AND a.invoice_id OPERATOR(pg_catalog.=) $2"
-				   "   AND c.kind OPERATOR(pg_catalog.=) ANY (ARRAY['void', 'refund'])"
-				   "   AND c.status OPERATOR(pg_catalog.=) ANY (ARRAY['voided', 'refunded'])"
-				   "   AND (s.status OPERATOR(pg_catalog.<>) 'captured' OR a.amount OPERATOR(pg_catalog.<) $4)"
-				   " ORDER BY c.id DESC LIMIT 1",
-				   4, types, values, NULL, SPI_OK_SELECT) == 1)
-	{
-		int64		reversal;
-
-		fp_spi_int64(1, &reversal);
-		job_queue("reverse_payment", reversal, 0);
-	}
+	reverse_again_if_stale(x->w->payment_id, x->allocation, x->allocated);
 }
 
 /*
@@ -377,6 +402,120 @@ take_over_allocations(Write *x)
 	if (n > 0)
 		note(x->sale->payment_id, x->sale->status, "reversing",
 			 psprintf(INT64_FORMAT " FreshPortal registration(s) of its allocations are being reversed", n));
+}
+
+/*
+ * A statement's write-back looks before it writes, once per run: it asks
+ * FreshPortal for the registrations under every provider id freshpay used
+ * for the transaction (its id, and <id>-r<refund> after each refund), side
+ * by side.  A registration whose answer was lost is found there, even when
+ * the statement was voided or refunded since.
+ */
+static FlowStep
+start_sweep(Flow *f, Write *x)
+{
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(x->w->payment_id)};
+	MemoryContext caller = fp_txn_begin();
+	int64		n;
+	List	   *ids = NIL;
+	ListCell   *lc;
+
+	n = fp_spi_run("SELECT s.paytrace_transaction_id::text FROM freshpay.payments s"
+				   " WHERE s.id OPERATOR(pg_catalog.=) $1 AND s.paytrace_transaction_id IS NOT NULL"
+				   " UNION"
+				   " SELECT s.paytrace_transaction_id::text OPERATOR(pg_catalog.||) '-r' OPERATOR(pg_catalog.||)"
+				   "        r.paytrace_transaction_id::text"
+				   "   FROM freshpay.payments s JOIN freshpay.payments r ON r.parent_id OPERATOR(pg_catalog.=) s.id"
+				   "  WHERE s.id OPERATOR(pg_catalog.=) $1 AND r.kind OPERATOR(pg_catalog.=) 'refund'"
+				   "    AND r.status OPERATOR(pg_catalog.=) 'refunded' AND r.paytrace_transaction_id IS NOT NULL",
+				   1, types, values, NULL, SPI_OK_SELECT);
+	for (int64 i = 0; i < n; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(f->context);
+
+		ids = lappend(ids, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		MemoryContextSwitchTo(old);
+	}
+	fp_txn_commit(caller);
+	MemoryContextSwitchTo(f->context);
+	x->swept = true;
+	if (ids == NIL)
+		return next_of_statement(f, x);
+	foreach(lc, ids)
+	{
+		FpCall	   *call = freshportal_find_payments_call(x->admin, lfirst(lc));
+
+		x->sweep = lappend(x->sweep, call);
+		x->sweeping++;
+		freshportal_send(call, f, f->priority);
+	}
+	x->state = WRITE_SWEEP;
+	return FLOW_WAITING;
+}
+
+/*
+ * An answer of the sweep.  Once all are in, each live registration of an
+ * invoice of the statement that freshpay has not recorded is adopted by its
+ * allocation; one that no longer matches is then taken back by the
+ * reversal (reverse_again_if_stale).
+ */
+static FlowStep
+sweep_answer(Flow *f, Write *x, const HttpResponse *response)
+{
+	MemoryContext caller;
+	ListCell   *lc;
+
+	foreach(lc, x->sweep)
+	{
+		FpCall	   *call = lfirst(lc);
+
+		if (!freshportal_answers(call, response))
+			continue;
+		if (!freshportal_answered(call, response, f, f->priority))
+			return FLOW_WAITING;
+		x->found = list_concat(x->found, freshportal_payments_of(call, response));
+		x->sweeping--;
+		break;
+	}
+	if (x->sweeping > 0)
+		return FLOW_WAITING;
+
+	caller = fp_txn_begin();
+	MemoryContextSwitchTo(f->context);
+	foreach(lc, x->found)
+	{
+		FpPayment  *p = lfirst(lc);
+		Oid			types[] = {INT8OID, INT8OID, INT8OID, NUMERICOID};
+		Datum		values[] = {Int64GetDatum(x->w->payment_id), Int64GetDatum(p->invoice_id),
+			Int64GetDatum(p->id), p->amount ? money_numeric(p->amount) : (Datum) 0};
+		char		nulls[] = {' ', ' ', ' ', p->amount ? ' ' : 'n'};
+		int64		invoice_id;
+		char	   *registered;
+
+		if (strcmp(p->status, "registered") != 0 ||
+			fp_spi_run("UPDATE freshpay.payment_allocations a"
+					   "   SET freshportal_payment_id = $3, registered_amount = COALESCE($4, a.amount)"
+					   "  FROM freshpay.invoices i"
+					   " WHERE a.payment_id OPERATOR(pg_catalog.=) $1 AND i.id OPERATOR(pg_catalog.=) a.invoice_id"
+					   "   AND i.freshportal_id OPERATOR(pg_catalog.=) $2 AND a.freshportal_payment_id IS NULL"
+					   "   AND NOT EXISTS (SELECT FROM freshpay.allocation_reversals r"
+					   "        WHERE r.freshportal_payment_id OPERATOR(pg_catalog.=) $3)"
+					   "   AND NOT EXISTS (SELECT FROM freshpay.payment_allocations b"
+					   "        WHERE b.freshportal_payment_id OPERATOR(pg_catalog.=) $3)"
+					   " RETURNING a.invoice_id, a.registered_amount::text",
+					   4, types, values, nulls, SPI_OK_UPDATE_RETURNING) != 1)
+			continue;
+		fp_spi_int64(1, &invoice_id);
+		registered = fp_spi_text(f->context, 2);
+		note(x->w->payment_id, x->w->status, "registered",
+			 psprintf("Found already registered in FreshPortal as payment " INT64_FORMAT " of FreshPortal invoice " INT64_FORMAT,
+					  p->id, p->invoice_id));
+		reverse_again_if_stale(x->w->payment_id, invoice_id, registered);
+	}
+	fp_txn_commit(caller);
+	MemoryContextSwitchTo(f->context);
+	return next_of_statement(f, x);
 }
 
 /*
@@ -421,6 +560,12 @@ next_of_statement(Flow *f, Write *x)
 				job_queue("register_payment", x->sale->payment_id, 0);
 		}
 	}
+	else if (!x->swept)
+	{
+		fp_txn_commit(caller);
+		MemoryContextSwitchTo(f->context);
+		return start_sweep(f, x);
+	}
 	else
 	{
 		found = x->w->transaction_id != NULL &&
@@ -453,10 +598,10 @@ next_of_statement(Flow *f, Write *x)
 	}
 	else
 	{
-		/* A write whose answer was lost is found here, on this invoice, instead of being made twice. */
+		/* The sweep of this run found none for it: written now. */
 		x->provider_id = x->w->provider_id ? x->w->provider_id : x->w->transaction_id;
-		x->call = freshportal_find_payments_call(x->admin, x->provider_id);
-		x->state = WRITE_FIND;
+		register_now(f, x);
+		return FLOW_WAITING;
 	}
 	freshportal_send(x->call, f, f->priority);
 	return FLOW_WAITING;
@@ -493,6 +638,7 @@ record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool create
 	note(x->w->payment_id, x->w->status, "registered",
 		 psprintf("%s in FreshPortal as payment " INT64_FORMAT,
 				  created ? "Registered" : "Found already registered", freshportal_payment_id));
+	reverse_again_if_stale(x->w->payment_id, 0, x->w->remaining);
 	/* An ACH debit that came back while this was in flight: reversed in turn. */
 	if (returned_meanwhile(x->w->payment_id))
 		job_queue("reverse_payment", x->w->payment_id, 0);
@@ -536,6 +682,8 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 {
 	bool		reverse = strcmp(f->job.kind, "reverse_payment") == 0;
 
+	if (x->state == WRITE_SWEEP)
+		return sweep_answer(f, x, response);
 	if (x->state != WRITE_START && !freshportal_answered(x->call, response, f, f->priority))
 		return FLOW_WAITING;
 
@@ -582,6 +730,9 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 				return FLOW_WAITING;
 			}
 
+		case WRITE_SWEEP:
+			break;				/* its answers are taken above */
+
 		case WRITE_FIND:
 			{
 				ListCell   *lc;
@@ -600,6 +751,12 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 					{
 						return record_registration(f, x, p->id, false, NULL);
 					}
+				}
+				if (strcmp(x->w->status, "captured") != 0)
+				{
+					/* Voided or refunded before it was registered: nothing to write. */
+					job_update(&f->job, true, 0, NULL, false, -1);
+					return FLOW_DONE;
 				}
 				register_now(f, x);
 				return FLOW_WAITING;

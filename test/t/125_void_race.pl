@@ -16,7 +16,8 @@ use FreshpayTest;
 my $fp = FreshpayTest::start_standin('fp', args => ['--quiet']);
 my $pt = FreshpayTest::start_standin('pt', args => ['--quiet']);
 
-my $node = FreshpayTest::new_node('voidrace', extension => 1, conf => "freshpay.sync_interval = '5min'");
+my $node = FreshpayTest::new_node('voidrace', extension => 1,
+	conf => "freshpay.sync_interval = '5min'\nfreshpay.request_timeout = '3s'");
 FreshpayTest::add_administration($node, freshportal_url => $fp->url, paytrace_url => $pt->url);
 
 sub sql { return $node->safe_psql('freshpay', shift); }
@@ -63,6 +64,45 @@ is(sql("SELECT string_agg(kind || ':' || status || ':' || requested_by, ',' ORDE
 	'sale:voided:freshpay_test,void:voided:freshpay_test', 'one sale, one void (freshpay\'s own)');
 is(scalar(grep { $_->{status} eq 'reversed' } @{ $fp->state->{payments} }), 1, 'FreshPortal: the registration reversed once');
 is(scalar(grep { $_->{path} =~ m{^/v1/payments/\d+/reverse$} } @{ $fp->requests }), 1, 'one reversal sent to FreshPortal');
+
+# --- A void recorded while the sale's registration is in flight ---------------
+#
+# FreshPortal takes the registration but answers late: the void's reversal
+# finds the sale not registered yet.  Whether the answer comes (within the
+# request timeout, 3 s) or is lost (after it), the registration of the
+# voided sale must end reversed, once.
+
+sub late_registration
+{
+	my ($fp_id, $delay, $what) = @_;
+	$fp->seed({ invoices => [ { id => $fp_id, number => "VR-$fp_id", customer_id => 1, amount_incl_vat => '80.00' } ] });
+	sql("SELECT count(*) FROM freshpay_sync('main')");
+	$fp->faults([ { action => 'delay_after', method => 'POST', path => "/v1/invoices/$fp_id/payments", seconds => $delay,
+		times => 1, name => 'registration answered late' } ]);
+	my $late = sql("SELECT id FROM freshpay_capture((SELECT id FROM freshpay.invoices WHERE freshportal_id = $fp_id))");
+	ok(FreshpayTest::wait_for(sub { scalar(grep { ($_->{invoice_id} // 0) == $fp_id } @{ $fp->state->{payments} }) == 1 }, 30,
+			'the registration at FreshPortal'),
+		"$what: FreshPortal has taken the registration, its answer is held back");
+	is(sql("SELECT freshportal_payment_id IS NULL FROM freshpay.payments WHERE id = $late"), 't',
+		"$what: freshpay has not recorded it yet");
+	is(sql("SELECT status FROM freshpay_void($late)"), 'voided', "$what: the sale is voided meanwhile");
+	ok( FreshpayTest::wait_for(
+			sub { my @r = grep { ($_->{invoice_id} // 0) == $fp_id } @{ $fp->state->{payments} }; @r == 1 && $r[0]{status} eq 'reversed' },
+			30, 'the reversal'),
+		"$what: FreshPortal's one registration of the voided sale is reversed");
+	my ($reg) = grep { ($_->{invoice_id} // 0) == $fp_id } @{ $fp->state->{payments} };
+	is(scalar(grep { $_->{path} eq '/v1/payments/' . ($reg->{id} // 0) . '/reverse' } @{ $fp->requests }), 1,
+		"$what: by one reversal");
+	is($fp->item('invoices', $fp_id)->{status} // '', 'open', "$what: FreshPortal shows the invoice open");
+	ok(FreshpayTest::poll_true($node,
+			"SELECT count(*) = 0 FROM freshpay.jobs WHERE state = 'queued' AND kind IN ('register_payment', 'reverse_payment')"
+			  . " AND payment_id IN (SELECT id FROM freshpay.payments WHERE $late IN (id, parent_id))", 30, 'quiet'),
+		"$what: the write-back is done");
+	return;
+}
+
+late_registration(52, 2, 'answer late');
+late_registration(53, 5, 'answer lost');
 
 $node->stop;
 done_testing();

@@ -718,6 +718,47 @@ for my $case ([ 8, 'LATERWK', 801, 'weekly, not its day' ], [ 10, 'LATERMO', 100
 	is(fp_invoice($fp_id)->{status} // '', 'open', "$what: the invoice stays open in FreshPortal");
 }
 
+# --- A void recorded while an allocation's registration is in flight ---------------
+#
+# FreshPortal takes the second invoice's registration but answers after the
+# request timeout (3 s): the answer is lost, and the void's reversal finds
+# the allocation unregistered.  The write-back's retry finds the
+# registration at FreshPortal and has it reversed in turn; every
+# registration ends reversed once.
+
+$pt->customers([ { customer_id => 'C-LATE', method => 'card' } ]);
+$fp->seed(
+	{
+		customers => [ { id => 12, code => 'LATE', name => 'Late Lilies', currency => 'USD' } ],
+		invoices  => [
+			invoice_seed(1201, 12, '45.00', invoice_date => $issued, due_date => $past),
+			invoice_seed(1202, 12, '55.00', invoice_date => $issued, due_date => $past),
+		]
+	});
+sync_main();
+refresh_ids();
+sql("SELECT 1 FROM freshpay_link_customer($cust{12}, 'C-LATE', 'manual', 'card')");
+$fp->faults([ { action => 'delay_after', method => 'POST', path => '/v1/invoices/1202/payments', seconds => 4, times => 1,
+	name => 'registration answered late' } ]);
+my ($late, $late_err) = money(statement_call($cust{12}));
+is($late->{status} // '', 'captured', 'late registration: the statement is captured') or diag($late_err);
+ok(FreshpayTest::wait_for(sub { scalar(fp_payments(1201)) == 1 && scalar(fp_payments(1202)) == 1 }, $POLL,
+		'both registrations at FreshPortal'),
+	'late registration: FreshPortal has taken both registrations, the second one\'s answer is held back');
+is(sql("SELECT string_agg((freshportal_payment_id IS NOT NULL)::text, ',' ORDER BY invoice_id) FROM freshpay.payment_allocations"
+		  . " WHERE payment_id = $late->{id}"), 'true,false', 'late registration: freshpay has recorded only the first');
+my ($late_void, $late_void_err) = money("freshpay_void($late->{id})");
+is($late_void->{status} // '', 'voided', 'late registration: the statement is voided meanwhile') or diag($late_void_err);
+for my $fp_id (1201, 1202)
+{
+	ok( FreshpayTest::wait_for(
+			sub { my @p = fp_payments($fp_id); @p == 1 && $p[0]{status} eq 'reversed' }, $POLL, "S-$fp_id reversed"),
+		"late registration: S-$fp_id: its one registration is reversed");
+	my ($reg) = fp_payments($fp_id);
+	is(scalar(fp_reversals(($reg // {})->{id} // 0)), 1, "late registration: S-$fp_id: by one reversal");
+	is(fp_invoice($fp_id)->{status} // '', 'open', "late registration: S-$fp_id: FreshPortal shows it open");
+}
+
 # --- In the end --------------------------------------------------------------------
 
 is(sql("SELECT count(*) FROM freshpay.payments WHERE status IN ('pending', 'unknown')"), '0',
