@@ -863,6 +863,69 @@ package FreshpayTest;
 
 =pod
 
+=head2 set_pause($node, $point)
+
+Set the hidden test hook freshpay.debug_pause_at to $point ('' = never)
+and wait until new sessions see it (the postmaster has reloaded and
+signalled the worker); one check.
+
+=cut
+
+sub set_pause
+{
+	my ($node, $point) = @_;
+	$node->append_conf('postgresql.conf', "freshpay.debug_pause_at = '$point'\n");
+	$node->reload;
+	ok(poll_true($node, "SELECT current_setting('freshpay.debug_pause_at', true) = '$point'",
+			$PostgreSQL::Test::Utils::timeout_default, "pause point '$point'"),
+		"freshpay.debug_pause_at = '$point' is in effect");
+	sleep 0.5;    # the worker handles its SIGHUP at its next wakeup
+	return;
+}
+
+=head2 wait_for_pause($node, $point, $offset)
+
+True once the worker logged that it pauses at $point (in the server log
+after byte $offset), within 60 seconds.
+
+=cut
+
+sub wait_for_pause
+{
+	my ($node, $point, $offset) = @_;
+	return wait_for(sub { slurp_file($node->logfile, $offset) =~ /freshpay worker: pausing at \Q$point\E/ },
+		60, "the worker to pause at $point");
+}
+
+=head2 kill_worker($node, $case)
+
+kill -9 the freshpay worker of $node and return its pid once the
+postmaster has restarted (the node needs restart_after_crash = on); four
+checks named after $case.
+
+=cut
+
+sub kill_worker
+{
+	my ($node, $case) = @_;
+	my $pid = worker_pid($node) // '';
+	like($pid, qr/^\d+$/, "$case: the freshpay worker is running");
+	my $offset = -s $node->logfile;
+	ok(kill('KILL', $pid), "$case: kill -9 the worker (pid $pid)");
+	ok( wait_for(
+			sub {
+				slurp_file($node->logfile, $offset)
+				  =~ /background worker "freshpay worker" \(PID $pid\) was terminated by signal 9/;
+			},
+			60, 'the postmaster to notice the crash'),
+		"$case: the postmaster saw the worker die by signal 9");
+	ok( poll_true($node,
+			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'freshpay worker' AND pid <> $pid",
+			$PostgreSQL::Test::Utils::timeout_default, 'a new worker'),
+		"$case: after the crash restart a new worker runs");
+	return $pid;
+}
+
 =head2 worker_pid($node, $timeout)
 
 The pid of the freshpay worker of $node, waiting up to $timeout seconds

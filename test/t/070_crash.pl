@@ -37,28 +37,6 @@ sub sql { return $node->safe_psql('freshpay', shift); }
 # Polls survive the restart: a failed connection counts as "not yet".
 sub poll_until { return FreshpayTest::poll_true($node, $_[0], $PostgreSQL::Test::Utils::timeout_default, $_[1]); }
 
-sub worker_pid { return sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'freshpay worker'}); }
-
-# The hidden test hook: the worker waits at this point of a PayTrace call
-# ('' = never).  New sessions seeing the value means the postmaster has
-# reloaded and signalled the worker.
-sub set_pause
-{
-	my ($point) = @_;
-	$node->append_conf('postgresql.conf', "freshpay.debug_pause_at = '$point'\n");
-	$node->reload;
-	ok(poll_until("SELECT current_setting('freshpay.debug_pause_at', true) = '$point'", "pause point '$point'"),
-		"freshpay.debug_pause_at = '$point' is in effect");
-	sleep 0.5;    # the worker handles its SIGHUP at its next wakeup
-}
-
-sub wait_for_pause
-{
-	my ($point, $offset) = @_;
-	return FreshpayTest::wait_for(
-		sub { slurp_file($node->logfile, $offset) =~ /freshpay worker: pausing at \Q$point\E/ },
-		60, "the worker to pause at $point");
-}
 
 # freshpay_capture in a psql of its own; the crash will cut it off.
 sub start_capture { return FreshpayTest::start_psql($node, "SELECT status FROM freshpay_capture($_[0])"); }
@@ -68,28 +46,6 @@ sub finish_psql
 	my ($session) = @_;
 	eval { $session->{handle}->finish; 1 } or $session->{handle}->kill_kill;
 	return $session;
-}
-
-# kill -9 the worker; returns once the postmaster has restarted it.
-sub kill_worker
-{
-	my ($case) = @_;
-	my $pid = worker_pid();
-	like($pid, qr/^\d+$/, "$case: the freshpay worker is running");
-	my $offset = -s $node->logfile;
-	ok(kill('KILL', $pid), "$case: kill -9 the worker (pid $pid)");
-	ok( FreshpayTest::wait_for(
-			sub {
-				slurp_file($node->logfile, $offset)
-				  =~ /background worker "freshpay worker" \(PID $pid\) was terminated by signal 9/;
-			},
-			60, 'the postmaster to notice the crash'),
-		"$case: the postmaster saw the worker die by signal 9");
-	ok( poll_until(
-			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'freshpay worker' AND pid <> $pid",
-			'a new worker'),
-		"$case: after the crash restart a new worker runs");
-	return $pid;
 }
 
 sub pt_seq { return $pt->last_seq; }
@@ -158,17 +114,17 @@ is(scalar keys %inv, 3, 'setup: 3 invoices synced');
 
 # --- (a) Killed before the sale left: nothing is charged, the retry is -----
 
-set_pause('before_send');
+FreshpayTest::set_pause($node, 'before_send');
 my $offset = -s $node->logfile;
 my $seq = pt_seq();
 my $caller = start_capture($inv{701});
-ok(wait_for_pause('before_send', $offset), '(a) the worker pauses before sending the sale');
+ok(FreshpayTest::wait_for_pause($node, 'before_send', $offset), '(a) the worker pauses before sending the sale');
 my ($attempt, $status) = attempt_of($inv{701});
 is($status, 'pending', '(a) the attempt is already recorded, pending');
 is(scalar(pt_calls($SALE, '2026-0701', $seq)), 0, '(a) PayTrace has not seen the sale');
-kill_worker('(a)');
+FreshpayTest::kill_worker($node, '(a)');
 finish_psql($caller);    # cut off by the crash restart; its outcome is not the point
-set_pause('');
+FreshpayTest::set_pause($node, '');
 # The new worker cannot know whether the sale left before the crash, and
 # absence at PayTrace proves nothing: the attempt is unknown until a person,
 # having seen no transaction in PayTrace's Virtual Terminal, settles it.
@@ -199,7 +155,7 @@ ok(FreshpayTest::wait_for(sub { scalar(pt_calls($SALE, '2026-0702', $seq)) }, 60
 	'(b) the sale request reached PayTrace');
 ($attempt, $status) = attempt_of($inv{702});
 like($status // '', qr/^(?:pending|unknown)$/, '(b) its outcome is not recorded yet');
-kill_worker('(b)');
+FreshpayTest::kill_worker($node, '(b)');
 $pt->config({ approval_delay => 0 });
 finish_psql($caller);
 ok(poll_until("SELECT status = 'captured' FROM freshpay.payments WHERE id = " . ($attempt // 0), '(b) resolution'),
@@ -211,17 +167,17 @@ consistent('(b)', 702, $inv{702});
 
 # --- (c) Killed after the answer arrived, before it was recorded ------------
 
-set_pause('after_answer');
+FreshpayTest::set_pause($node, 'after_answer');
 $offset = -s $node->logfile;
 $seq = pt_seq();
 $caller = start_capture($inv{703});
-ok(wait_for_pause('after_answer', $offset), '(c) the worker pauses with the answer in hand');
+ok(FreshpayTest::wait_for_pause($node, 'after_answer', $offset), '(c) the worker pauses with the answer in hand');
 is(scalar(pt_sales('2026-0703')), 1, '(c) PayTrace has made the sale');
 ($attempt, $status) = attempt_of($inv{703});
 like($status // '', qr/^(?:pending|unknown)$/, '(c) freshpay has not recorded the answer');
-kill_worker('(c)');
+FreshpayTest::kill_worker($node, '(c)');
 finish_psql($caller);
-set_pause('');
+FreshpayTest::set_pause($node, '');
 ok(poll_until("SELECT status = 'captured' FROM freshpay.payments WHERE id = " . ($attempt // 0), '(c) resolution'),
 	'(c) after the restart the attempt is resolved: captured');
 is(scalar(pt_calls($SALE, '2026-0703', $seq)), 1, '(c) the sale was never sent again');

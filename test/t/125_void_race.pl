@@ -22,16 +22,6 @@ FreshpayTest::add_administration($node, freshportal_url => $fp->url, paytrace_ur
 
 sub sql { return $node->safe_psql('freshpay', shift); }
 
-sub set_pause
-{
-	my ($point) = @_;
-	$node->append_conf('postgresql.conf', "freshpay.debug_pause_at = '$point'\n");
-	$node->reload;
-	ok(FreshpayTest::poll_true($node, "SELECT current_setting('freshpay.debug_pause_at', true) = '$point'", 30, 'the pause point'),
-		"freshpay.debug_pause_at = '$point' is in effect");
-	sleep 0.5;    # the worker handles its SIGHUP at its next wakeup
-}
-
 $pt->customers([ { customer_id => 'C-RACE', method => 'card' } ]);
 $fp->seed({ customers => [ { id => 1, code => 'RACE', name => 'Racing Stems', currency => 'USD' } ],
 	invoices => [ { id => 51, number => 'VR-51', customer_id => 1, amount_incl_vat => '120.00' } ] });
@@ -43,10 +33,10 @@ ok(FreshpayTest::poll_true($node, "SELECT freshportal_payment_id IS NOT NULL FRO
 	'setup: a sale, captured and registered');
 
 # The void is made at PayTrace; the worker holds its answer before recording it.
-set_pause('after_answer');
+FreshpayTest::set_pause($node, 'after_answer');
 my $offset = -s $node->logfile;
 my $void = FreshpayTest::start_psql($node, "SELECT status FROM freshpay_void($sale)");
-ok(FreshpayTest::wait_for(sub { slurp_file($node->logfile, $offset) =~ /freshpay worker: pausing at after_answer/ }, 60, 'the pause'),
+ok(FreshpayTest::wait_for_pause($node, 'after_answer', $offset),
 	'the worker holds the void\'s answer');
 is(scalar(grep { $_->{state} eq 'voided' } @{ $pt->state->{transactions} }), 1, 'PayTrace shows the sale voided');
 
@@ -55,7 +45,7 @@ sql("SELECT count(*) FROM freshpay_sync('main')");
 is(sql("SELECT count(*) FROM freshpay.payments WHERE parent_id = $sale AND kind = 'void'"), '1',
 	'the pull records no second void: the one in flight is freshpay\'s');
 
-set_pause('');
+FreshpayTest::set_pause($node, '');
 $void->{handle}->finish;
 is($void->{out} =~ s/\s+$//r, 'voided', 'the void\'s answer is recorded: voided');
 ok(FreshpayTest::poll_true($node, "SELECT count(*) = 0 FROM freshpay.jobs WHERE state = 'queued' AND kind = 'reverse_payment'", 30, 'reversal'),

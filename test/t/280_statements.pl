@@ -35,7 +35,9 @@ $fp->reset;
 $pt->reset;
 
 # A short request timeout: a lost answer is looked up within seconds.
-my $node = FreshpayTest::new_node('statements', extension => 1, conf => "freshpay.request_timeout = '3s'");
+# The crash case needs the postmaster to come back after kill -9.
+my $node = FreshpayTest::new_node('statements', extension => 1,
+	conf => "restart_after_crash = on\nfreshpay.request_timeout = '3s'");
 FreshpayTest::add_administration($node);
 
 my $json   = JSON::PP->new;
@@ -758,6 +760,48 @@ for my $fp_id (1201, 1202)
 	is(scalar(fp_reversals(($reg // {})->{id} // 0)), 1, "late registration: S-$fp_id: by one reversal");
 	is(fp_invoice($fp_id)->{status} // '', 'open', "late registration: S-$fp_id: FreshPortal shows it open");
 }
+
+# --- kill -9 with the answer in hand ---------------------------------------------
+#
+# PayTrace made the statement's sale; the worker is killed before recording
+# the answer.  The new worker looks the statement up by its number and
+# records it captured, registered per invoice; nothing is sent again.
+
+$pt->customers([ { customer_id => 'C-CRASH', method => 'card' } ]);
+$fp->seed(
+	{
+		customers => [ { id => 13, code => 'CRASH', name => 'Crash Carnations', currency => 'USD' } ],
+		invoices  => [
+			invoice_seed(1301, 13, '70.00', invoice_date => $issued, due_date => $past),
+			invoice_seed(1302, 13, '30.00', invoice_date => $issued, due_date => $past),
+		]
+	});
+sync_main();
+refresh_ids();
+sql("SELECT 1 FROM freshpay_link_customer($cust{13}, 'C-CRASH', 'manual', 'card')");
+($seq, $fseq) = ($pt->last_seq, $fp->last_seq);
+FreshpayTest::set_pause($node, 'after_answer');
+my $offset = -s $node->logfile;
+my $crash_call = FreshpayTest::start_psql($node, "SELECT status FROM freshpay_capture_statement($cust{13})");
+ok(FreshpayTest::wait_for_pause($node, 'after_answer', $offset), 'crash: the worker pauses with the statement\'s answer in hand');
+is(scalar(grep { $_->{invoice_id} =~ /^ST-CRASH-/ } @{ $pt->state->{transactions} }), 1, 'crash: PayTrace has made the sale');
+my $crashed = sql("SELECT id || ':' || status FROM freshpay.payments WHERE customer_id = $cust{13}");
+like($crashed, qr/^\d+:(?:pending|unknown)$/, 'crash: freshpay has recorded the statement, not its answer');
+my ($crashed_id) = $crashed =~ /^(\d+)/;
+FreshpayTest::kill_worker($node, 'crash');
+eval { $crash_call->{handle}->finish; 1 } or $crash_call->{handle}->kill_kill;
+FreshpayTest::set_pause($node, '');
+ok(poll_until("SELECT status = 'captured' FROM freshpay.payments WHERE id = " . ($crashed_id // 0), 'the crashed statement', 60),
+	'crash: after the restart the statement is resolved captured');
+check_statement(
+	what     => 'crash',
+	payment  => $crashed_id,
+	code     => 'CRASH',
+	profile  => 'C-CRASH',
+	customer => $cust{13},
+	invoices => [ [ 1301, '70.00' ], [ 1302, '30.00' ] ],
+	since    => $seq,
+	fp_since => $fseq);
 
 # --- In the end --------------------------------------------------------------------
 
