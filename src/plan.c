@@ -363,8 +363,22 @@ plan_call(CallPlan *plan, const MoneyCall *call, MemoryContext context)
 					"   AND status OPERATOR(pg_catalog.=) 'captured'"
 					" ORDER BY id DESC LIMIT 1",
 					1, types, values, NULL, SPI_OK_SELECT) == 0)
+		{
+			/* Collected in a statement: the statement is what can be voided or refunded. */
+			if (fp_spi_run("SELECT p.id, p.invoice_number FROM freshpay.payment_allocations a"
+						   "  JOIN freshpay.payments p ON p.id OPERATOR(pg_catalog.=) a.payment_id"
+						   " WHERE a.invoice_id OPERATOR(pg_catalog.=) $1 AND a.amount OPERATOR(pg_catalog.>) 0"
+						   "   AND p.status OPERATOR(pg_catalog.=) 'captured'"
+						   " ORDER BY p.id DESC LIMIT 1",
+						   1, types, values, NULL, SPI_OK_SELECT) == 1)
+				fp_refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+						  psprintf("Void or refund the statement, payment %s; a partial refund comes off its newest invoices first.",
+								   fp_spi_text(context, 1)),
+						  "invoice " INT64_FORMAT " was collected in statement %s", call->target_id,
+						  fp_spi_text(context, 2));
 			fp_refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "Only collected invoices can be reversed.",
 				  "invoice " INT64_FORMAT " has no collected payment to reverse", call->target_id);
+		}
 		fp_spi_int64(1, &target);
 		/* Known settled: refund; otherwise void, unless PayTrace says settled. */
 		plan_reversal(plan, strcmp(fp_spi_text(context, 2), "t") == 0 ? MONEY_REFUND : MONEY_VOID,

@@ -399,6 +399,9 @@ my ($again, $again_err, $again_rc) = money(statement_call($cust{1}, $inv{101}, $
 like($again_err, qr/ERROR:\s+55000:/, 'statement again: the paid invoices are refused (55000)');
 is(scalar(all_sale_requests($seq)), 0, 'statement again: no sale was sent');
 
+# An invoice of the statement is not reversed alone: the statement is.
+refused("freshpay_reverse($inv{103})", '55000', qr/collected in statement ST-BLOOM-/, 'reverse one invoice of a statement');
+
 # --- Void: every allocation reversed ------------------------------------------------
 
 $seq = $pt->last_seq;
