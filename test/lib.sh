@@ -29,8 +29,10 @@ FP_TEST_HOME=/var/lib/freshpay_test
 FP_CLEAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 # Debian packages the build, the tests and the demo need.  libasan8 and
-# libubsan1 are gcc's sanitizer runtimes (test/run's sanitized pass); clang
-# and libclang-rt-14-dev (libFuzzer) are for the fuzz targets.
+# libubsan1 are gcc's sanitizer runtimes (test/run's sanitized pass);
+# postgresql-15-cron is pg_cron, which test/t/330_pg_cron.pl schedules
+# freshpay_sync() with; clang and libclang-rt-14-dev (libFuzzer) are for the
+# fuzz targets.
 FP_PACKAGES=(
 	build-essential pkg-config
 	postgresql-15 postgresql-server-dev-15
@@ -39,6 +41,7 @@ FP_PACKAGES=(
 	openssl ca-certificates curl
 	procps util-linux passwd
 	libasan8 libubsan1
+	postgresql-15-cron
 	clang libclang-rt-14-dev
 )
 
