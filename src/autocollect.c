@@ -214,7 +214,12 @@ autocollect_check(int64 invoice_id, int64 job_id)
 							 "   AND NOT EXISTS (SELECT FROM freshpay.payments p"
 							 "        WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id"
 							 "          AND (p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'authorized', 'refunded', 'voided', 'returned'])"
-							 "               OR (p.status OPERATOR(pg_catalog.=) 'failed' AND p.response_code IS NOT NULL)))",
+							 "               OR (p.status OPERATOR(pg_catalog.=) 'failed' AND p.response_code IS NOT NULL)))"
+							 /* collected in a statement meanwhile (an operator's freshpay_capture_statement) */
+							 "   AND NOT EXISTS (SELECT FROM freshpay.payment_allocations a"
+							 "        JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) a.payment_id"
+							 "        WHERE a.invoice_id OPERATOR(pg_catalog.=) i.id"
+							 "          AND s.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'refunded']))",
 							 1, types, values, NULL, SPI_OK_SELECT) == 1;
 	if (collectable)
 	{
@@ -222,7 +227,9 @@ autocollect_check(int64 invoice_id, int64 job_id)
 
 		has_profile = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	}
-	in_flight = fp_spi_run("SELECT 1 FROM freshpay.payments WHERE invoice_id OPERATOR(pg_catalog.=) $1"
+	in_flight = fp_spi_run("SELECT 1 FROM freshpay.payments WHERE (invoice_id OPERATOR(pg_catalog.=) $1"
+						"     OR id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT a.payment_id FROM freshpay.payment_allocations a"
+						"                                            WHERE a.invoice_id OPERATOR(pg_catalog.=) $1)))"
 						"   AND status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'unknown'])",
 						1, types, values, NULL, SPI_OK_SELECT);
 	if (!collectable)
@@ -258,6 +265,7 @@ autocollect_queue_due(void)
 					 "    AND NOT EXISTS (SELECT FROM freshpay.jobs j WHERE j.kind OPERATOR(pg_catalog.=) 'collect_invoice'"
 					 "                       AND j.invoice_id OPERATOR(pg_catalog.=) i.id)"
 					 "    AND NOT EXISTS (SELECT FROM freshpay.payments p WHERE p.invoice_id OPERATOR(pg_catalog.=) i.id)"
+					 "    AND NOT EXISTS (SELECT FROM freshpay.payment_allocations a WHERE a.invoice_id OPERATOR(pg_catalog.=) i.id)"
 					 " ON CONFLICT DO NOTHING",
 					 0, NULL, NULL, NULL, SPI_OK_INSERT);
 	fp_txn_commit(caller);

@@ -806,6 +806,42 @@ check_statement(
 	since    => $seq,
 	fp_since => $fseq);
 
+# --- An on_issue invoice collected in a statement before its own job ran ---------
+#
+# PayTrace turns the collect job's sale away (429, Retry-After 60: not
+# processed); meanwhile an operator collects the invoice in a statement.
+# When the job comes back, before the statement's registration reached
+# FreshPortal, it finds the invoice collected and ends quietly: no second
+# charge, no dead job.
+
+$pt->customers([ { customer_id => 'C-MIXED', method => 'card' } ]);
+$fp->seed({ customers => [ { id => 14, code => 'MIXED', name => 'Mixed Marigolds', currency => 'USD' } ] });
+sync_main();
+refresh_ids();
+sql("SELECT 1 FROM freshpay_link_customer($cust{14}, 'C-MIXED', 'on_issue', 'card')");
+$pt->faults([ { action => 'status', status => 429, method => 'POST', path => $SALE, times => 1,
+	body => '{"message":"Too Many Attempts."}', headers => { 'Retry-After' => '60' } } ]);
+$fp->seed({ invoices => [ invoice_seed(1401, 14, '25.00', invoice_date => $issued, due_date => $past) ] });
+sync_main();
+refresh_ids();
+ok( poll_until("SELECT count(*) = 1 FROM freshpay.jobs WHERE kind = 'collect_invoice' AND invoice_id = " . ($inv{1401} // 0)
+		  . " AND state = 'queued' AND last_error IS NOT NULL", 'the collect job turned away'),
+	'mixed: the collect job\'s sale was turned away; it waits for Retry-After');
+# FreshPortal takes the statement's registration slowly (within the request
+# timeout): the job runs again while the invoice is collected but not yet
+# registered.
+$fp->faults([ { action => 'delay', method => 'POST', path => '/v1/invoices/1401/payments', seconds => 2.5, times => 1 } ]);
+my ($mixed, $mixed_err) = money(statement_call($cust{14}, $inv{1401}));
+is($mixed->{status} // '', 'captured', 'mixed: the operator\'s statement of the invoice is captured') or diag($mixed_err);
+sql("UPDATE freshpay.jobs SET next_run_at = now() WHERE kind = 'collect_invoice' AND invoice_id = " . ($inv{1401} // 0));
+ok( poll_until("SELECT count(*) = 0 FROM freshpay.jobs WHERE kind = 'collect_invoice' AND invoice_id = " . ($inv{1401} // 0)
+		  . " AND state = 'queued'", 'the collect job to end'),
+	'mixed: the collect job runs again and ends');
+is(sql("SELECT state FROM freshpay.jobs WHERE kind = 'collect_invoice' AND invoice_id = " . ($inv{1401} // 0)), 'done',
+	'mixed: done, not dead: the invoice was collected');
+is(scalar(grep { $_->{invoice_id} eq $number{1401} || $_->{invoice_id} =~ /^ST-MIXED-/ } grep { $_->{kind} eq 'SALE' }
+		@{ $pt->state->{transactions} }), 1, 'mixed: PayTrace holds one sale for it, the statement\'s');
+
 # --- In the end --------------------------------------------------------------------
 
 is(sql("SELECT count(*) FROM freshpay.payments WHERE status IN ('pending', 'unknown')"), '0',
