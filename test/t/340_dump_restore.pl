@@ -84,11 +84,15 @@ unlike($text, qr/\Q$FreshpayTest::PT_PASSWORD\E(?!\w)/, 'the dump holds no PayTr
 like($text, qr/COPY freshpay\.payments /, 'the dump holds freshpay.payments\' rows');
 $old->stop;
 
-# A fresh cluster with freshpay preloaded, an empty database, the dump restored.
-my $new = FreshpayTest::new_node('restored', extension => 0);
+# A fresh cluster with freshpay preloaded, an empty database, the dump
+# restored; its worker is off until the rows are compared (it would work
+# the queued job at once).
+my $new = FreshpayTest::new_node('restored', extension => 0, conf => 'freshpay.worker_enabled = off');
 command_ok([ 'pg_restore', '--exit-on-error', '-d', $new->connstr('freshpay'), "$dir/freshpay.dump" ],
 	'pg_restore into a fresh cluster');
 is(fingerprint($new), $before, 'every table of the extension has the same rows');
+$new->append_conf('postgresql.conf', "freshpay.worker_enabled = on\n");
+$new->reload;
 is(sql_on($new, q{SELECT freshportal_api_key FROM freshpay.administration_secrets WHERE administration = 'main'}),
 	$FreshpayTest::FP_API_KEY_REF, 'the secret reference survives');
 
