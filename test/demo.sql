@@ -84,7 +84,7 @@ SELECT E'\n' || repeat('=', 100) || E'\n'
 				 count(*) FILTER (WHERE i.type = 'invoice'), min(i.invoice_date), max(i.invoice_date),
 				 count(*) FILTER (WHERE i.type = 'credit_note'),
 				 pg_temp.usd(sum(i.amount_incl_vat) FILTER (WHERE i.type = 'invoice'))) || E'\n'
-	   || format('  %-16s%s of %s invoices, by the worker, payers and finance', 'collected',
+	   || format('  %-16s%s of %s invoices, by the worker and by payers on PayTrace''s page', 'collected',
 				 (SELECT pg_temp.usd(sum(amount)) FROM demo_cash d WHERE d.administration = a.name),
 				 (SELECT count(DISTINCT invoice_id) FROM demo_cash d WHERE d.administration = a.name)) || E'\n'
 	   || format('  %-16s%s of %s invoices', 'still open',

@@ -396,13 +396,9 @@ class Month:
         return profiles
 
     def expiring_card(self):
-        """Daisy's card: valid today, expired before her next invoice is due
-        (the month before that invoice's due date, or this month)."""
-        due = min(i.due for i in self.backlog if i.customer.role == "expiring")
-        year, month = month_ago(due)
-        if (year, month) < (self.today.year, self.today.month):
-            year, month = self.today.year, self.today.month
-        return year, month
+        """Daisy's card: it expires the month before her next invoice is due
+        (none is due yet: she is not charged before)."""
+        return month_ago(min(i.due for i in self.backlog if i.customer.role == "expiring"))
 
     # -- what the worker is expected to do with the backlog ----------------------------
     def open_backlog(self):
@@ -587,7 +583,7 @@ class Demo:
         self.progress = Progress()
         # The server's today: its due dates and statement days are the ones
         # that count.
-        today = datetime.date.fromisoformat(self.db.value("SELECT current_date"))
+        today = datetime.date.fromisoformat(self.db.value("SELECT to_char(current_date, 'YYYY-MM-DD')"))
         self.month = Month(today, args.short)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -735,6 +731,12 @@ class Demo:
         self.wait("the backlog's collections", check, timeout=240)
         self.say(f"done in {time.monotonic() - started:.1f} s: every charge recorded, written back to FreshPortal,"
                  " Level 3 line items sent for Visa and Mastercard")
+        hotel = BY_ROLE["refund"]
+        row = self.db.row(f"""SELECT count(*) AS n, coalesce(sum(p.amount), 0) AS amount FROM freshpay.payments p
+                                JOIN freshpay.customers c ON c.id = p.customer_id
+                               WHERE c.code = {quote(hotel.code)} AND p.level3_status = 'sent'""")
+        self.say(f"{hotel.name} pays with a Visa purchasing card: its {row['n']} charges ({usd(row['amount'])})"
+                 " carried their invoice lines, for the lower Level 3 interchange rate")
         self.db.show(f"""SELECT c.collection || CASE WHEN p.kind = 'ach_sale' THEN ', ACH debit' ELSE ', card' END AS collected,
                                 count(*) AS invoices, to_char(sum(p.amount), 'FM$999,999,990.00') AS amount,
                                 count(*) FILTER (WHERE p.level3_status = 'sent') AS level3_sent
