@@ -221,7 +221,7 @@ WITH statements AS (
 				  count(DISTINCT batch_number), count(*),
 				  CASE WHEN count(*) FILTER (WHERE match NOT IN ('matched', 'statement')) = 0 THEN 'all'
 					   ELSE (count(*) FILTER (WHERE match IN ('matched', 'statement')))::text END)
-	  FROM freshpay.reconciliation HAVING count(*) > 0
+	  FROM freshpay.reconciliation WHERE batch_number IS NOT NULL HAVING count(*) > 0
 	UNION ALL
 	SELECT 13, 'Level 3',
 		   format('%s card charges carried their invoice lines (Visa, Mastercard: a lower interchange rate); %s not applicable (Amex)',

@@ -658,6 +658,9 @@ class Demo:
             raise DemoError("freshpay.sync_interval is 0: the demo needs the worker's scheduled sync "
                             "(e.g. freshpay.sync_interval = '1s' in postgresql.conf)")
         self.db.value("CREATE EXTENSION IF NOT EXISTS freshpay")
+        if self.db.true(f"SELECT EXISTS (SELECT FROM freshpay.administrations WHERE name = '{ADMINISTRATION}')"):
+            raise DemoError(f"this database has played the month already (administration {ADMINISTRATION});"
+                            " the demo needs a database of its own")
         self.db.value(f"""SELECT freshpay_add_administration(
             name                   => '{ADMINISTRATION}',
             freshportal_url        => {quote(self.fp.url)},
