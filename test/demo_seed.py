@@ -42,10 +42,8 @@ The people around freshpay are played through the stand-ins' admin API
 (/_standin/...): the wholesaler's staff in FreshPortal (seed, invoices/{id}),
 payers on PayTrace's hosted page (payment_requests/{id}/pay), the bank (ach/
 {id}/settle, ach/{id}/return) and PayTrace's settlement (settle).  The
-stand-in declines only the sandbox's trigger amount, 0.29; the expired card's
-charge gets PayTrace's decline answer through the stand-in's fault rules
-instead (one rule for one request, while the worker has nothing else to
-charge).
+PayTrace stand-in declines a card past its expiry month as PayTrace's
+sandbox declines its trigger amount (102, EXPIRED CARD).
 
 "show" prints the month's customers and invoices without any server.
 
@@ -904,23 +902,11 @@ class Demo:
         c = BY_ROLE["decline"]
         order = m.today_orders["rosewood"]
         self.stage(f"{c.name}'s first card charge: the card on file has expired")
-        self.wait_quiet()
-        # The stand-in declines only 0.29 by itself (PayTrace's sandbox trigger);
-        # this charge gets PayTrace's decline answer through its fault rules.  The
-        # worker is idle, so the next card sale is Rosewood's.
-        decline = {"success": False, "response_code": 102, "status_message": "Your transaction was not approved.",
-                   "transaction_id": 125000119, "approval_code": "", "approval_message": "  EXPIRED CARD - Expired card",
-                   "avs_response": "No Match", "csc_response": "", "external_transaction_id": ""}
-        self.pt.post("/_standin/faults", {"rules": [{
-            "method": "POST", "path": "/v1/transactions/sale/by_customer", "action": "status",
-            "status": 200, "body": json.dumps(decline), "times": 1, "name": "expired card"}]})
-        try:
-            self.issue(order)
-            self.wait_sql("the decline", f"""SELECT EXISTS (SELECT FROM freshpay.payments p
-                             JOIN freshpay.invoices i ON i.id = p.invoice_id
-                            WHERE i.number = {quote(order.number)} AND p.status = 'failed')""")
-        finally:
-            self.pt.post("/_standin/faults", {"rules": []})
+        # The card on file expired last month: PayTrace declines it.
+        self.issue(order)
+        self.wait_sql("the decline", f"""SELECT EXISTS (SELECT FROM freshpay.payments p
+                         JOIN freshpay.invoices i ON i.id = p.invoice_id
+                        WHERE i.number = {quote(order.number)} AND p.status = 'failed')""")
         row = self.db.row(f"""SELECT p.response_code, p.message FROM freshpay.payments p
                                 JOIN freshpay.invoices i ON i.id = p.invoice_id WHERE i.number = {quote(order.number)}""")
         self.say(f"{order.number} ({usd(order.total)}): declined, {row['response_code']} {' '.join(row['message'].split())}")

@@ -1209,12 +1209,25 @@ class PayTraceApp(PayTraceV3, StandinApp):
         self.transactions[txn_id] = txn
         return txn
 
+    @staticmethod
+    def card_expired(source):
+        """A card whose expiry month has passed.  [P]: the issuer declines it with
+        the sandbox trigger's answer (102, EXPIRED CARD), see research §2."""
+        year, month = source.get("expiration_year") or 0, source.get("expiration_month") or 0
+        if not year or not month:
+            return False
+        if year < 100:
+            year += 2000
+        today = utc_now()
+        return (year, month) < (today.year, today.month)
+
     def charge(self, kind, body, source, amount, show_card):
-        """Sale or authorization: approve, decline (0.29) or auto-void (config)."""
+        """Sale or authorization: approve, decline (0.29, or an expired card) or
+        auto-void (config)."""
         approved_state = "pending" if kind == SALE else "authorized"
         txn = self.new_transaction(kind, "card", amount, approved_state, body, source)
         txn.authorized_amount = amount
-        if amount == DECLINE_AMOUNT:
+        if amount == DECLINE_AMOUNT or self.card_expired(source):
             txn.state, code = "declined", 102
             txn.approval_message = DECLINE_MESSAGE
         else:

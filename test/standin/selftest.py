@@ -791,6 +791,20 @@ def paytrace_ach_keyed_autovoid(c):
     T.ok(time.monotonic() - started >= 0.35, "pt: approval_delay slows money calls")
     admin(c, "config", {"approval_delay": 0.0})
 
+    # A card past its expiry month is declined like the trigger amount; one
+    # expiring this month is still good.
+    today = datetime.date.today()
+    last = (today.replace(day=1) - datetime.timedelta(days=1))
+    admin(c, "customers", {"customers": [
+        {"customer_id": "CEXP", "expiration_month": last.month, "expiration_year": last.year},
+        {"customer_id": "CNOW", "expiration_month": today.month, "expiration_year": today.year}]})
+    expired = pt(c, "transactions/sale/by_customer", {"customer_id": "CEXP", "amount": "40.00"})
+    T.eq((expired.json["success"], expired.json["response_code"], expired.json["approval_message"]),
+         (False, 102, "  EXPIRED CARD - Expired card"), "pt: a card past its expiry month declines with 102")
+    T.eq(pt(c, "transactions/sale/by_customer",
+            {"customer_id": "CNOW", "amount": "40.00"}).json["response_code"], 101,
+         "pt: a card expiring this month is approved")
+
 
 def state_of(c, kind, key, value):
     """The row of GET /_standin/state[kind] whose key is value."""
