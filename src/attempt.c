@@ -315,7 +315,7 @@ start_call(Flow *f, Pending *p)
 	if (f->job.customer_id != 0)
 	{
 		/* A collect_statement job: the customer's statement, on its day. */
-		TimestampTz check = statement_job_check(f->job.customer_id);
+		TimestampTz check = statement_job_check(f->job.customer_id, f->job.id);
 
 		if (check >= 0)
 		{

@@ -47,12 +47,19 @@
 #include "spi_txn.h"
 #include "statement.h"
 
-/* Invoice i is one a statement of customer takes by default: open, and due by today. */
+/*
+ * Invoice i is one a statement of customer takes by default: open, due by
+ * today, and in no other statement that holds money of it or may.
+ */
 #define DUE_INVOICE_OF(customer) \
 	"i.customer_id OPERATOR(pg_catalog.=) " customer \
 	" AND i.type OPERATOR(pg_catalog.=) 'invoice'" \
 	" AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])" \
-	" AND COALESCE(i.due_date, i.invoice_date) OPERATOR(pg_catalog.<=) CURRENT_DATE"
+	" AND COALESCE(i.due_date, i.invoice_date) OPERATOR(pg_catalog.<=) CURRENT_DATE" \
+	" AND NOT EXISTS (SELECT FROM freshpay.payment_allocations a" \
+	"      JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) a.payment_id" \
+	"      WHERE a.invoice_id OPERATOR(pg_catalog.=) i.id AND a.amount OPERATOR(pg_catalog.>) 0" \
+	"        AND s.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'pending', 'unknown']))"
 
 /* A customer code longer than this names the statement by the customer's id. */
 #define STATEMENT_CODE_MAX 30
@@ -496,16 +503,18 @@ statement_queue_due(void)
 
 /*
  * May a collect_statement job charge its customer now?  0: no (no longer on
- * a statement rule, blocked, unlinked, nothing due; or a statement of the
- * customer was declined today: a person decides); AUTOCOLLECT_CHARGE (-1): yes; else
- * when to look again (a charge of the customer is in flight).  In the
- * caller's transaction.
+ * a statement rule, blocked, unlinked, nothing due; a statement of the
+ * customer was declined today: a person decides; or the job made its
+ * statement already — a job run again after a crash with the statement in
+ * flight must not make a second one that day, whatever became of the
+ * first); AUTOCOLLECT_CHARGE (-1): yes; else when to look again (a charge
+ * of the customer is in flight).  In the caller's transaction.
  */
 TimestampTz
-statement_job_check(int64 customer_id)
+statement_job_check(int64 customer_id, int64 job_id)
 {
-	Oid			types[] = {INT8OID};
-	Datum		values[] = {Int64GetDatum(customer_id)};
+	Oid			types[] = {INT8OID, INT8OID};
+	Datum		values[] = {Int64GetDatum(customer_id), Int64GetDatum(job_id)};
 
 	if (fp_spi_run("SELECT 1 FROM freshpay.customers c"
 				   " WHERE c.id OPERATOR(pg_catalog.=) $1"
@@ -517,8 +526,14 @@ statement_job_check(int64 customer_id)
 				   "        WHERE p.customer_id OPERATOR(pg_catalog.=) c.id AND p.invoice_id IS NULL"
 				   "          AND p.kind OPERATOR(pg_catalog.=) 'sale'"
 				   "          AND p.status OPERATOR(pg_catalog.=) 'failed' AND p.response_code IS NOT NULL"
-				   "          AND p.created_at OPERATOR(pg_catalog.>=) CURRENT_DATE)",
-				   1, types, values, NULL, SPI_OK_SELECT) == 0)
+				   "          AND p.created_at OPERATOR(pg_catalog.>=) CURRENT_DATE)"
+				   "   AND NOT EXISTS (SELECT FROM freshpay.payments p, freshpay.jobs j"
+				   "        WHERE j.id OPERATOR(pg_catalog.=) $2"
+				   "          AND p.customer_id OPERATOR(pg_catalog.=) c.id AND p.invoice_id IS NULL"
+				   "          AND p.kind OPERATOR(pg_catalog.=) 'sale'"
+				   "          AND p.requested_by OPERATOR(pg_catalog.=) 'freshpay worker'"
+				   "          AND p.created_at OPERATOR(pg_catalog.>=) j.created_at)",
+				   2, types, values, NULL, SPI_OK_SELECT) == 0)
 		return 0;
 	if (fp_spi_run("SELECT 1 FROM freshpay.payments p"
 				   " WHERE p.customer_id OPERATOR(pg_catalog.=) $1"

@@ -45,6 +45,6 @@ extern void statement_check_holdings(const Administration *admin, CallPlan *plan
 
 /* The statement customers whose day it is: their collect_statement jobs.  Own transaction. */
 extern int64 statement_queue_due(void);
-extern TimestampTz statement_job_check(int64 customer_id);
+extern TimestampTz statement_job_check(int64 customer_id, int64 job_id);
 
 #endif							/* FRESHPAY_STATEMENT_H */

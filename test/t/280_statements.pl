@@ -723,6 +723,52 @@ for my $case ([ 8, 'LATERWK', 801, 'weekly, not its day' ], [ 10, 'LATERMO', 100
 	is(fp_invoice($fp_id)->{status} // '', 'open', "$what: the invoice stays open in FreshPortal");
 }
 
+# --- The weekly statement's job killed with the answer in hand -------------------
+#
+# The worker's statement of the day is made at PayTrace; the worker is killed
+# before it records the answer, and a new invoice of the customer arrives.
+# After the restart the statement is resolved captured, and the job, run
+# again, makes no second statement that day (found by the chaos test).
+
+$pt->customers([ { customer_id => 'C-WEEK2', method => 'card' } ]);
+$fp->seed(
+	{
+		customers => [ { id => 15, code => 'WEEK2', name => 'Weekly Wallflowers', currency => 'USD' } ],
+		invoices  => [
+			invoice_seed(1501, 15, '81.00', invoice_date => $issued, due_date => $past),
+			invoice_seed(1502, 15, '19.00', invoice_date => $issued, due_date => $past),
+		]
+	});
+ok(poll_until("SELECT count(*) = 2 FROM freshpay.invoices i JOIN freshpay.customers c ON c.id = i.customer_id"
+		  . " WHERE c.code = 'WEEK2'", 'the scheduled sync of WEEK2'),
+	'weekly crash: the scheduled sync brings the customer and its invoices');
+refresh_ids();
+FreshpayTest::set_pause($node, 'after_answer');
+my $week2_offset = -s $node->logfile;
+$seq = $pt->last_seq;
+sql("SELECT 1 FROM freshpay_link_customer($cust{15}, 'C-WEEK2', 'statement_weekly', 'card', statement_day => $dow)");
+ok(FreshpayTest::wait_for_pause($node, 'after_answer', $week2_offset), 'weekly crash: the worker holds its statement\'s answer');
+is(scalar(grep { $_->{invoice_id} =~ /^ST-WEEK2-/ } @{ $pt->state->{transactions} }), 1, 'weekly crash: PayTrace has made the sale');
+$fp->seed({ invoices => [ invoice_seed(1503, 15, '50.00', invoice_date => $issued, due_date => $past) ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+refresh_ids();
+FreshpayTest::kill_worker($node, 'weekly crash');
+FreshpayTest::set_pause($node, '');
+ok( poll_until("SELECT count(*) = 1 AND bool_and(status = 'captured') FROM freshpay.payments WHERE customer_id = $cust{15}",
+		'the resolution', 60),
+	'weekly crash: after the restart the statement is resolved captured');
+ok( poll_until("SELECT count(*) = 0 FROM freshpay.jobs WHERE kind = 'collect_statement' AND customer_id = $cust{15}"
+		  . " AND state = 'queued'", 'the job to end', 60),
+	'weekly crash: its job ends');
+sleep 2;
+is(sql("SELECT string_agg(state, ',') FROM freshpay.jobs WHERE kind = 'collect_statement' AND customer_id = $cust{15}"), 'done',
+	'weekly crash: done');
+is(scalar(grep { $_->{invoice_id} =~ /^ST-WEEK2-/ } @{ $pt->state->{transactions} }), 1,
+	'weekly crash: PayTrace holds one statement sale of the customer for the day');
+is(sql("SELECT count(*) FROM freshpay.payments WHERE customer_id = $cust{15}"), '1', 'weekly crash: freshpay holds one payment of the customer');
+is(allocations_of(sql("SELECT min(id) FROM freshpay.payments WHERE customer_id = $cust{15}"), 1501, 1502, 1503),
+	'1501:81.00,1502:19.00,1503:0.00', 'weekly crash: the statement holds the first two invoices; the new one waits for the next statement day');
+
 # --- A void recorded while an allocation's registration is in flight ---------------
 #
 # FreshPortal takes the second invoice's registration but answers after the
