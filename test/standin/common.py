@@ -273,7 +273,7 @@ class RequestLog:
 FAULT_ACTIONS = ("delay", "status", "malformed", "close_before", "close_after", "oversize",
                  "malformed_after", "delay_after")
 _RULE_KEYS = {"name", "action", "method", "path", "path_prefix", "skip", "times", "delay",
-              "seconds", "status", "body", "headers", "bytes", "probability"}
+              "seconds", "status", "body", "headers", "bytes", "probability", "body_match"}
 
 
 class FaultRule:
@@ -307,18 +307,19 @@ class FaultRule:
             raise ValueError("probability must be a number between 0 and 1")
         if not isinstance(self.body, str) or not isinstance(self.headers, dict):
             raise ValueError("body must be a string and headers an object")
+        self.body_match = _body_match_field(spec)
         self.matched = 0
         self.applied = 0
         self.passed = 0         # matched after skip, but the random draw let it through
 
-    def matches(self, method, path):
+    def matches(self, method, path, body=b""):
         if self.method is not None and self.method.upper() != method:
             return False
-        if self.path is not None:
-            return path == self.path
-        if self.path_prefix is not None:
-            return path.startswith(self.path_prefix)
-        return True
+        if self.path is not None and path != self.path:
+            return False
+        if self.path_prefix is not None and not path.startswith(self.path_prefix):
+            return False
+        return self.body_match is None or _body_matches(self.body_match, body)
 
     @property
     def spent(self):
@@ -330,6 +331,42 @@ class FaultRule:
         if "probability" in self.spec:
             described["passed"] = self.passed
         return described
+
+
+def _body_match_field(spec):
+    """body_match: {field: regular expression}, or None."""
+    value = spec.get("body_match")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ValueError("body_match must be a non-empty object of field: regular expression")
+    compiled = {}
+    for key, pattern in value.items():
+        if not isinstance(pattern, str):
+            raise ValueError("body_match values must be regular expressions (strings)")
+        try:
+            compiled[key] = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"body_match {key}: {exc}") from None
+    return compiled
+
+
+def _body_matches(body_match, body):
+    """Whether a request body is a JSON object whose named top-level fields, each a
+    string or a number, match their expressions (re.search)."""
+    try:
+        parsed = parse_json(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(parsed, dict):
+        return False
+    for key, regex in body_match.items():
+        value = parsed.get(key)
+        if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+            return False
+        if not regex.search(str(value)):
+            return False
+    return True
 
 
 def _int_field(spec, key, default, minimum):
@@ -372,9 +409,9 @@ class FaultEngine:
             raise ValueError("rules must be a list")
         self.rules = [FaultRule(spec) for spec in specs]
 
-    def claim(self, method, path):
+    def claim(self, method, path, body=b""):
         for rule in self.rules:
-            if rule.spent or not rule.matches(method, path):
+            if rule.spent or not rule.matches(method, path, body):
                 continue
             rule.matched += 1
             if rule.matched <= rule.skip:
@@ -489,7 +526,7 @@ class StandinApp:
         with self.lock:
             entry = self.log.record(request)
             request.log_entry = entry
-            rule = self.faults.claim(request.method, request.path)
+            rule = self.faults.claim(request.method, request.path, request.body)
             entry["fault"] = rule.action if rule else None
             entry["fault_name"] = rule.spec.get("name") if rule else None
         try:

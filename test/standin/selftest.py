@@ -415,8 +415,19 @@ def random_fault_checks(c, prefix, path, body, state_probe, processed_status, me
     log = admin(c, "requests")["requests"][-3:]
     T.ok(all(e["fault_name"] == ("coin" if e["status"] == 503 else None) for e in log),
          f"{prefix}: the request log names the rule that claimed a request")
+    # body_match: only requests whose JSON body fields match (re.search).
+    field, value = next((k, v) for k, v in body.items() if isinstance(v, str) and v)
+    rules([{"path": path, "action": "status", "status": 503, "times": -1,
+            "body_match": {field: "^" + re.escape(value) + "$"}}])
+    other = {**body, field: value + "-other"}
+    T.eq((c.call(method, path, body).status, c.call(method, path, other).status == 503),
+         (503, False), f"{prefix}: body_match claims a request whose {field} matches, not another")
+    rules([{"path": path, "action": "status", "status": 503, "body_match": {"no_such_field": "."}}])
+    T.ok(c.call(method, path, body).status != 503, f"{prefix}: body_match on a field the body lacks never matches")
     for bad, why in (({"rules": [{**chance, "probability": 1.5}]}, "probability 1.5"),
-                     ({"rules": [], "seed": "x"}, "a seed that is not an integer")):
+                     ({"rules": [], "seed": "x"}, "a seed that is not an integer"),
+                     ({"rules": [{**chance, "body_match": {field: "("}}]}, "a body_match that is no regular expression"),
+                     ({"rules": [{**chance, "body_match": []}]}, "a body_match that is not an object")):
         reply = c.call("POST", "/_standin/faults", bad, token="")
         T.eq(reply.status, 400, f"{prefix}: {why} is refused with 400")
     rules([{"path": path, "action": "malformed_after"}])

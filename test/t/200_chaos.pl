@@ -1,12 +1,24 @@
-# Exactly once under chaos (issue 7, item 4; issue 9): a few hundred
-# invoices of on_issue customers arrive in waves and are collected by the
-# worker while both stand-ins inject faults at random positions and the
-# worker is killed with SIGKILL and the server stopped with -m immediate
-# several times.  Invoice 5000+k belongs to customer 1 + k % 6: customers
-# 1-4 pay by card (sales against their vault profiles, API v1), customer 5
-# by ACH (debits through PayTrace API v3, each with an idempotency key) and
-# customer 6 has no vault profile (each invoice gets a payment request,
-# POST /v3/invoice).
+# Exactly once under chaos (issue 7, item 4; issue 9; issue 10: statements):
+# a few hundred invoices arrive in waves and are collected while both
+# stand-ins inject faults at random positions and the worker is killed with
+# SIGKILL and the server stopped with -m immediate several times.  Invoice
+# 5000+k belongs to customer 7 when k % 12 == 11, to customer 8 when
+# k % 60 == 1, else to customer 1 + (5000+k) % 6, all of these on_issue:
+# customers 1-4 pay by card (sales against their vault profiles, API v1),
+# customer 5 by ACH (debits through PayTrace API v3, each with an
+# idempotency key) and customer 6 has no vault profile (each invoice gets a
+# payment request, POST /v3/invoice).  Two customers pay by statement (one
+# card sale for several invoices, allocated per invoice), their invoices due
+# by today (one in five of customer 7's due later):
+# - customer 7 (card, vault profile, collection 'manual'): a person calls
+#   freshpay_capture_statement every 3 s or so in sessions of their own,
+#   with the default list or naming 1-3 of its open due invoices; a call may
+#   fail (a fault, an invoice in another statement: 55006, already paid) or
+#   be cut off by a crash, or return 'unknown';
+# - customer 8 (card, vault profile): its first invoices are there before
+#   the chaos, the rest come with the last wave; a few seconds in, it is put
+#   on statement_weekly with today's day, and the worker's due pass (after
+#   each scheduled sync) makes its statement of the day by itself.
 #
 # PayTrace: answers lost after the sale or debit was made (close_after),
 # connections dropped before it (close_before), 500 (HTML) / 503 / 429,
@@ -15,10 +27,15 @@
 # processed ones (malformed_after), failing token calls (v1 and v3) and
 # lookups (the v1 export; the v3 ACH reads by id, by key and the pull's
 # list); payment requests lost after or before PayTrace made them, or a 500.
+# Statement sales meet all the sale faults, and lost answers of their own
+# (rules matching invoice_id ^ST-: always the first of customer 7's, and
+# some others).
 # FreshPortal: 500s on auth, lists, re-reads (GET /v1/invoices/{id}) and
 # payment lookups; on registrations (POST /v1/invoices/{id}/payments) 500,
-# close_before, close_after and a malformed body after committing; on
-# reversals 500 and close_after.
+# close_before, close_after and a malformed body after committing (for the
+# statement customers' invoices, allocations, always the first registration
+# of each invoice and more often later ones); on reversals 500 and
+# close_after.
 #
 # Meanwhile the test plays the payers and the bank: payers pay some of the
 # payment requests on PayTrace's page (without storing a card, so customer 6
@@ -27,10 +44,14 @@
 #
 # Then, once quiet, with the stand-ins' own records as ground truth: a
 # payment still 'unknown' must be one PayTrace never processed (a card
-# attempt: no transaction with the invoice number; an ACH debit: no debit
-# with its idempotency key); the test settles each such payment as a person
-# would (freshpay_resolve(id, 'not_processed')), waits until quiet again, and
-# checks, per kind of customer:
+# attempt: no transaction with the invoice number; a statement: none with
+# the statement number; an ACH debit: no debit with its idempotency key);
+# the test settles each such payment as a person would
+# (freshpay_resolve(id, 'not_processed')).  Every due invoice of customer 7
+# must then be in a captured statement (paid in FreshPortal) or open with
+# nothing in flight, and the person's last statement, faults off, takes
+# exactly the open ones.  Quiet again, the test checks, per kind of
+# customer:
 # - card: every invoice charged exactly once (one approved PayTrace sale),
 #   recorded captured with PayTrace's transaction id, registered in
 #   FreshPortal exactly once (the registration freshpay recorded);
@@ -45,13 +66,36 @@
 #   request'), registered once, the request paid with that payment; an
 #   unpaid one sent or unknown, a lost one unknown or failed; nothing of
 #   these customers charged by freshpay;
-# and that nothing is pending or unknown and that no job is dead.
+# - statements: every payment without an invoice is a statement of customer
+#   7 or 8 (ST-CHAOS<n>-<today>-<n>), captured or failed, its allocations of
+#   invoices of its customer; no invoice of theirs charged twice (captured
+#   allocations at most its amount, in one statement) nor alone (no PayTrace
+#   transaction under its number, no payment, request or collection of its
+#   own); every approved PayTrace sale under a statement number is exactly
+#   one statement, captured, with its transaction id, no statement number
+#   charged twice, and every captured statement has exactly one sale (its
+#   amount, its customer's vault profile); a captured statement's
+#   allocations sum to its amount, each the invoice's open amount; a failed
+#   one has no registration; every allocation of a captured statement is
+#   registered exactly once (the one FreshPortal payment of its invoice,
+#   naming the transaction, for the allocation's amount, the allocation's
+#   freshportal_payment_id), the invoice paid there; in the end every due
+#   invoice of customer 7 is in exactly one captured statement, one not due
+#   in none; customer 8 has at most one statement sale at PayTrace and one
+#   captured statement, all its statements the worker's, none after the
+#   captured one, each invoice in it or open with nothing registered, and
+#   (unless its statement was lost unprocessed or declined: then the day is
+#   over for it) the statement was made, with every invoice that was there
+#   before the rule;
+# and that nothing is pending or unknown and that no job is dead (nothing
+# but freshpay pays these invoices: a statement job dead for having nothing
+# left to collect ran again after its own statement).
 #
 # The randomness is seeded: FRESHPAY_CHAOS_SEED=n replays a run's faults,
-# crash schedule and the payers' and bank's choices (the arrival order of
-# concurrent requests, and so the exact positions of the faults and what is
-# there to choose from, can still differ).  FRESHPAY_CHAOS_INVOICES changes
-# the number of invoices (default 240).
+# crash schedule, the payers' and bank's choices and the statement calls
+# (the arrival order of concurrent requests, and so the exact positions of
+# the faults and what is there to choose from, can still differ).
+# FRESHPAY_CHAOS_INVOICES changes the number of invoices (default 240).
 use strict;
 use warnings;
 
@@ -113,16 +157,23 @@ sub rows
 
 # --- Setup: customers linked on_issue, no faults yet ----------------------------
 
-# Customer 1 + k % 6 of invoice 5000+k: 1-4 card, 5 ACH, 6 no vault profile.
-my %KIND = ((map { $_ => 'card' } 1 .. 4), 5 => 'ach', 6 => 'request');
-sub customer_of { return 1 + $_[0] % 6; }
-sub kind_of     { return $KIND{ customer_of($_[0]) }; }
+# Invoice 5000+k is customer 7's when k % 12 == 11 (statements by hand; taken
+# from customer 2), customer 8's when k % 60 == 1 (weekly statements; taken
+# from customer 4), else customer 1 + (5000+k) % 6's: 1-4 card, 5 ACH, 6 no
+# vault profile.
+my %KIND = ((map { $_ => 'card' } 1 .. 4), 5 => 'ach', 6 => 'request', 7 => 'statement', 8 => 'weekly');
+sub customer_of
+{
+	my $k = $_[0] - 5000;
+	return $k % 12 == 11 ? 7 : $k % 60 == 1 ? 8 : 1 + $_[0] % 6;
+}
+sub kind_of { return $KIND{ customer_of($_[0]) }; }
 my $ACH_PROFILE = 'C-CHAOS-ACH-5';
 
-$pt->customers([ (map { { customer_id => "C-CHAOS-$_", method => 'card' } } 1 .. 4),
+$pt->customers([ (map { { customer_id => "C-CHAOS-$_", method => 'card' } } 1 .. 4, 7, 8),
 	{ customer_id => $ACH_PROFILE, method => 'ach' } ]);
 $fp->seed({ customers => [ map { +{ id => $_, code => "CHAOS$_", name => "Chaos Florist $_", currency => 'USD',
-				email => "ap$_\@chaos.example" } } 1 .. 6 ] });
+				email => "ap$_\@chaos.example" } } 1 .. 8 ] });
 sql("SELECT count(*) FROM freshpay_sync('main')");
 for my $id (1 .. 4)
 {
@@ -132,27 +183,79 @@ for my $id (1 .. 4)
 sql("SELECT 1 FROM freshpay_link_customer((SELECT id FROM freshpay.customers WHERE freshportal_id = 5),"
 	  . " '$ACH_PROFILE', 'on_issue', 'ach')");
 sql("SELECT 1 FROM freshpay_link_customer((SELECT id FROM freshpay.customers WHERE freshportal_id = 6), NULL, 'on_issue')");
+# The statement customers: manual for now (customer 8 gets its weekly rule during the chaos).
+for my $id (7, 8)
+{
+	sql("SELECT 1 FROM freshpay_link_customer((SELECT id FROM freshpay.customers WHERE freshportal_id = $id),"
+		  . " 'C-CHAOS-$id', 'manual', 'card')");
+}
 is(sql("SELECT string_agg(freshportal_id || ':' || collection || ':' || payment_method || ':' || coalesce(paytrace_customer_id, '-'), ','"
 		  . " ORDER BY freshportal_id) FROM freshpay.customers"),
-	join(',', (map { "$_:on_issue:card:C-CHAOS-$_" } 1 .. 4), "5:on_issue:ach:$ACH_PROFILE", '6:on_issue:card:-'),
-	'setup: 6 customers collected on_issue: 4 by card, 1 by ACH, 1 without a vault profile');
+	join(',', (map { "$_:on_issue:card:C-CHAOS-$_" } 1 .. 4), "5:on_issue:ach:$ACH_PROFILE", '6:on_issue:card:-',
+		(map { "$_:manual:card:C-CHAOS-$_" } 7, 8)),
+	'setup: 6 customers collected on_issue: 4 by card, 1 by ACH, 1 without a vault profile; 2 statement customers, manual');
+my %CUST = map { split /\|/ } split /\n/, sql("SELECT freshportal_id, id FROM freshpay.customers WHERE administration = 'main'");
 
 my $today = strftime('%Y-%m-%d', localtime);
+# The server's dates: statements go by its CURRENT_DATE (due by today, the statement number, the weekly day).
+my ($issued, $past, $server_today, $ahead, $dow, $st_date) = split /\|/,
+  sql("SELECT current_date - 30, current_date - 3, current_date, current_date + 10, extract(dow FROM current_date)::int,"
+	  . " to_char(current_date, 'YYYYMMDD')");
 my @ids = map { 5000 + $_ } 1 .. $N;
 my @card_ids    = grep { kind_of($_) eq 'card' } @ids;
 my @ach_ids     = grep { kind_of($_) eq 'ach' } @ids;
 my @request_ids = grep { kind_of($_) eq 'request' } @ids;
+# Customer 7: due 3 days ago, or today; one in five (k % 60 == 35) due in 10
+# days, which no statement takes (the test never names it).  Customer 8: due
+# 3 days ago; those of the first three waves are at FreshPortal before the
+# chaos, those of the last wave arrive with it (after the weekly statement,
+# or before it when its job is still retrying).
+my @st7_ids     = grep { customer_of($_) == 7 } @ids;
+my @st8_ids     = grep { customer_of($_) == 8 } @ids;
+my @st_ids      = (@st7_ids, @st8_ids);
+my %not_due     = map { $_ => 1 } grep { ($_ - 5000) % 60 == 35 } @st7_ids;
+my @st7_due     = grep { !$not_due{$_} } @st7_ids;
+my $LAST_WAVE   = 5000 + int(3 * $N / 4) + 1;    # the first invoice of the last wave
+my @st8_early   = grep { $_ < $LAST_WAVE } @st8_ids;
+my %early       = map { $_ => 1 } @st8_early;
+my %due_date    = map { $_ => $not_due{$_} ? $ahead : ($_ - 5000) % 24 == 23 ? $server_today : $past } @st_ids;
+my %is_st       = map { $_ => 1 } @st_ids;
 # (never 0.29, PayTrace's decline trigger)
 my %amount = map { $_ => sprintf('%d.%02d', 20 + ($_ * 37) % 700, ($_ * 13) % 100) } @ids;
 sub number_of { return "CH-$_[0]"; }
 my %is_ours = map { number_of($_) => $_ } @ids;
-note(sprintf('%d card invoices, %d ACH invoices, %d invoices of the customer without a vault profile',
-	scalar @card_ids, scalar @ach_ids, scalar @request_ids));
+my $ST_NUMBER = qr/^ST-CHAOS([78])-(\d{8})-\d+$/;    # a statement number of ours: customer, day
+note(sprintf('%d card invoices, %d ACH invoices, %d invoices of the customer without a vault profile;'
+	  . ' statements: %d invoices of customer 7 (%d due), %d of customer 8 (%d before the chaos)',
+	scalar @card_ids, scalar @ach_ids, scalar @request_ids, scalar @st7_ids, scalar @st7_due, scalar @st8_ids,
+	scalar @st8_early));
+
+# An invoice as FreshPortal gets it: a statement customer's is due by today (or later).
+sub invoice_seed
+{
+	my ($id) = @_;
+	return { id => $id, number => number_of($id), customer_id => customer_of($id), amount_incl_vat => $amount{$id},
+		$is_st{$id} ? (invoice_date => $issued, due_date => $due_date{$id}) : (invoice_date => $today) };
+}
+
+# Customer 8's first invoices are there before the chaos, so that its
+# statement (the day's only one) has them when the rule comes.
+$fp->seed({ invoices => [ map { invoice_seed($_) } @st8_early ] });
+sql("SELECT count(*) FROM freshpay_sync('main')");
+is(sql("SELECT count(*) FROM freshpay.invoices WHERE status = 'open' AND due_date <= current_date AND customer_id = $CUST{8}"),
+	scalar @st8_early, 'setup: the invoices of customer 8 before the chaos are synced, open and due');
 
 # --- The faults ---------------------------------------------------------------------
 
 my $html500 = '<html><body><h1>500 Internal Server Error</h1></body></html>';
 my @pt_rules = (
+	# Statement sales (invoice_id a statement number) share the path of the
+	# sales per invoice and meet the rules below as well; first, lost answers
+	# of their own: always the first of the statements by hand, and some others.
+	{ name => 'statement sale close_after (first by hand)', method => 'POST', path => $SALE,
+	  body_match => { invoice_id => '^ST-CHAOS7-' }, action => 'close_after', times => 1 },
+	{ name => 'statement sale close_after', method => 'POST', path => $SALE, body_match => { invoice_id => '^ST-' },
+	  action => 'close_after', probability => 0.12 },
 	{ name => 'sale close_after', method => 'POST', path => $SALE, action => 'close_after', probability => 0.05 },
 	{ name => 'sale close_before', method => 'POST', path => $SALE, action => 'close_before', probability => 0.04 },
 	{ name => 'sale 500 html', method => 'POST', path => $SALE, action => 'status', status => 500,
@@ -204,6 +307,15 @@ my @pt_rules = (
 	  body => $html500, headers => { 'Content-Type' => 'text/html' }, probability => 0.06 },
 );
 my @fp_rules = (
+	# The registrations of the statement customers' invoices (allocations):
+	# the first of each invoice always meets a fault, later ones more often
+	# than the others (below, which they meet too).
+	(map {
+		my ($id, $action) = ($st_ids[$_], (qw(500 close_before close_after malformed_after))[ $_ % 4 ]);
+		my %fault = $action eq '500' ? (action => 'status', status => 500, body => '{"message":"Server Error"}') : (action => $action);
+		({ name => "allocation register $action (first)", method => 'POST', path => "/v1/invoices/$id/payments", times => 1, %fault },
+		 { name => "allocation register $action", method => 'POST', path => "/v1/invoices/$id/payments", probability => 0.15, %fault })
+	} 0 .. $#st_ids),
 	{ name => 'auth 500', method => 'POST', path => '/v1/auth', action => 'status', status => 500,
 	  body => '{"message":"Server Error"}', probability => 0.1 },
 	{ name => 'register 500', method => 'POST', path_prefix => '/v1/invoices/', action => 'status', status => 500,
@@ -226,7 +338,7 @@ my @fp_rules = (
 	{ name => 'list 503', method => 'GET', path_prefix => '/v1/', action => 'status', status => 503,
 	  body => '{"message":"Service Unavailable"}', probability => 0.03 },
 );
-$_->{times} = -1 for @pt_rules, @fp_rules;
+$_->{times} //= -1 for @pt_rules, @fp_rules;
 
 # --- The crash schedule (seeded) ----------------------------------------------------
 
@@ -244,6 +356,13 @@ for my $kind (qw(kill kill kill stop stop))
 	push @crashes, [ $at, $kind ];
 }
 @crashes = sort { $a->[0] <=> $b->[0] } @crashes;
+# A person collects customer 7's statements by hand about every 3 s, in a
+# session of its own (a call that meets a crash or a fault just fails, or
+# returns 'unknown'): with the default list, or naming 1-3 of its open due
+# invoices (as the last sync left them: some may be in a statement already).
+# Customer 8 is put on statement_weekly, on today's day, at +5-7 s.
+my @by_hand = map { [ 3 + 3 * $_ + rand(1.5), 'statement', rand() < 0.3 ? 'default' : 'named' ] } 0 .. 12;
+my @weekly_rule = ([ 5 + rand(2), 'weekly' ]);
 note('crash schedule: ' . join(', ', map { sprintf('%s at +%.1f s', $_->[1] eq 'kill' ? 'kill -9 worker' : 'stop -m immediate', $_->[0]) } @crashes));
 
 # --- The payers and the bank (seeded) -------------------------------------------------
@@ -326,6 +445,51 @@ sub act
 	return;
 }
 
+# The person's statement calls for customer 7, each in a psql of its own.
+my @by_hand_calls;
+
+sub statement_by_hand
+{
+	my ($mode) = @_;
+	my $named = '';
+	if ($mode eq 'named')
+	{
+		my $open = try_sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM freshpay.invoices WHERE customer_id = $CUST{7}"
+			  . " AND status IN ('open', 'partially_paid') AND due_date <= current_date");
+		my @open = grep { length } split /,/, ($open // '');
+		my $n = 1 + int(rand(3));
+		my @pick;
+		push @pick, splice(@open, int(rand(@open)), 1) while @open && @pick < $n;
+		$named = join(', ', sort { $a <=> $b } @pick);
+	}
+	my $call = "freshpay_capture_statement($CUST{7}" . ($named ne '' ? ", ARRAY[$named]::bigint[]" : '') . ')';
+	push @by_hand_calls, { call => $call, at => elapsed(),
+		session => FreshpayTest::start_psql($node, "SELECT id || ' ' || status || ' ' || invoice_number || ' ' || amount FROM $call") };
+	note(elapsed() . ": by hand: $call");
+	return;
+}
+
+# Customer 8 on its weekly rule, today's day: the worker's due pass queues its statement.
+my $weekly_linked;
+
+sub link_weekly
+{
+	for (1 .. 20)
+	{
+		my $out = try_sql("SELECT collection FROM freshpay_link_customer($CUST{8}, 'C-CHAOS-8', 'statement_weekly', 'card',"
+			  . " statement_day => $dow)");
+		if (($out // '') eq 'statement_weekly')
+		{
+			$weekly_linked = time;
+			note(elapsed() . ": customer 8 on statement_weekly, day $dow (today)");
+			return;
+		}
+		sleep 0.5;
+	}
+	diag(elapsed() . ': could not put customer 8 on statement_weekly');
+	return;
+}
+
 my $pt_set = $pt->set_faults(\@pt_rules, $SEED);
 my $fp_set = $fp->set_faults(\@fp_rules, $SEED + 1);
 is_deeply([ scalar @{ $pt_set->{rules} }, $pt_set->{seed}, scalar @{ $fp_set->{rules} }, $fp_set->{seed} ],
@@ -335,7 +499,7 @@ is_deeply([ scalar @{ $pt_set->{rules} }, $pt_set->{seed}, scalar @{ $fp_set->{r
 
 my ($kills, $stops) = (0, 0);
 $t_start = time;
-my @events = sort { $a->[0] <=> $b->[0] } ((map { [ $_->[0], 'wave', $_->[1] ] } @waves), @crashes, @acts);
+my @events = sort { $a->[0] <=> $b->[0] } ((map { [ $_->[0], 'wave', $_->[1] ] } @waves), @crashes, @acts, @by_hand, @weekly_rule);
 for my $event (@events)
 {
 	my ($at, $kind, $arg) = @$event;
@@ -343,13 +507,21 @@ for my $event (@events)
 	sleep $wait if $wait > 0;
 	if ($kind eq 'wave')
 	{
-		$fp->seed({ invoices => [ map { +{ id => $_, number => number_of($_), customer_id => customer_of($_),
-						invoice_date => $today, amount_incl_vat => $amount{$_} } } @$arg ] });
-		note(elapsed() . ': ' . scalar(@$arg) . " invoices arrive at FreshPortal ($arg->[0]..$arg->[-1])");
+		my @arrive = grep { !$early{$_} } @$arg;
+		$fp->seed({ invoices => [ map { invoice_seed($_) } @arrive ] });
+		note(elapsed() . ': ' . scalar(@arrive) . " invoices arrive at FreshPortal ($arg->[0]..$arg->[-1])");
 	}
 	elsif ($kind eq 'act')
 	{
 		act();
+	}
+	elsif ($kind eq 'statement')
+	{
+		statement_by_hand($arg);
+	}
+	elsif ($kind eq 'weekly')
+	{
+		link_weekly();
 	}
 	elsif ($kind eq 'kill')
 	{
@@ -397,6 +569,46 @@ note(sprintf('the payers paid %d requests; the bank settled %d debits and return
 	join(', ', map { "$_ of $returned_debit{$_}{number}" } sort keys %returned_debit)));
 cmp_ok(scalar(keys %paid_request), '>=', 1, 'chaos: payers paid some payment requests (' . scalar(keys %paid_request) . ')');
 cmp_ok(scalar(keys %returned_debit), '>=', 1, 'chaos: the bank returned some registered ACH debits (' . scalar(keys %returned_debit) . ')');
+ok($weekly_linked, 'chaos: customer 8 was put on statement_weekly during the chaos');
+
+# The calls by hand: each ended, with a row, an ERROR, or cut off by a crash.
+my %by_hand_outcome;
+for my $c (@by_hand_calls)
+{
+	my $h = $c->{session}{handle};
+	my $ended = eval { $h->finish; 1 };
+	$h->kill_kill unless $ended;
+	my $out = $c->{session}{out} =~ s/\s+$//r;
+	my $err = $c->{session}{err} =~ s/\s+$//r;
+	$c->{outcome} =
+	    !$ended                  ? 'hung'
+	  : $out =~ /^\d+ (\w+) ST-/ ? $1
+	  : $err =~ /ERROR:/        ? 'error'
+	  : $err =~ /terminating connection|server closed the connection|connection to server|could not connect/ ? 'cut off'
+	  :                           'unexplained';
+	$by_hand_outcome{ $c->{outcome} }++;
+	note("  +$c->{at}: $c->{call}: " . ($out ne '' ? $out : $err =~ s/\n/ | /gr));
+}
+note('the statement calls by hand: ' . join(', ', map { "$_ $by_hand_outcome{$_}" } sort keys %by_hand_outcome));
+is(($by_hand_outcome{hung} // 0) + ($by_hand_outcome{unexplained} // 0), 0,
+	'chaos: every statement call by hand ended: with a row, an ERROR, or its connection cut off by a crash');
+
+# What the statements met: their sales at PayTrace, their registrations at FreshPortal.
+my (%st_sale_faults, %alloc_reg_faults);
+for my $r (@{ $pt->requests })
+{
+	next unless $r->{method} eq 'POST' && $r->{path} eq $SALE && (FreshpayTest::request_body($r)->{invoice_id} // '') =~ $ST_NUMBER;
+	$st_sale_faults{ $r->{fault} // 'none' }++;
+}
+for my $r (@{ $fp->requests })
+{
+	next unless $r->{method} eq 'POST' && $r->{path} =~ m{^/v1/invoices/(\d+)/payments$} && $is_st{$1};
+	$alloc_reg_faults{ $r->{fault} // 'none' }++;
+}
+note('statement sales sent during the chaos: ' . join(', ', map { "$_ $st_sale_faults{$_}" } sort keys %st_sale_faults)
+	  . '; allocation registrations: ' . join(', ', map { "$_ $alloc_reg_faults{$_}" } sort keys %alloc_reg_faults));
+ok($st_sale_faults{close_after}, 'chaos: some statement sale was processed while its answer was lost (close_after)');
+ok(scalar(grep { $_ ne 'none' } keys %alloc_reg_faults), 'chaos: some registration of a statement allocation met a fault');
 
 # --- Quiet -----------------------------------------------------------------------
 
@@ -404,16 +616,19 @@ my $local_ids = "SELECT id FROM freshpay.invoices WHERE administration = 'main' 
 
 # Nothing left to do by itself: every invoice synced, nothing pending, and
 # no job queued but for an outcome that is still unknown (which waits for a
-# person); and nothing changed for a few seconds.
+# person: its resolve job, a collection of its invoice, the statement job of
+# its customer); and nothing changed for a few seconds.
 my $SNAPSHOT = <<"SQL";
 SELECT (SELECT count(*) FROM ($local_ids) i) || '/'
   || (SELECT count(*) FROM freshpay.payments WHERE status = 'pending') || '/'
   || (SELECT count(*) FROM freshpay.jobs j WHERE j.state = 'queued'
         AND NOT EXISTS (SELECT FROM freshpay.payments p WHERE p.status = 'unknown'
-                          AND (p.id = j.payment_id OR p.invoice_id = j.invoice_id))) || '/'
+                          AND (p.id = j.payment_id OR p.invoice_id = j.invoice_id
+                               OR (j.kind = 'collect_statement' AND p.customer_id = j.customer_id)))) || '/'
   || coalesce((SELECT string_agg(status || ':' || n, ',' ORDER BY status)
         FROM (SELECT status, count(*) n FROM freshpay.payments GROUP BY status) s), '') || '/'
-  || (SELECT count(*) FROM freshpay.payments WHERE freshportal_payment_id IS NOT NULL) || '/'
+  || (SELECT count(*) FROM freshpay.payments WHERE freshportal_payment_id IS NOT NULL) || '+'
+  || (SELECT count(*) FROM freshpay.payment_allocations WHERE freshportal_payment_id IS NOT NULL) || '/'
   || coalesce((SELECT string_agg(kind || ':' || state || ':' || n, ',' ORDER BY kind, state)
         FROM (SELECT kind, state, count(*) n FROM freshpay.jobs GROUP BY 1, 2) j), '') || '/'
   || coalesce((SELECT string_agg('request ' || status || ':' || n, ',' ORDER BY status)
@@ -481,10 +696,10 @@ sub wait_quiet
 		}
 		sleep 0.5;
 	}
-	diag("not quiet after $timeout s ($what): $last (invoices/pending/busy jobs/statuses/registered/jobs/requests/settled"
+	diag("not quiet after $timeout s ($what): $last (invoices/pending/busy jobs/statuses/registered+allocations registered/jobs/requests/settled"
 		  . " | PayTrace transactions/ACH/requests/FreshPortal payments) $why");
 	diag('queued jobs: ' . (try_sql("SELECT string_agg(id || ' ' || kind || ' payment ' || coalesce(payment_id::text, '-') || ' invoice '"
-		  . " || coalesce(invoice_id::text, '-') || ' attempts ' || attempts || ' next_run_at +' || round(extract(epoch FROM next_run_at - now())) || 's: '"
+		  . " || coalesce(invoice_id::text, '-') || ' customer ' || coalesce(customer_id::text, '-') || ' attempts ' || attempts || ' next_run_at +' || round(extract(epoch FROM next_run_at - now())) || 's: '"
 		  . " || coalesce(last_error, ''), E'\\n') FROM freshpay.jobs WHERE state = 'queued'") // '?'));
 	return 0;
 }
@@ -584,6 +799,12 @@ sub explain_invoices
 		$text .= "freshpay.exceptions:\n" . (try_sql(
 			"SELECT string_agg(format('  %s payment=%s %s', e.kind, e.payment_id, e.detail), E'\\n')"
 			  . " FROM freshpay.exceptions e JOIN freshpay.invoices i ON i.id = e.invoice_id WHERE i.freshportal_id = $fp_id") // '?') . "\n";
+		$text .= "freshpay.payment_allocations (statements):\n" . (try_sql(
+			"SELECT string_agg(format('  statement #%s %s %s %s: %s fp=%s', s.id, s.invoice_number, s.status, s.paytrace_transaction_id,"
+			  . " a.amount, a.freshportal_payment_id), E'\\n' ORDER BY s.id) FROM freshpay.payment_allocations a"
+			  . " JOIN freshpay.payments s ON s.id = a.payment_id JOIN freshpay.invoices i ON i.id = a.invoice_id"
+			  . " WHERE i.freshportal_id = $fp_id") // '?') . "\n"
+		  if $is_st{$fp_id};
 		$text .= "PayTrace transactions:\n";
 		$text .= sprintf("  %s %s %s %s created %s\n", $_->{id}, $_->{kind}, $_->{amount}, $_->{state}, $_->{created})
 		  for @{ $txns->{$number} // [] };
@@ -632,12 +853,83 @@ sub explain_invoices
 	return;
 }
 
+# A statement: its payment, allocations, history and jobs, and what PayTrace
+# and FreshPortal hold and were asked under its number and transaction.
+sub explain_statements
+{
+	my ($why, @payments) = @_;
+	my $shown = 0;
+	my $txns = pt_transactions_by_number($pt->state);
+	my @fp_payments = @{ $fp->state->{payments} };
+	my @pt_log = @{ $pt->requests };
+	my @fp_log = @{ $fp->requests };
+	for my $id (@payments)
+	{
+		last if ++$shown > 6;
+		my ($number, $txn) = split /\|/, (try_sql("SELECT coalesce(invoice_number, '') || '|' || coalesce(paytrace_transaction_id::text, '')"
+			  . " FROM freshpay.payments WHERE id = $id") // '') . '|', -1;
+		my $text = "--- $why: statement payment $id ($number)\n";
+		$text .= "freshpay.payments:\n" . (try_sql(
+			"SELECT format('  #%s %s %s %s customer=%s pt=%s code=%s by=%s created %s msg=%s', p.id, p.kind, p.amount, p.status,"
+			  . " c.freshportal_id, p.paytrace_transaction_id, p.response_code, p.requested_by, to_char(p.created_at, 'HH24:MI:SS.MS'),"
+			  . " p.message) FROM freshpay.payments p LEFT JOIN freshpay.customers c ON c.id = p.customer_id WHERE p.id = $id") // '?') . "\n";
+		$text .= "freshpay.payment_allocations:\n" . (try_sql(
+			"SELECT string_agg(format('  invoice %s (%s) %s fp=%s registered=%s', i.freshportal_id, i.number, a.amount,"
+			  . " a.freshportal_payment_id, a.registered_amount), E'\\n' ORDER BY i.freshportal_id)"
+			  . " FROM freshpay.payment_allocations a JOIN freshpay.invoices i ON i.id = a.invoice_id WHERE a.payment_id = $id") // '?') . "\n";
+		$text .= "freshpay.payment_history:\n" . (try_sql(
+			"SELECT string_agg(format('  %s %s -> %s [%s] code=%s %s', to_char(h.at, 'HH24:MI:SS.MS'), h.old_status, h.new_status,"
+			  . " h.event, h.response_code, h.message), E'\\n' ORDER BY h.at, h.id) FROM freshpay.payment_history h WHERE h.payment_id = $id")
+			// '?') . "\n";
+		$text .= "freshpay.jobs:\n" . (try_sql(
+			"SELECT string_agg(format('  job %s %s %s attempts=%s error=%s', j.id, j.kind, j.state, j.attempts, j.last_error), E'\\n'"
+			  . " ORDER BY j.id) FROM freshpay.jobs j WHERE j.payment_id = $id") // '?') . "\n";
+		$text .= "PayTrace transactions:\n";
+		$text .= sprintf("  %s %s %s %s customer %s created %s\n", $_->{id}, $_->{kind}, $_->{amount}, $_->{state}, $_->{customer_id} // '-',
+			$_->{created})
+		  for @{ $txns->{$number} // [] };
+		$text .= "PayTrace requests:\n";
+		for my $r (@pt_log)
+		{
+			my $body = FreshpayTest::request_body($r);
+			next unless ($body->{invoice_id} // $body->{including_text} // '') eq $number && $number ne '';
+			$text .= sprintf("  %s %s %s -> %s%s\n", clock_of($r->{time}), $r->{method}, $r->{path}, $r->{status} // 'dropped',
+				$r->{fault_name} ? " (fault: $r->{fault_name})" : '');
+		}
+		$text .= "FreshPortal payments naming its transaction:\n";
+		$text .= sprintf("  %s invoice %s %s %s\n", $_->{id}, $_->{invoice_id}, $_->{amount}, $_->{status})
+		  for grep { $txn ne '' && ($_->{provider_transaction_id} // '') =~ /^\Q$txn\E(?:-|$)/ } @fp_payments;
+		$text .= "FreshPortal requests naming it:\n";
+		for my $r (@fp_log)
+		{
+			next if $txn eq '';
+			my $body = FreshpayTest::request_body($r);
+			next unless ($body->{provider_transaction_id} // '') eq $txn
+			  || grep { $_ eq $txn } @{ ($r->{query} // {})->{provider_transaction_id} // [] };
+			$text .= sprintf("  %s %s %s -> %s%s\n", clock_of($r->{time}), $r->{method}, $r->{path}, $r->{status} // 'dropped',
+				$r->{fault_name} ? " (fault: $r->{fault_name})" : '');
+		}
+		diag($text);
+	}
+	diag('... and ' . (@payments - 6) . ' more') if @payments > 6;
+	return;
+}
+
+# The statements allocating some invoices (for explain_statements).
+sub statements_of
+{
+	my (@fp_ids) = @_;
+	return () unless @fp_ids;
+	return grep { length } split /\n/, (try_sql("SELECT DISTINCT a.payment_id FROM freshpay.payment_allocations a"
+		  . " JOIN freshpay.invoices i ON i.id = a.invoice_id WHERE i.freshportal_id IN (" . join(', ', @fp_ids) . ') ORDER BY 1') // '');
+}
+
 # is_deeply(\@offending, [], ...) shows only the first; this names them all.
 sub none_of
 {
-	my ($list, $what) = @_;
+	my ($list, $what, $noun) = @_;
 	my $ok = is_deeply($list, [], $what);
-	diag(scalar(@$list) . ' invoice(s): ' . join(', ', @$list)) unless $ok;
+	diag(scalar(@$list) . ' ' . ($noun // 'invoice(s)') . ': ' . join(', ', @$list)) unless $ok;
 	return $ok;
 }
 
@@ -663,20 +955,79 @@ note(elapsed() . ': ' . scalar(@$unknown) . ' payments are unknown once quiet ('
 none_of(\@processed_unknown, 'unknown once quiet: only attempts PayTrace never processed (card: no transaction with the invoice number;'
 	  . ' ACH: no debit with the idempotency key)')
   or explain_invoices('unknown, but PayTrace has a transaction', @processed_unknown);
+# Statements: no transaction under the statement number.
+my $unknown_st = rows("SELECT p.id, coalesce(p.invoice_number, ''), coalesce(c.freshportal_id::text, '') FROM freshpay.payments p"
+	  . " LEFT JOIN freshpay.customers c ON c.id = p.customer_id WHERE p.status = 'unknown' AND p.invoice_id IS NULL ORDER BY p.id");
+my @processed_unknown_st = map { $_->[0] } grep { @{ $txns->{ $_->[1] } // [] } || $_->[1] !~ $ST_NUMBER } @$unknown_st;
+note(elapsed() . ': ' . scalar(@$unknown_st) . ' statements are unknown once quiet');
+none_of(\@processed_unknown_st, 'unknown statements once quiet: only those PayTrace never processed (no transaction under the statement number)',
+	'statement payment(s)')
+  or explain_statements('unknown, but PayTrace has a transaction', @processed_unknown_st);
+my %settled_statement = map { $_->[0] => $_->[2] } @$unknown_st;    # payment id -> FreshPortal customer
 
 # --- (b) A person settles each one --------------------------------------------------------
 
 my @resolve_failed;
-for my $row (@$unknown)
+for my $row (@$unknown, @$unknown_st)
 {
 	my ($payment) = @$row;
 	my ($out, $err, $rc) = FreshpayTest::psql_result($node, 'freshpay',
 		"SELECT status FROM freshpay_resolve($payment, 'not_processed')");
 	push @resolve_failed, "payment $payment: " . ($rc == 0 ? "status $out" : $err) if $rc != 0 || $out ne 'failed';
 }
-diag('settled ' . scalar(@$unknown) . " unknown payments with freshpay_resolve(id, 'not_processed')") if @$unknown;
+diag('settled ' . scalar(@$unknown) . ' unknown payments and ' . scalar(@$unknown_st)
+	  . " unknown statements with freshpay_resolve(id, 'not_processed')") if @$unknown || @$unknown_st;
 is_deeply(\@resolve_failed, [], "freshpay_resolve(id, 'not_processed') settles each unknown payment as failed")
   or diag(join("\n", @resolve_failed[ 0 .. ($#resolve_failed < 4 ? $#resolve_failed : 4) ]));
+
+# --- (b') Customer 7 after the chaos, and a last statement by hand ------------------------
+
+# Nothing is pending or unknown now: each due invoice of customer 7 is in a
+# captured statement (FreshPortal shows it paid) or open with nothing in
+# flight (FreshPortal shows it open, no registration).  Then the person
+# collects what is open, faults off: the default list takes exactly those.
+my (%fp_open_now, %fp_live_now);
+$fp_open_now{ $_->{id} } = $_->{open_amount} for @{ $fp->state->{invoices} };
+$fp_live_now{ $_->{invoice_id} }++ for grep { $_->{status} eq 'registered' } @{ $fp->state->{payments} };
+my %st7_statuses = map { $_->[0] => [ split /,/, $_->[1] ] } @{ rows(
+	"SELECT i.freshportal_id, string_agg(s.status, ',') FROM freshpay.payment_allocations a JOIN freshpay.payments s ON s.id = a.payment_id"
+	  . " JOIN freshpay.invoices i ON i.id = a.invoice_id WHERE i.customer_id = $CUST{7} GROUP BY 1") };
+my (@open7, @between7);
+for my $fp_id (@st7_due)
+{
+	my @statuses = @{ $st7_statuses{$fp_id} // [] };
+	push @between7, $fp_id if grep { /^(?:pending|unknown)$/ } @statuses;
+	if (grep { $_ eq 'captured' } @statuses)
+	{
+		push @between7, $fp_id if ($fp_open_now{$fp_id} // '') ne '0.00';
+	}
+	else
+	{
+		push @open7, $fp_id;
+		push @between7, $fp_id if ($fp_open_now{$fp_id} // '') ne $amount{$fp_id} || $fp_live_now{$fp_id};
+	}
+}
+unless (none_of(\@between7, 'after the chaos every due invoice of customer 7 is in a captured statement (paid in FreshPortal) or'
+	  . ' open with no payment in flight (open in FreshPortal, nothing registered)'))
+{
+	explain_invoices('customer 7 invoice neither collected nor open', @between7);
+	explain_statements('statement of such an invoice', statements_of(@between7));
+}
+my ($last_by_hand, $last_err) = FreshpayTest::psql_result($node, 'freshpay',
+	"SELECT id || '|' || status FROM freshpay_capture_statement($CUST{7})");
+my ($last_id, $last_status) = split /\|/, $last_by_hand;
+if (@open7)
+{
+	is($last_status // '', 'captured', 'faults off, a last statement of customer 7 by hand (default list) is captured') or diag($last_err);
+	is(join(',', sort { $a <=> $b } map { $_->[0] } @{ rows("SELECT i.freshportal_id FROM freshpay.payment_allocations a"
+				  . " JOIN freshpay.invoices i ON i.id = a.invoice_id WHERE a.payment_id = " . ($last_id || 0)) }),
+		join(',', sort { $a <=> $b } @open7), 'it takes exactly the open due invoices (' . scalar(@open7) . ')');
+}
+else
+{
+	like($last_err, qr/no open invoice due by today/, 'faults off, a last statement of customer 7 by hand finds nothing left to collect');
+	pass('(every due invoice of customer 7 was collected during the chaos)');
+}
 
 # --- (c) Quiet again, and the invariants -------------------------------------------------
 
@@ -951,18 +1302,265 @@ none_of(\@req_lost_wrong, 'a request PayTrace does not hold is unknown or failed
 none_of(\@req_charged, 'no invoice of the customer without a vault profile was charged but by its payer')
   or explain_invoices('charged without a vault profile', @req_charged);
 
+# -- The statement customers: one sale per statement, allocated per invoice -----------------
+
+sub cents { return sprintf('%.2f', $_[0] // 0); }
+
+my %st;          # payment id -> a payment without an invoice (a statement) and its allocations
+for my $r (@{ rows("SELECT p.id, coalesce(c.freshportal_id::text, ''), coalesce(p.invoice_number, ''), p.status, p.kind,"
+		  . " coalesce(p.paytrace_transaction_id::text, ''), p.amount, p.requested_by, coalesce(p.response_code::text, ''),"
+		  . " to_char(p.created_at, 'HH24:MI:SS.MS') FROM freshpay.payments p LEFT JOIN freshpay.customers c ON c.id = p.customer_id"
+		  . " WHERE p.invoice_id IS NULL ORDER BY p.id") })
+{
+	my ($id, $customer, $number, $status, $kind, $txn, $amount, $by, $code, $created) = @$r;
+	$st{$id} = { id => $id, customer => $customer, number => $number, status => $status, kind => $kind, txn => $txn,
+		amount => $amount, by => $by, code => $code, created => $created, alloc => [] };
+}
+my (%alloc_of, @alloc_orphan);    # FreshPortal invoice id -> [allocations]
+for my $r (@{ rows("SELECT a.payment_id, i.freshportal_id, a.amount, coalesce(a.freshportal_payment_id::text, ''),"
+		  . " coalesce(i.customer_id = s.customer_id, false) FROM freshpay.payment_allocations a JOIN freshpay.invoices i ON i.id = a.invoice_id"
+		  . " LEFT JOIN freshpay.payments s ON s.id = a.payment_id ORDER BY a.payment_id, i.freshportal_id") })
+{
+	my ($payment, $fp_id, $amount, $reg, $same_customer) = @$r;
+	my $al = { payment => $payment, fp_id => $fp_id, amount => $amount, reg => $reg };
+	push @alloc_orphan, $payment if !$st{$payment} || $same_customer ne 't' || !$is_st{$fp_id};
+	push @{ $st{$payment}{alloc} }, $al if $st{$payment};
+	push @{ $alloc_of{$fp_id} }, $al;
+}
+my @statements = map { $st{$_} } sort { $a <=> $b } keys %st;
+my %captured_st = map { $_->{id} => $_ } grep { $_->{status} eq 'captured' } @statements;
+my $all_txns = pt_transactions_by_number($pts);
+my %st_sales = map { $_ => $sales->{$_} } grep { /^ST-/ } keys %$sales;    # statement number -> approved sales
+note(sprintf('%s: %d statements (%s); PayTrace holds %d approved statement sales; %d allocations, %d of captured statements',
+	elapsed(), scalar @statements,
+	join(', ', map { my $s = $_; "customer $s->[0] $s->[1] $s->[2]" } @{ rows(
+		"SELECT c.freshportal_id, p.status, count(*) FROM freshpay.payments p JOIN freshpay.customers c ON c.id = p.customer_id"
+		  . " WHERE p.invoice_id IS NULL GROUP BY 1, 2 ORDER BY 1, 2") }),
+	scalar(map { @$_ } values %st_sales), scalar(map { @{ $_->{alloc} } } @statements),
+	scalar(map { @{ $_->{alloc} } } values %captured_st)));
+
+# What a payment without an invoice may be: a sale of customer 7 or 8 under
+# a statement number of that customer and today, captured or failed (the
+# rest was checked above: nothing pending or unknown is left).
+my @st_strange = map { $_->{id} } grep {
+	my ($customer, $day) = $_->{number} =~ $ST_NUMBER;
+	$_->{kind} ne 'sale' || !defined $customer || $customer ne $_->{customer} || $day ne $st_date
+	  || $_->{status} !~ /^(?:captured|failed)$/
+} @statements;
+none_of(\@st_strange, "every payment without an invoice is a statement of customer 7 or 8 (ST-CHAOS<n>-$st_date-<n>), captured or failed",
+	'payment(s)')
+  or explain_statements('not a statement of ours', @st_strange);
+none_of([ sort { $a <=> $b } keys %{ { map { $_ => 1 } @alloc_orphan } } ],
+	"every allocation belongs to a statement, and allocates an invoice of the statement's customer", 'payment(s)')
+  or explain_statements('allocation of another customer', @alloc_orphan);
+
+# No invoice charged twice: at most one captured statement takes it, for
+# at most its amount, and nothing charged it alone.
+my $collect_jobs = { map { $_->[0] => $_->[1] } @{ rows("SELECT i.freshportal_id, count(*) FROM freshpay.jobs j"
+		  . " JOIN freshpay.invoices i ON i.id = j.invoice_id WHERE j.kind = 'collect_invoice' AND i.customer_id IN ($CUST{7}, $CUST{8}) GROUP BY 1") } };
+my (@st_twice, @st_alone);
+for my $fp_id (@st_ids)
+{
+	my @cap = grep { $captured_st{ $_->{payment} } } @{ $alloc_of{$fp_id} // [] };
+	my $sum = 0;
+	$sum += $_->{amount} for @cap;
+	push @st_twice, $fp_id if @cap > 1 || cents($sum) > $amount{$fp_id};
+	push @st_alone, $fp_id
+	  if @{ $all_txns->{ number_of($fp_id) } // [] } || @{ $all_local{$fp_id} // [] } || @{ $local_requests{$fp_id} // [] }
+	  || $collect_jobs->{$fp_id};
+}
+unless (none_of(\@st_twice, 'no invoice of customers 7 and 8 was charged twice: its captured allocations sum to at most its amount, in one statement'))
+{
+	explain_invoices('allocated twice', @st_twice);
+	explain_statements('statement of an invoice allocated twice', statements_of(@st_twice));
+}
+none_of(\@st_alone, 'no invoice of customers 7 and 8 was charged alone: no PayTrace transaction under its number, no payment,'
+	  . ' payment request or collection of its own')
+  or explain_invoices('a statement customer\'s invoice charged alone', @st_alone);
+
+# PayTrace's statement sales and freshpay's statements, one to one.
+my (@st_number_twice, @st_sale_unmatched, @st_no_sale);
+for my $number (sort keys %st_sales)
+{
+	my @s = @{ $st_sales{$number} };
+	my @p = grep { $_->{number} eq $number } @statements;
+	push @st_number_twice, $number if @s > 1;
+	push @st_sale_unmatched, $number
+	  if @p != 1 || $p[0]{status} ne 'captured' || grep { "$_->{id}" ne $p[0]{txn} } @s;
+}
+for my $s (values %captured_st)
+{
+	my @sold = @{ $st_sales{ $s->{number} } // [] };
+	push @st_no_sale, $s->{id}
+	  if @sold != 1 || "$sold[0]{id}" ne $s->{txn} || cents($sold[0]{amount}) ne $s->{amount}
+	  || ($sold[0]{customer_id} // '') ne "C-CHAOS-$s->{customer}";
+}
+@st_no_sale = sort { $a <=> $b } @st_no_sale;
+my $numbers_explained = sub { return map { my $n = $_; map { $_->{id} } grep { $_->{number} eq $n } @statements } @_; };
+none_of(\@st_number_twice, 'no statement number was charged twice (PayTrace holds at most one approved sale per statement number)',
+	'statement number(s)')
+  or explain_statements('statement number charged twice', $numbers_explained->(@st_number_twice));
+unless (none_of(\@st_sale_unmatched, "every approved PayTrace sale under a statement number is exactly one freshpay statement, captured,"
+		  . ' with its transaction id', 'statement number(s)'))
+{
+	diag(join("\n", map { my $n = $_; map { "PayTrace sale $_->{id} $n $_->{amount} $_->{state} customer $_->{customer_id}" } @{ $st_sales{$n} } }
+		@st_sale_unmatched));
+	explain_statements('PayTrace sale without its captured statement', $numbers_explained->(@st_sale_unmatched));
+}
+none_of(\@st_no_sale, "every captured statement has exactly one PayTrace sale: its transaction, for its amount, on its customer's vault profile",
+	'statement payment(s)')
+  or explain_statements('captured statement without its one sale', @st_no_sale);
+
+# Allocations: a captured statement's sum to its amount, each the invoice's
+# open amount (its full amount: nothing else pays these invoices); a failed
+# statement's are never registered, and FreshPortal holds nothing naming it.
+my (@st_sum_wrong, @st_failed_registered);
+for my $s (@statements)
+{
+	my @a = @{ $s->{alloc} };
+	my $sum = 0;
+	$sum += $_->{amount} for @a;
+	push @st_sum_wrong, $s->{id}
+	  if $s->{status} eq 'captured' && (!@a || cents($sum) ne $s->{amount} || grep { $_->{amount} ne ($amount{ $_->{fp_id} } // '') } @a);
+	push @st_failed_registered, $s->{id}
+	  if $s->{status} eq 'failed'
+	  && (grep({ $_->{reg} ne '' } @a)
+		|| ($s->{txn} ne '' && grep { ($_->{provider_transaction_id} // '') =~ /^\Q$s->{txn}\E(?:-|$)/ } @{ $fps->{payments} }));
+}
+none_of(\@st_sum_wrong, 'the allocations of each captured statement sum to its amount, each the open amount of its invoice',
+	'statement payment(s)')
+  or explain_statements('allocations do not add up', @st_sum_wrong);
+none_of(\@st_failed_registered, 'a failed or not processed statement has no registration in FreshPortal', 'statement payment(s)')
+  or explain_statements('failed statement registered', @st_failed_registered);
+
+# Each allocation of a captured statement registered exactly once: the one
+# live registration of its invoice names the statement's transaction, for
+# the allocation's amount, by card, and is the one freshpay recorded;
+# FreshPortal holds no other payment of these invoices.
+my (@alloc_not_once, @alloc_wrong, @alloc_open, @fp_stray);
+for my $fp_id (@st_ids)
+{
+	my @cap = grep { $captured_st{ $_->{payment} } } @{ $alloc_of{$fp_id} // [] };
+	my %txn_ok = map { $captured_st{ $_->{payment} }{txn} => 1 } @cap;
+	push @fp_stray, $fp_id if grep { !$txn_ok{ $_->{provider_transaction_id} // '' } } @{ $fp_all{$fp_id} // [] };
+	next unless @cap == 1;
+	my ($al) = @cap;
+	my $s = $captured_st{ $al->{payment} };
+	my @r = @{ $fp_regs{$fp_id} // [] };
+	push @alloc_not_once, $fp_id if @r != 1 || @{ $fp_all{$fp_id} // [] } != 1;
+	push @alloc_wrong, $fp_id
+	  if @r != 1 || "$r[0]{provider_transaction_id}" ne $s->{txn} || cents($r[0]{amount}) ne $al->{amount}
+	  || ($r[0]{method} // '') ne 'card' || $al->{reg} ne "$r[0]{id}";
+	push @alloc_open, $fp_id if ($fp_invoice{$fp_id}{open_amount} // '') ne '0.00';
+}
+unless (none_of(\@alloc_not_once, 'every allocation of a captured statement is registered in FreshPortal exactly once (one registration of its invoice)'))
+{
+	explain_invoices('allocation not registered once', @alloc_not_once);
+	explain_statements('its statement', statements_of(@alloc_not_once));
+}
+unless (none_of(\@alloc_wrong, "that registration names the statement's transaction, for the allocation's amount, by card, and is the"
+		  . " allocation's freshportal_payment_id"))
+{
+	explain_invoices('allocation registered wrong', not_in(\@alloc_wrong, \@alloc_not_once));
+	explain_statements('its statement', statements_of(not_in(\@alloc_wrong, \@alloc_not_once)));
+}
+none_of(\@alloc_open, 'FreshPortal shows every invoice of a captured statement paid (open amount 0.00)')
+  or explain_invoices('allocated, still open', not_in(\@alloc_open, \@alloc_not_once, \@alloc_wrong));
+none_of(\@fp_stray, 'FreshPortal holds no payment of an invoice of customers 7 and 8 but the registration of its captured statement')
+  or explain_invoices('stray FreshPortal payment', not_in(\@fp_stray, \@alloc_not_once));
+
+# Customer 7 in the end: after the last statement by hand every due invoice
+# is in exactly one captured statement; an invoice not due is in none (the
+# default list leaves it out, and the person never named it), still open.
+my (@st7_not_collected, @st7_not_due_taken);
+for my $fp_id (@st7_ids)
+{
+	my @cap = grep { $captured_st{ $_->{payment} } } @{ $alloc_of{$fp_id} // [] };
+	if ($not_due{$fp_id})
+	{
+		push @st7_not_due_taken, $fp_id
+		  if @{ $alloc_of{$fp_id} // [] } || ($fp_invoice{$fp_id}{open_amount} // '') ne $amount{$fp_id} || @{ $fp_all{$fp_id} // [] };
+	}
+	else
+	{
+		push @st7_not_collected, $fp_id if @cap != 1;
+	}
+}
+none_of(\@st7_not_collected, 'every due invoice of customer 7 was collected by exactly one captured statement')
+  or explain_invoices('customer 7 invoice not collected once', @st7_not_collected);
+none_of(\@st7_not_due_taken, 'no statement took an invoice of customer 7 not yet due; FreshPortal shows it open, nothing registered')
+  or explain_invoices('not due, but in a statement', @st7_not_due_taken);
+
+# Customer 8, the worker's: one statement a day.  PayTrace holds at most one
+# sale of its statements, freshpay at most one captured statement, made by
+# the worker, none recorded after it; each of its invoices is in that
+# statement or open in FreshPortal with nothing registered (one that
+# arrived after the day's statement waits for next week).  Unless one of
+# its statements was lost before PayTrace made it (the test settled it as
+# not processed: the job, done with its unknown outcome, does not try again
+# that day) or declined, that one statement was made and has every invoice
+# that was there before the rule came.
+my @st8 = grep { $_->{customer} eq '8' } @statements;
+note("customer 8's statements: " . join('; ', map { "$_->{id} $_->{number} $_->{status} at $_->{created} by $_->{by}" } @st8)
+	  . '; its statement jobs: ' . (try_sql("SELECT string_agg(format('%s %s after %s attempts, last error %s', id, state, attempts,"
+		  . " coalesce(last_error, '-')), '; ' ORDER BY id) FROM freshpay.jobs WHERE kind = 'collect_statement'") // '?'));
+my @cap8 = grep { $_->{status} eq 'captured' } @st8;
+my @sold8 = map { @{ $st_sales{$_} } } grep { /^ST-CHAOS8-/ } keys %st_sales;
+my @not_worker8 = map { $_->{id} } grep { $_->{by} ne 'freshpay worker' } @st8;
+my @after8 = @cap8 ? map { $_->{id} } grep { $_->{id} > $cap8[0]{id} } @st8 : ();
+cmp_ok(scalar @sold8, '<=', 1, 'customer 8: PayTrace holds at most one sale of its statements today (' . scalar(@sold8) . ')')
+  or explain_statements('customer 8 charged more than once', map { $_->{id} } @st8);
+cmp_ok(scalar @cap8, '<=', 1, 'customer 8: at most one captured statement today (' . scalar(@cap8) . ')')
+  or explain_statements('customer 8 captured more than once', map { $_->{id} } @cap8);
+none_of(\@not_worker8, "customer 8's statements are all the worker's (requested_by 'freshpay worker')", 'statement payment(s)')
+  or explain_statements('not the worker\'s', @not_worker8);
+none_of(\@after8, 'customer 8: no statement was recorded after its captured one', 'statement payment(s)')
+  or explain_statements('a second statement of the day', $cap8[0]{id}, @after8);
+my @between8 = grep {
+	my $fp_id = $_;
+	!grep({ $captured_st{ $_->{payment} } } @{ $alloc_of{$fp_id} // [] })
+	  && (($fp_invoice{$fp_id}{open_amount} // '') ne $amount{$fp_id} || @{ $fp_all{$fp_id} // [] })
+} @st8_ids;
+none_of(\@between8, 'every invoice of customer 8 is in its captured statement or open in FreshPortal with nothing registered')
+  or explain_invoices('customer 8 invoice neither collected nor open', @between8);
+my @lost8 = grep { $settled_statement{$_} eq '8' } keys %settled_statement;
+my @declined8 = map { $_->{id} } grep { $_->{status} eq 'failed' && $_->{code} ne '' } @st8;
+SKIP:
+{
+	skip('a statement of customer 8 was ' . (@lost8 ? 'lost before PayTrace made it (settled as not processed)' : 'declined')
+		  . ': the day is over for it', 2)
+	  if @lost8 || @declined8;
+	is(scalar @cap8, 1, 'customer 8: the worker collected its statement by itself on its day')
+	  or explain_statements('customer 8', map { $_->{id} } @st8);
+	my %in = map { $_->{fp_id} => 1 } map { @{ $_->{alloc} } } @cap8;
+	none_of([ grep { !$in{$_} } @st8_early ], 'that statement has every invoice of customer 8 that was there before the rule came')
+	  or explain_statements('customer 8', map { $_->{id} } @cap8);
+}
+
 # -- Everything ---------------------------------------------------------------------------
 
 is(sql("SELECT count(*) FROM freshpay.payments WHERE status IN ('pending', 'unknown')"), '0',
 	'no payment is left pending or unknown')
   or diag(sql("SELECT string_agg(id || ' ' || status || ' ' || coalesce(invoice_number, ''), ', ') FROM freshpay.payments WHERE status IN ('pending', 'unknown')"));
-my $dead = rows("SELECT j.id, j.kind, coalesce(i.freshportal_id::text, ''), j.attempts, coalesce(j.last_error, '')"
-	  . " FROM freshpay.jobs j LEFT JOIN freshpay.payments p ON p.id = j.payment_id"
-	  . " LEFT JOIN freshpay.invoices i ON i.id = coalesce(j.invoice_id, p.invoice_id) WHERE j.state = 'dead' ORDER BY j.id");
+my $dead = rows("SELECT j.id, j.kind, coalesce(i.freshportal_id::text, ''), j.attempts, coalesce(j.last_error, ''),"
+	  . " coalesce(c.freshportal_id::text, '') FROM freshpay.jobs j LEFT JOIN freshpay.payments p ON p.id = j.payment_id"
+	  . " LEFT JOIN freshpay.invoices i ON i.id = coalesce(j.invoice_id, p.invoice_id)"
+	  . " LEFT JOIN freshpay.customers c ON c.id = j.customer_id WHERE j.state = 'dead' ORDER BY j.id");
+# A collect_statement job dies on a permanent refusal (jobs.c:
+# job_is_permanent, 55xxx), for one when every invoice it would take was
+# paid meanwhile, which can be legitimate when something else pays them
+# (a bank transfer).  Here nothing but freshpay pays customer 8's invoices:
+# a statement job refused for having nothing left to collect ran again
+# after its own statement of the day (statement_job_check looks at the
+# invoices' status, which stays open until the allocations are
+# registered), the same fault as a second statement of the day.  So no
+# dead job is excused.
 is(scalar @$dead, 0, 'no job is dead')
-  or diag(join("\n", map { "dead job $_->[0] $_->[1] invoice $_->[2] after $_->[3] attempts: $_->[4]" } @$dead[ 0 .. ($#$dead < 9 ? $#$dead : 9) ]));
+  or diag(join("\n", map { "dead job $_->[0] $_->[1] invoice $_->[2] customer $_->[5] after $_->[3] attempts: $_->[4]" } @$dead[ 0 .. ($#$dead < 9 ? $#$dead : 9) ]));
 explain_invoices('dead job', do { my %seen; grep { length && !$seen{$_}++ } map { $_->[2] } @$dead })
   if @$dead && !@not_once && !@not_registered;
+explain_statements('statement of a customer whose statement job is dead',
+	map { my $c = $_->[5]; map { $_->{id} } grep { $_->{customer} eq $c } @statements } grep { $_->[1] eq 'collect_statement' } @$dead);
 is(sql("SELECT count(*) FROM freshpay.payments WHERE kind IN ('sale', 'ach_sale') AND requested_by = 'paytrace'"), '0',
 	'no sale or ACH debit had to be adopted from PayTrace as made outside freshpay')
   or diag(sql("SELECT string_agg(format('payment %s %s %s of %s for invoice %s (%s), transaction %s, FreshPortal %s', id, kind, status, amount,"
