@@ -467,15 +467,15 @@ CREATE OR REPLACE VIEW freshpay.exceptions AS
 	SELECT 'batch_mismatch', s.administration, NULL, NULL, NULL,
 		   pg_catalog.format('batch %s: PayTrace counts %s transactions, %s of sales and %s of refunds (net %s); freshpay holds %s transactions in it, %s of sales and %s of refunds (net %s)',
 							 s.batch_number, s.transaction_count, s.sales_amount, s.refund_amount, s.net_amount,
-							 COALESCE(b.transactions, 0), COALESCE(b.sales, 0), COALESCE(b.refunds, 0),
-							 COALESCE(b.sales, 0) OPERATOR(pg_catalog.-) COALESCE(b.refunds, 0)),
+							 COALESCE(b.transactions, 0), COALESCE(b.sales, 0.00), COALESCE(b.refunds, 0.00),
+							 COALESCE(b.sales, 0.00) OPERATOR(pg_catalog.-) COALESCE(b.refunds, 0.00)),
 		   COALESCE(s.settled_at, s.synced_at),
 		   pg_catalog.format('Compare batch %s in PayTrace''s Virtual Terminal with SELECT * FROM freshpay.reconciliation WHERE administration = %L AND batch_number = %s: a transaction freshpay does not hold was made at PayTrace and could not be matched (a refund of a sale freshpay does not know, say); book it in FreshPortal by hand. If PayTrace''s figures changed, SELECT * FROM freshpay_sync(%L) pulls them again.',
 							 s.batch_number, s.administration, s.batch_number, s.administration)
 	  FROM freshpay.settlements s
 	  LEFT JOIN (SELECT x.administration, x.batch_number, pg_catalog.count(*) AS transactions,
-						COALESCE(pg_catalog.sum(x.amount) FILTER (WHERE x.kind OPERATOR(pg_catalog.<>) 'refund'), 0) AS sales,
-						COALESCE(pg_catalog.sum(x.amount) FILTER (WHERE x.kind OPERATOR(pg_catalog.=) 'refund'), 0) AS refunds
+						COALESCE(pg_catalog.sum(x.amount) FILTER (WHERE x.kind OPERATOR(pg_catalog.<>) 'refund'), 0.00) AS sales,
+						COALESCE(pg_catalog.sum(x.amount) FILTER (WHERE x.kind OPERATOR(pg_catalog.=) 'refund'), 0.00) AS refunds
 				   FROM freshpay.payments x
 				  WHERE x.batch_number IS NOT NULL
 				  GROUP BY x.administration, x.batch_number) b
