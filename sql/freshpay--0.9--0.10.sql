@@ -49,7 +49,7 @@ CREATE INDEX payment_allocations_unregistered_idx ON freshpay.payment_allocation
 -- reconciliation, customer_summary: what they read of an invoice, without
 -- its wide row (raw holds FreshPortal's whole invoice, lines included).
 CREATE INDEX invoices_finance_idx ON freshpay.invoices (id)
-	INCLUDE (customer_id, number, invoice_date, amount_incl_vat, amount_paid, open_amount, status, type);
+	INCLUDE (administration, customer_id, number, invoice_date, amount_incl_vat, amount_paid, open_amount, status, type);
 -- aging and customer_summary: the open invoices of each customer.
 CREATE INDEX invoices_open_customer_idx ON freshpay.invoices (customer_id, due_date)
 	INCLUDE (id, administration, open_amount)
@@ -80,7 +80,7 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 			 WHEN 'refund_without_sale' THEN
 				  CASE WHEN t.parent_kind IS NULL
 					   THEN pg_catalog.format('refund of %s: freshpay does not know the transaction it refunds', t.amount)
-					   WHEN t.parent_invoice_id IS NULL AND NOT t.parent_statement
+					   WHEN t.parent_invoice_id IS NULL
 					   THEN pg_catalog.format('refund of %s of PayTrace transaction %s, a %s freshpay did not collect for any invoice (invoice number %s)',
 											  t.amount, COALESCE(t.parent_transaction_id::text, '(none)'), t.parent_kind,
 											  COALESCE(t.parent_invoice_number, 'none'))
@@ -129,7 +129,7 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 				   p.amount, p.refunded_amount, p.invoice_id, p.customer_id, p.parent_id, p.status,
 				   p.freshportal_payment_id, p.invoice_number, p.ach_status, p.return_reason,
 				   NULL::text AS parent_kind, NULL::bigint AS parent_invoice_id, NULL::text AS parent_invoice_number,
-				   NULL::bigint AS parent_transaction_id, NULL::boolean AS parent_statement
+				   NULL::bigint AS parent_transaction_id
 			  FROM freshpay.payments p
 			 WHERE p.settled_at IS NOT NULL AND p.kind OPERATOR(pg_catalog.<>) 'refund'
 			UNION ALL
@@ -137,8 +137,7 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 			SELECT p.id, p.administration, p.batch_number, p.settled_at, p.kind, p.paytrace_transaction_id,
 				   p.amount, p.refunded_amount, p.invoice_id, p.customer_id, p.parent_id, p.status,
 				   p.freshportal_payment_id, p.invoice_number, p.ach_status, p.return_reason,
-				   pp.kind, pp.invoice_id, pp.invoice_number, pp.paytrace_transaction_id,
-				   EXISTS (SELECT FROM freshpay.payment_allocations pa WHERE pa.payment_id OPERATOR(pg_catalog.=) pp.id)
+				   pp.kind, pp.invoice_id, pp.invoice_number, pp.paytrace_transaction_id
 			  FROM freshpay.payments p
 			  LEFT JOIN freshpay.payments pp ON pp.id OPERATOR(pg_catalog.=) p.parent_id
 			 WHERE p.settled_at IS NOT NULL AND p.kind OPERATOR(pg_catalog.=) 'refund'
@@ -148,8 +147,7 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 			SELECT p.id, p.administration, p.batch_number, sb.settled_at, p.kind, p.paytrace_transaction_id,
 				   p.amount, p.refunded_amount, p.invoice_id, p.customer_id, p.parent_id, p.status,
 				   p.freshportal_payment_id, p.invoice_number, p.ach_status, p.return_reason,
-				   pp.kind, pp.invoice_id, pp.invoice_number, pp.paytrace_transaction_id,
-				   EXISTS (SELECT FROM freshpay.payment_allocations pa WHERE pa.payment_id OPERATOR(pg_catalog.=) pp.id)
+				   pp.kind, pp.invoice_id, pp.invoice_number, pp.paytrace_transaction_id
 			  FROM freshpay.payments p
 			  LEFT JOIN freshpay.settlements sb ON sb.administration OPERATOR(pg_catalog.=) p.administration
 				   AND sb.batch_number OPERATOR(pg_catalog.=) p.batch_number
@@ -173,9 +171,9 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 	  CROSS JOIN LATERAL (
 		SELECT CASE
 				 WHEN t.status OPERATOR(pg_catalog.=) 'returned' THEN 'returned'
-				 -- (a refund carries the invoice of the sale it refunds)
-				 WHEN t.kind OPERATOR(pg_catalog.=) 'refund' AND t.invoice_id IS NULL
-					  AND NOT COALESCE(t.parent_statement, false)
+				 -- (a refund carries the invoice of the sale it refunds; st is the
+				 -- statement it refunds, if it refunds one)
+				 WHEN t.kind OPERATOR(pg_catalog.=) 'refund' AND t.invoice_id IS NULL AND st.payment_id IS NULL
 					  THEN 'refund_without_sale'
 				 WHEN t.invoice_id IS NULL AND st.payment_id IS NULL THEN 'no_invoice'
 				 WHEN t.invoice_id IS NULL AND t.kind OPERATOR(pg_catalog.<>) 'refund'
@@ -891,36 +889,37 @@ BEGIN
 	END LOOP;
 END
 $$;
+-- The tables without an administration column follow the row they belong
+-- to.  (A scalar lookup by key, not EXISTS: that would be planned as a hash
+-- of every payment.)
 ALTER TABLE freshpay.payment_history ENABLE ROW LEVEL SECURITY;
 CREATE POLICY reader_scope ON freshpay.payment_history FOR ALL
 	USING ((SELECT freshpay._reader_scope()) IS NULL
-		   OR EXISTS (SELECT FROM freshpay.payments p
-					  WHERE p.id OPERATOR(pg_catalog.=) payment_history.payment_id
-						AND p.administration OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[])));
+		   OR (SELECT p.administration FROM freshpay.payments p
+				WHERE p.id OPERATOR(pg_catalog.=) payment_history.payment_id)
+			  OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[]));
 ALTER TABLE freshpay.payment_allocations ENABLE ROW LEVEL SECURITY;
 CREATE POLICY reader_scope ON freshpay.payment_allocations FOR ALL
 	USING ((SELECT freshpay._reader_scope()) IS NULL
-		   OR EXISTS (SELECT FROM freshpay.payments p
-					  WHERE p.id OPERATOR(pg_catalog.=) payment_allocations.payment_id
-						AND p.administration OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[])));
+		   OR (SELECT p.administration FROM freshpay.payments p
+				WHERE p.id OPERATOR(pg_catalog.=) payment_allocations.payment_id)
+			  OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[]));
 ALTER TABLE freshpay.allocation_reversals ENABLE ROW LEVEL SECURITY;
 CREATE POLICY reader_scope ON freshpay.allocation_reversals FOR ALL
 	USING ((SELECT freshpay._reader_scope()) IS NULL
-		   OR EXISTS (SELECT FROM freshpay.payments p
-					  WHERE p.id OPERATOR(pg_catalog.=) allocation_reversals.payment_id
-						AND p.administration OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[])));
+		   OR (SELECT p.administration FROM freshpay.payments p
+				WHERE p.id OPERATOR(pg_catalog.=) allocation_reversals.payment_id)
+			  OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[]));
 ALTER TABLE freshpay.jobs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY reader_scope ON freshpay.jobs FOR ALL
 	USING ((SELECT freshpay._reader_scope()) IS NULL
-		   OR EXISTS (SELECT FROM freshpay.payments p
-					  WHERE p.id OPERATOR(pg_catalog.=) jobs.payment_id
-						AND p.administration OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[]))
-		   OR EXISTS (SELECT FROM freshpay.invoices i
-					  WHERE i.id OPERATOR(pg_catalog.=) jobs.invoice_id
-						AND i.administration OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[]))
-		   OR EXISTS (SELECT FROM freshpay.customers cu
-					  WHERE cu.id OPERATOR(pg_catalog.=) jobs.customer_id
-						AND cu.administration OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[])));
+		   OR COALESCE((SELECT p.administration FROM freshpay.payments p
+						 WHERE p.id OPERATOR(pg_catalog.=) jobs.payment_id),
+					   (SELECT i.administration FROM freshpay.invoices i
+						 WHERE i.id OPERATOR(pg_catalog.=) jobs.invoice_id),
+					   (SELECT cu.administration FROM freshpay.customers cu
+						 WHERE cu.id OPERATOR(pg_catalog.=) jobs.customer_id))
+			  OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[]));
 
 -- Views run as their caller, so that the policies apply through them.
 ALTER VIEW freshpay.invoice_status SET (security_invoker = true);
