@@ -19,7 +19,7 @@ DATA         = $(wildcard sql/$(EXTENSION)--*.sql)
 # instance with freshpay preloaded (test/regress.conf); each test's psql runs
 # under test/standin/with_standins.py, which gives it a FreshPortal and a
 # PayTrace stand-in of its own.
-REGRESS      = install administrations sync_errors paytrace_parse statement_rules
+REGRESS      = install administrations sync_errors paytrace_parse statement_rules finance_views
 REGRESS_OPTS = --inputdir=test --temp-instance=./tmp_regress \
                --temp-config=test/regress.conf \
                --launcher=test/standin/with_standins.py
