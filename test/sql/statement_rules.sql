@@ -194,7 +194,8 @@ SELECT e.kind, p.invoice_number AS payment, e.detail LIKE 'automatic collection 
 UPDATE freshpay.invoices SET amount_paid = 90, open_amount = 10 WHERE administration = 'stmt' AND number = 'S-1';
 SELECT kind, detail FROM freshpay.exceptions WHERE administration = 'stmt' AND kind = 'amount_mismatch';
 
--- Settled: a statement and its refund are matched through the allocations.
+-- Settled: a statement with an allocation not registered, and its refund
+-- in a batch not pulled yet; the verdicts say why.
 SELECT kind, amount, invoice_id IS NULL AS no_invoice, customer_code, match, match_reason
   FROM freshpay.reconciliation WHERE administration = 'stmt' ORDER BY payment_id;
 

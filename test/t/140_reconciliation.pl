@@ -62,11 +62,11 @@ sql("SELECT count(*) FROM freshpay_sync('main')");
 is( sql(q{SELECT invoice_number || ':' || kind || ':' || amount || ':' || batch_number || ':' || COALESCE(customer_code, '-') || ':' || match
 			FROM freshpay.reconciliation WHERE invoice_id IS NOT NULL ORDER BY paytrace_transaction_id}),
 	join("\n", 'R-701:sale:500.00:571:BLOOM:matched', 'R-702:sale:100.00:571:BLOOM:matched',
-		'R-703:sale:80.00:571:BLOOM:not_in_freshportal'),
+		'R-703:sale:80.00:571:BLOOM:not_registered_in_freshportal'),
 	'reconciliation: batch 571 → payment → invoice → customer, with a verdict per transaction');
-is(sql(q{SELECT count(*) FROM freshpay.reconciliation WHERE match = 'unmatched' AND invoice_id IS NULL AND amount = 42.00}),
-	'1', 'the sale made at PayTrace for an unknown invoice is unmatched');
-like(sql(q{SELECT match_reason FROM freshpay.reconciliation WHERE match = 'not_in_freshportal'}),
+is(sql(q{SELECT count(*) FROM freshpay.reconciliation WHERE match = 'no_invoice' AND invoice_id IS NULL AND amount = 42.00}),
+	'1', 'the sale made at PayTrace for an unknown invoice is no_invoice');
+like(sql(q{SELECT match_reason FROM freshpay.reconciliation WHERE match = 'not_registered_in_freshportal'}),
 	qr/not registered in FreshPortal/, 'each verdict gives its reason');
 is(sql(q{SELECT count(*) FROM freshpay.reconciliation WHERE settled_at IS NULL}), '0', 'every row has its settlement time');
 is(sql(q{SELECT count(*) FROM freshpay.exceptions WHERE kind = 'settled_without_invoice' AND detail LIKE '%42.00%'}),
