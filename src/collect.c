@@ -190,21 +190,31 @@ payment_answer(MoneyCall *call)
 	return row;
 }
 
+/*
+ * A call of op on the first argument, named what, which must not be null;
+ * from this database only (the worker would take our ids for those of its
+ * own).
+ */
+static void
+call_on(MoneyCall *call, FunctionCallInfo fcinfo, const char *function, MoneyOp op, const char *what)
+{
+	mailbox_require_worker_database(function);
+	call->database_id = MyDatabaseId;
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	call->op = op;
+	call->target_id = PG_GETARG_INT64(0);
+}
+
 static Datum
 money_call(FunctionCallInfo fcinfo, const char *function, MoneyOp op, const char *what,
 		   bool takes_amount)
 {
 	MoneyCall	call = {0};
 
-	/* The worker would take our ids for those of its own database. */
-	mailbox_require_worker_database(function);
-	call.database_id = MyDatabaseId;
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", what)));
-	call.op = op;
-	call.target_id = PG_GETARG_INT64(0);
+	call_on(&call, fcinfo, function, op, what);
 	if (takes_amount)
 		amount_argument(fcinfo, 1, &call);
 	PG_RETURN_DATUM(payment_answer(&call));
@@ -259,14 +269,7 @@ freshpay_capture_statement(PG_FUNCTION_ARGS)
 {
 	MoneyCall	call = {0};
 
-	mailbox_require_worker_database("freshpay_capture_statement");
-	call.database_id = MyDatabaseId;
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("customer_id must not be null")));
-	call.op = MONEY_STATEMENT;
-	call.target_id = PG_GETARG_INT64(0);
+	call_on(&call, fcinfo, "freshpay_capture_statement", MONEY_STATEMENT, "customer_id");
 	if (!PG_ARGISNULL(1))
 	{
 		ArrayType  *array = PG_GETARG_ARRAYTYPE_P(1);
@@ -329,19 +332,12 @@ freshpay_request_payment(PG_FUNCTION_ARGS)
 {
 	MoneyCall	call = {0};
 
-	mailbox_require_worker_database("freshpay_request_payment");
-	call.database_id = MyDatabaseId;
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("invoice_id must not be null")));
+	call_on(&call, fcinfo, "freshpay_request_payment", MONEY_REQUEST, "invoice_id");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("mode must not be null"),
 				 errhint("Use sale, authorize, sale_and_onboard or onboard.")));
-	call.op = MONEY_REQUEST;
-	call.target_id = PG_GETARG_INT64(0);
 	if (VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(1)) >= sizeof(call.mode))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

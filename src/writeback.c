@@ -548,17 +548,9 @@ next_of_statement(Flow *f, Write *x)
 			fp_spi_int64(2, &x->reversing);
 			fp_spi_int64(3, &x->invoice);
 		}
-		else
-		{
-			Datum		sale[] = {Int64GetDatum(x->sale->payment_id)};
-
-			if (fp_spi_run("SELECT 1 FROM freshpay.payment_allocations a"
-						   "  JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) a.payment_id"
-						   " WHERE a.payment_id OPERATOR(pg_catalog.=) $1 AND s.status OPERATOR(pg_catalog.=) 'captured'"
-						   "   AND a.amount OPERATOR(pg_catalog.>) 0 AND a.freshportal_payment_id IS NULL LIMIT 1",
-						   1, types, sale, NULL, SPI_OK_SELECT) == 1)
-				job_queue("register_payment", x->sale->payment_id, 0);
-		}
+		else if (strcmp(x->sale->status, "captured") == 0)
+			/* A refund: its register job registers what is left of each allocation it reduced. */
+			job_queue("register_payment", x->sale->payment_id, 0);
 	}
 	else if (!x->swept)
 	{
