@@ -507,8 +507,9 @@ statement_queue_due(void)
  * customer was declined today: a person decides; or the job made its
  * statement already — a job run again after a crash with the statement in
  * flight must not make a second one that day, whatever became of the
- * first); AUTOCOLLECT_CHARGE (-1): yes; else when to look again (a charge
- * of the customer is in flight).  In the caller's transaction.
+ * first, unless PayTrace never processed it: not sent, turned away);
+ * AUTOCOLLECT_CHARGE (-1): yes; else when to look again (a charge of the
+ * customer is in flight).  In the caller's transaction.
  */
 TimestampTz
 statement_job_check(int64 customer_id, int64 job_id)
@@ -532,7 +533,10 @@ statement_job_check(int64 customer_id, int64 job_id)
 				   "          AND p.customer_id OPERATOR(pg_catalog.=) c.id AND p.invoice_id IS NULL"
 				   "          AND p.kind OPERATOR(pg_catalog.=) 'sale'"
 				   "          AND p.requested_by OPERATOR(pg_catalog.=) 'freshpay worker'"
-				   "          AND p.created_at OPERATOR(pg_catalog.>=) j.created_at)",
+				   "          AND p.created_at OPERATOR(pg_catalog.>=) j.created_at"
+				   /* one PayTrace never processed (not sent, turned away) does not count */
+				   "          AND NOT (p.status OPERATOR(pg_catalog.=) 'failed' AND p.response_code IS NULL"
+				   "                   AND p.paytrace_transaction_id IS NULL))",
 				   2, types, values, NULL, SPI_OK_SELECT) == 0)
 		return 0;
 	if (fp_spi_run("SELECT 1 FROM freshpay.payments p"

@@ -723,6 +723,35 @@ for my $case ([ 8, 'LATERWK', 801, 'weekly, not its day' ], [ 10, 'LATERMO', 100
 	is(fp_invoice($fp_id)->{status} // '', 'open', "$what: the invoice stays open in FreshPortal");
 }
 
+# --- The weekly statement turned away by PayTrace (429) ---------------------------
+#
+# PayTrace turns the worker's statement away (429, Retry-After 1: not
+# processed): its job tries again and collects the statement that day.
+
+$pt->customers([ { customer_id => 'C-WEEK3', method => 'card' } ]);
+$fp->seed(
+	{
+		customers => [ { id => 16, code => 'WEEK3', name => 'Weekly Wisteria', currency => 'USD' } ],
+		invoices  => [ invoice_seed(1601, 16, '33.00', invoice_date => $issued, due_date => $past) ]
+	});
+ok(poll_until("SELECT count(*) = 1 FROM freshpay.invoices i JOIN freshpay.customers c ON c.id = i.customer_id"
+		  . " WHERE c.code = 'WEEK3'", 'the scheduled sync of WEEK3'),
+	'weekly 429: the scheduled sync brings the customer and its invoice');
+refresh_ids();
+$seq = $pt->last_seq;
+$pt->faults([ { action => 'status', status => 429, method => 'POST', path => $SALE, times => 1,
+	body_match => { invoice_id => '^ST-WEEK3-' }, body => '{"message":"Too Many Attempts."}',
+	headers => { 'Retry-After' => '1' } } ]);
+sql("SELECT 1 FROM freshpay_link_customer($cust{16}, 'C-WEEK3', 'statement_weekly', 'card', statement_day => $dow)");
+ok( poll_until("SELECT count(*) = 1 FROM freshpay.payments WHERE customer_id = $cust{16} AND status = 'captured'",
+		'the statement after the 429', 60),
+	'weekly 429: the job tries again and the statement is captured');
+is(scalar(grep { (body_of($_)->{invoice_id} // '') =~ /^ST-WEEK3-/ } all_sale_requests($seq)), 2,
+	'weekly 429: two sale requests reached PayTrace, the first turned away');
+is(scalar(grep { $_->{invoice_id} =~ /^ST-WEEK3-/ && $_->{kind} eq 'SALE' } @{ $pt->state->{transactions} }), 1,
+	'weekly 429: PayTrace holds one sale');
+$pt->faults([]);
+
 # --- The weekly statement's job killed with the answer in hand -------------------
 #
 # The worker's statement of the day is made at PayTrace; the worker is killed
