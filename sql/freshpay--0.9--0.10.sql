@@ -3,8 +3,8 @@
  *
  *  - freshpay.reconciliation: every settled transaction (and every ACH debit
  *    that came back) with its batch, and a verdict: matched, statement,
- *    returned, refund_without_sale, no_invoice, amount_mismatch,
- *    not_registered_in_freshportal, batch_unknown.
+ *    returned, refund_without_sale, no_invoice, registered_twice,
+ *    amount_mismatch, not_registered_in_freshportal, batch_unknown.
  *  - freshpay.exceptions: a suggested_action for every kind; every verdict
  *    that is not matched or statement is an exception too; a batch whose
  *    transactions do not add up to its totals is one (batch_mismatch).
@@ -59,6 +59,89 @@ CREATE INDEX invoices_open_customer_idx ON freshpay.invoices (customer_id, due_d
 CREATE INDEX payment_requests_created_idx ON freshpay.payment_requests (administration, created_at);
 
 ------------------------------------------------------------------------------
+-- FreshPortal's registrations of freshpay's transactions
+------------------------------------------------------------------------------
+
+-- What the write-back's look-ups (GET /v1/payments?provider_transaction_id=)
+-- saw in FreshPortal: every registration under a provider id freshpay uses,
+-- its own and any made by someone else.  A settled transaction is looked up
+-- once more at settlement (a check_registrations job).
+CREATE TABLE freshpay.freshportal_registrations (
+	administration text NOT NULL
+		REFERENCES freshpay.administrations (name) ON UPDATE CASCADE ON DELETE CASCADE,
+	freshportal_payment_id bigint NOT NULL,
+	freshportal_invoice_id bigint NOT NULL,
+	provider_transaction_id text NOT NULL,
+	amount numeric(12,2),
+	status text NOT NULL,
+	seen_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (administration, freshportal_payment_id)
+);
+CREATE INDEX freshportal_registrations_provider_idx
+	ON freshpay.freshportal_registrations (administration, provider_transaction_id);
+COMMENT ON TABLE freshpay.freshportal_registrations IS 'FreshPortal''s payment registrations under the provider transaction ids freshpay uses, as its look-ups last saw them (freshpay''s own and any made by someone else); a registration seen more than once per invoice is reconciliation''s registered_twice';
+COMMENT ON COLUMN freshpay.freshportal_registrations.administration IS 'The administration (FreshPortal tenant) it is in';
+COMMENT ON COLUMN freshpay.freshportal_registrations.freshportal_payment_id IS 'FreshPortal''s id of the registration';
+COMMENT ON COLUMN freshpay.freshportal_registrations.freshportal_invoice_id IS 'FreshPortal''s id of the invoice it is registered on';
+COMMENT ON COLUMN freshpay.freshportal_registrations.provider_transaction_id IS 'Its provider transaction id: a PayTrace transaction id, or <id>-r<refund id> after a partial refund';
+COMMENT ON COLUMN freshpay.freshportal_registrations.amount IS 'The amount registered, when FreshPortal shows it';
+COMMENT ON COLUMN freshpay.freshportal_registrations.status IS 'registered or reversed, as FreshPortal last showed it';
+COMMENT ON COLUMN freshpay.freshportal_registrations.seen_at IS 'When a look-up last saw it';
+
+-- The registrations of a transaction (its PayTrace id, or <id>-r<refund id>)
+-- live on one invoice more than once: for a sale, on its invoice; for a
+-- statement, on one of its allocations' (the first).  kept is the one
+-- freshpay registered (else the first); extra the others.
+CREATE FUNCTION freshpay._registered_twice(text, bigint)
+RETURNS TABLE (freshportal_invoice_id bigint, invoice_number text, registrations bigint,
+			   payment_ids bigint[], kept bigint, extra bigint[], provider_ids text)
+LANGUAGE sql STABLE
+AS $$
+	SELECT d.freshportal_invoice_id, inv.number, d.n, d.ids, d.kept,
+		   pg_catalog.array_remove(d.ids, d.kept), d.providers
+	  FROM (SELECT g.freshportal_invoice_id, pg_catalog.count(*) AS n,
+				   pg_catalog.array_agg(g.freshportal_payment_id ORDER BY g.freshportal_payment_id) AS ids,
+				   COALESCE(pg_catalog.min(g.freshportal_payment_id) FILTER (WHERE g.own),
+							pg_catalog.min(g.freshportal_payment_id)) AS kept,
+				   pg_catalog.string_agg(DISTINCT g.provider_transaction_id, ', ') AS providers
+			  FROM (SELECT r.freshportal_invoice_id, r.freshportal_payment_id, r.provider_transaction_id,
+						   (r.freshportal_payment_id OPERATOR(pg_catalog.=) p.freshportal_payment_id
+							OR EXISTS (SELECT FROM freshpay.payment_allocations a
+									   WHERE a.payment_id OPERATOR(pg_catalog.=) p.id
+										 AND a.freshportal_payment_id OPERATOR(pg_catalog.=) r.freshportal_payment_id)) IS TRUE AS own
+					  FROM freshpay.payments p
+					  JOIN freshpay.freshportal_registrations r
+						ON r.administration OPERATOR(pg_catalog.=) p.administration
+					   AND r.provider_transaction_id OPERATOR(pg_catalog.=) ANY (
+							 pg_catalog.array_prepend(p.paytrace_transaction_id::text,
+							   ARRAY(SELECT p.paytrace_transaction_id::text OPERATOR(pg_catalog.||) '-r'
+											OPERATOR(pg_catalog.||) rf.paytrace_transaction_id::text
+									   FROM freshpay.payments rf
+									  WHERE rf.parent_id OPERATOR(pg_catalog.=) p.id
+										AND rf.kind OPERATOR(pg_catalog.=) 'refund'
+										AND rf.paytrace_transaction_id IS NOT NULL)))
+					 WHERE p.id OPERATOR(pg_catalog.=) $2
+					   AND p.administration OPERATOR(pg_catalog.=) $1
+					   AND p.kind OPERATOR(pg_catalog.<>) 'refund'
+					   AND p.paytrace_transaction_id IS NOT NULL
+					   AND r.status OPERATOR(pg_catalog.=) 'registered'
+					   AND r.freshportal_invoice_id OPERATOR(pg_catalog.=) ANY (
+							 ARRAY(SELECT i.freshportal_id FROM freshpay.invoices i
+									WHERE i.id OPERATOR(pg_catalog.=) p.invoice_id
+								   UNION ALL
+								   SELECT i.freshportal_id FROM freshpay.payment_allocations a
+									 JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) a.invoice_id
+									WHERE a.payment_id OPERATOR(pg_catalog.=) p.id))) g
+			 GROUP BY g.freshportal_invoice_id
+			HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1) d
+	  LEFT JOIN freshpay.invoices inv ON inv.administration OPERATOR(pg_catalog.=) $1
+		   AND inv.freshportal_id OPERATOR(pg_catalog.=) d.freshportal_invoice_id
+	 ORDER BY d.freshportal_invoice_id
+	 LIMIT 1
+$$;
+COMMENT ON FUNCTION freshpay._registered_twice(text, bigint) IS 'Internal: the invoice on which FreshPortal holds a transaction''s registration more than once (reconciliation''s registered_twice), with the registrations, the one to keep and the extra ones';
+
+------------------------------------------------------------------------------
 -- Reconciliation: every settled transaction, with a verdict
 ------------------------------------------------------------------------------
 
@@ -89,6 +172,10 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 			 WHEN 'no_invoice' THEN
 				  pg_catalog.format('the transaction names no invoice freshpay knows (invoice number %s)',
 									COALESCE(t.invoice_number, 'none'))
+			 WHEN 'registered_twice' THEN
+				  pg_catalog.format('registered %s times in FreshPortal on invoice %s (FreshPortal payments %s, provider transaction id %s): FreshPortal counts the money more than once',
+									rt.registrations, COALESCE(rt.invoice_number, rt.freshportal_invoice_id::text),
+									pg_catalog.array_to_string(rt.payment_ids, ', '), rt.provider_ids)
 			 WHEN 'amount_mismatch' THEN
 				  CASE WHEN t.invoice_id IS NULL
 					   THEN pg_catalog.format('the allocations of statement %s to %s invoices add up to %s, but %s was captured and %s refunded',
@@ -168,6 +255,8 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 		   ON t.invoice_id IS NULL
 		  AND st.payment_id OPERATOR(pg_catalog.=)
 			  CASE WHEN t.kind OPERATOR(pg_catalog.=) 'refund' THEN t.parent_id ELSE t.id END
+	  -- A registration of it made more than once on an invoice.
+	  LEFT JOIN LATERAL freshpay._registered_twice(t.administration, t.id) rt ON true
 	  CROSS JOIN LATERAL (
 		SELECT CASE
 				 WHEN t.status OPERATOR(pg_catalog.=) 'returned' THEN 'returned'
@@ -176,6 +265,7 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 				 WHEN t.kind OPERATOR(pg_catalog.=) 'refund' AND t.invoice_id IS NULL AND st.payment_id IS NULL
 					  THEN 'refund_without_sale'
 				 WHEN t.invoice_id IS NULL AND st.payment_id IS NULL THEN 'no_invoice'
+				 WHEN t.kind OPERATOR(pg_catalog.<>) 'refund' AND rt.registrations IS NOT NULL THEN 'registered_twice'
 				 WHEN t.invoice_id IS NULL AND t.kind OPERATOR(pg_catalog.<>) 'refund'
 					  AND t.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'refunded'])
 					  AND st.allocated OPERATOR(pg_catalog.<>) (t.amount OPERATOR(pg_catalog.-) t.refunded_amount)
@@ -199,7 +289,7 @@ COMMENT ON COLUMN freshpay.reconciliation.batch_number IS 'PayTrace settlement b
 COMMENT ON COLUMN freshpay.reconciliation.kind IS 'sale, capture, ach_sale or refund';
 COMMENT ON COLUMN freshpay.reconciliation.amount IS 'Amount settled (a refund: the amount refunded)';
 COMMENT ON COLUMN freshpay.reconciliation.refunded_amount IS 'Refunded since (its refunds are rows of their own)';
-COMMENT ON COLUMN freshpay.reconciliation.match IS 'matched; statement (one charge for several invoices whose allocations add up, or a refund of one); returned (an ACH debit the bank sent back); refund_without_sale (a refund of a transaction freshpay did not collect for an invoice); no_invoice (names no invoice freshpay knows); amount_mismatch (more collected than the invoice''s total, FreshPortal shows more paid than the total, or a statement''s allocations do not add up to captured − refunded); not_registered_in_freshportal; batch_unknown (its batch has not been pulled). The first that applies, in this order: returned, refund_without_sale, no_invoice, amount_mismatch, not_registered_in_freshportal, batch_unknown, statement, matched';
+COMMENT ON COLUMN freshpay.reconciliation.match IS 'matched; statement (one charge for several invoices whose allocations add up, or a refund of one); returned (an ACH debit the bank sent back); refund_without_sale (a refund of a transaction freshpay did not collect for an invoice); no_invoice (names no invoice freshpay knows); registered_twice (FreshPortal holds more than one live registration of it on an invoice, see freshpay.freshportal_registrations); amount_mismatch (more collected than the invoice''s total, FreshPortal shows more paid than the total, or a statement''s allocations do not add up to captured − refunded); not_registered_in_freshportal; batch_unknown (its batch has not been pulled). The first that applies, in this order: returned, refund_without_sale, no_invoice, registered_twice, amount_mismatch, not_registered_in_freshportal, batch_unknown, statement, matched';
 COMMENT ON COLUMN freshpay.reconciliation.match_reason IS 'Why, in a sentence, with the amounts';
 COMMENT ON COLUMN freshpay.reconciliation.status IS 'Status of the payment (captured, refunded, returned, ...)';
 COMMENT ON COLUMN freshpay.reconciliation.parent_id IS 'For a refund: the payment it refunds';
@@ -409,6 +499,23 @@ CREATE OR REPLACE VIEW freshpay.exceptions AS
 	   AND p.status OPERATOR(pg_catalog.=) ANY (ARRAY['captured', 'refunded'])
 	   AND st.allocated OPERATOR(pg_catalog.<>) (p.amount OPERATOR(pg_catalog.-) p.refunded_amount)
 	UNION ALL
+	-- reconciliation's registered_twice.
+	SELECT 'registered_twice', p.administration, p.id, p.invoice_id, NULL,
+		   pg_catalog.format('%s of %s settled: registered %s times in FreshPortal on invoice %s (FreshPortal payments %s, provider transaction id %s)',
+							 p.kind, p.amount, rt.registrations, COALESCE(rt.invoice_number, rt.freshportal_invoice_id::text),
+							 pg_catalog.array_to_string(rt.payment_ids, ', '), rt.provider_ids),
+		   COALESCE(p.settled_at, p.updated_at),
+		   pg_catalog.format('Reverse FreshPortal payment %s on invoice %s in FreshPortal: it registers the same money (provider transaction id %s) a second time; keep FreshPortal payment %s.',
+							 pg_catalog.array_to_string(rt.extra, ', '), COALESCE(rt.invoice_number, rt.freshportal_invoice_id::text),
+							 rt.provider_ids, rt.kept)
+	  FROM freshpay.payments p
+	  CROSS JOIN LATERAL freshpay._registered_twice(p.administration, p.id) rt
+	 WHERE (p.batch_number IS NOT NULL OR p.settled_at IS NOT NULL)
+	   AND p.kind OPERATOR(pg_catalog.<>) 'refund'
+	   AND p.status OPERATOR(pg_catalog.<>) 'returned'
+	   AND (p.invoice_id IS NOT NULL
+			OR EXISTS (SELECT FROM freshpay.payment_allocations a WHERE a.payment_id OPERATOR(pg_catalog.=) p.id))
+	UNION ALL
 	-- reconciliation's no_invoice.
 	SELECT 'settled_without_invoice', p.administration, p.id, NULL, NULL,
 		   CASE WHEN p.batch_number IS NOT NULL
@@ -582,7 +689,7 @@ CREATE OR REPLACE VIEW freshpay.exceptions AS
 			OPERATOR(pg_catalog.+) interval '1 month')::date
 		   OPERATOR(pg_catalog.<=) GREATEST(n.due_date, CURRENT_DATE);
 COMMENT ON VIEW freshpay.exceptions IS 'Everything a person must look at, with what to do about it: unknown outcomes, failed collections, money not registered in FreshPortal, jobs given up or failing, amounts that disagree, settled money with no invoice or no sale, batches not pulled or not adding up, payment requests, ACH returns, paused collections, expiring cards';
-COMMENT ON COLUMN freshpay.exceptions.kind IS 'unknown_outcome, failed_collection, not_registered_in_freshportal, dead_job, failing_job, amount_mismatch, settled_without_invoice (reconciliation''s no_invoice), refund_without_sale, batch_unknown, batch_mismatch, payment_request_unknown, payment_request_open_long, payment_request_expired, ach_returned (reconciliation''s returned, until the invoice is collected again or paid), collection_paused or card_expiring';
+COMMENT ON COLUMN freshpay.exceptions.kind IS 'unknown_outcome, failed_collection, not_registered_in_freshportal, dead_job, failing_job, amount_mismatch, settled_without_invoice (reconciliation''s no_invoice), refund_without_sale, registered_twice (a registration made more than once in FreshPortal), batch_unknown, batch_mismatch, payment_request_unknown, payment_request_open_long, payment_request_expired, ach_returned (reconciliation''s returned, until the invoice is collected again or paid), collection_paused or card_expiring';
 COMMENT ON COLUMN freshpay.exceptions.payment_id IS 'The payment concerned, if any (for a reconciliation verdict, the settled transaction)';
 COMMENT ON COLUMN freshpay.exceptions.suggested_action IS 'What finance should do about it, in a sentence or two (with the SQL to run where there is some)';
 
@@ -879,7 +986,7 @@ DECLARE
 	c text;
 BEGIN
 	FOREACH t IN ARRAY ARRAY['administrations', 'customers', 'invoices', 'payments', 'settlements',
-							 'sync_state', 'payment_requests'] LOOP
+							 'sync_state', 'payment_requests', 'freshportal_registrations'] LOOP
 		c := CASE t WHEN 'administrations' THEN 'name' ELSE 'administration' END;
 		EXECUTE pg_catalog.format('ALTER TABLE freshpay.%I ENABLE ROW LEVEL SECURITY', t);
 		EXECUTE pg_catalog.format(
@@ -952,3 +1059,25 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON freshpay.reader_scopes TO freshpay_admin
 GRANT EXECUTE ON FUNCTION freshpay._reader_scopes_check() TO freshpay_admin;
 
 SELECT pg_catalog.pg_extension_config_dump('freshpay.reader_scopes', '');
+
+REVOKE ALL ON freshpay.freshportal_registrations FROM PUBLIC;
+REVOKE ALL ON FUNCTION freshpay._registered_twice(text, bigint) FROM PUBLIC;
+GRANT SELECT ON freshpay.freshportal_registrations TO freshpay_reader;
+GRANT EXECUTE ON FUNCTION freshpay._registered_twice(text, bigint) TO freshpay_reader;
+SELECT pg_catalog.pg_extension_config_dump('freshpay.freshportal_registrations', '');
+
+------------------------------------------------------------------------------
+-- The queue checks FreshPortal's registrations of settled transactions
+------------------------------------------------------------------------------
+
+ALTER TABLE freshpay.jobs
+	DROP CONSTRAINT jobs_kind_check,
+	ADD CONSTRAINT jobs_kind_check
+		CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['collect_invoice', 'collect_statement', 'register_payment', 'reverse_payment', 'resolve_payment', 'send_level3', 'check_registrations'])),
+	DROP CONSTRAINT jobs_target_check,
+	ADD CONSTRAINT jobs_target_check
+		CHECK ((kind OPERATOR(pg_catalog.=) 'collect_invoice') OPERATOR(pg_catalog.=) (invoice_id IS NOT NULL AND payment_id IS NULL)
+			   AND (kind OPERATOR(pg_catalog.=) 'collect_statement')
+				   OPERATOR(pg_catalog.=) (customer_id IS NOT NULL AND payment_id IS NULL AND invoice_id IS NULL)
+			   AND (kind OPERATOR(pg_catalog.<>) 'check_registrations' OR payment_id IS NOT NULL));
+COMMENT ON COLUMN freshpay.jobs.kind IS 'collect_invoice, collect_statement, register_payment, reverse_payment, resolve_payment, send_level3 or check_registrations (FreshPortal''s registrations of a settled transaction looked up once)';

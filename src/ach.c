@@ -108,13 +108,24 @@ ach_note(int64 payment_id, const PtAchTransaction *t)
 	TimestampTzGetDatum(t->settled_at)};
 	char		nulls[] = {' ', ' ', t->return_reason ? ' ' : 'n', t->has_settled_at ? ' ' : 'n'};
 
-	return fp_spi_run("UPDATE freshpay.payments"
-			   "   SET ach_status = $2, return_reason = COALESCE($3, return_reason),"
-			   "       settled_at = COALESCE(settled_at, $4), updated_at = pg_catalog.now()"
-			   " WHERE id OPERATOR(pg_catalog.=) $1"
-			   "   AND (ach_status IS DISTINCT FROM $2 OR return_reason IS DISTINCT FROM COALESCE($3, return_reason)"
-			   "        OR (settled_at IS NULL AND $4 IS NOT NULL))",
-			   4, types, values, nulls, SPI_OK_UPDATE);
+	bool		settles;
+
+	/* Settled now: FreshPortal's registrations of the debit are looked up once more. */
+	settles = t->has_settled_at &&
+		fp_spi_run("SELECT 1 FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1"
+				   "   AND settled_at IS NULL AND kind OPERATOR(pg_catalog.=) 'ach_sale'",
+				   1, types, values, NULL, SPI_OK_SELECT) == 1;
+	if (fp_spi_run("UPDATE freshpay.payments"
+				   "   SET ach_status = $2, return_reason = COALESCE($3, return_reason),"
+				   "       settled_at = COALESCE(settled_at, $4), updated_at = pg_catalog.now()"
+				   " WHERE id OPERATOR(pg_catalog.=) $1"
+				   "   AND (ach_status IS DISTINCT FROM $2 OR return_reason IS DISTINCT FROM COALESCE($3, return_reason)"
+				   "        OR (settled_at IS NULL AND $4 IS NOT NULL))",
+				   4, types, values, nulls, SPI_OK_UPDATE) == 0)
+		return false;
+	if (settles)
+		job_queue("check_registrations", payment_id, 0);
+	return true;
 }
 
 /*

@@ -21,7 +21,7 @@
 typedef enum FlowKind
 {
 	FLOW_MONEY,					/* a money call: mailbox or collect_invoice */
-	FLOW_WRITEBACK,				/* register_payment, reverse_payment */
+	FLOW_WRITEBACK,				/* register_payment, reverse_payment, check_registrations */
 	FLOW_RESOLVE,				/* resolve_payment */
 	FLOW_LEVEL3,				/* send_level3 */
 	FLOW_REQUEST				/* a payment request from the mailbox */

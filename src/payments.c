@@ -582,20 +582,45 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 		fp_spi_int64(1, &payment_id);
 		status = fp_spi_text(CurrentMemoryContext, 2);
 
-		if (t->state == PT_STATE_SETTLED &&
-			fp_spi_run("UPDATE freshpay.payments SET batch_number = $3, settled_at = $4,"
-					"       updated_at = pg_catalog.now()"
-					" WHERE administration OPERATOR(pg_catalog.=) $1"
-					"   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
-					"   AND idempotency_key IS NULL"
-					"   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'refund'])"
-					/* a refund settles under its own id, not under its sale's */
-					"   AND (kind OPERATOR(pg_catalog.<>) 'refund' OR NOT EXISTS (SELECT FROM freshpay.payments s"
-					"        WHERE s.id OPERATOR(pg_catalog.=) payments.parent_id"
-					"          AND s.paytrace_transaction_id OPERATOR(pg_catalog.=) payments.paytrace_transaction_id))"
-					"   AND batch_number IS DISTINCT FROM $3",
-					4, types, values, nulls, SPI_OK_UPDATE) > 0)
-			change = 'u';
+		if (t->state == PT_STATE_SETTLED)
+		{
+			int64		settled;
+			int64	   *check;
+			int64		checks = 0;
+
+			settled = fp_spi_run("UPDATE freshpay.payments SET batch_number = $3, settled_at = $4,"
+								 "       updated_at = pg_catalog.now()"
+								 " WHERE administration OPERATOR(pg_catalog.=) $1"
+								 "   AND paytrace_transaction_id OPERATOR(pg_catalog.=) $2"
+								 "   AND idempotency_key IS NULL"
+								 "   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture', 'refund'])"
+			/* a refund settles under its own id, not under its sale's */
+								 "   AND (kind OPERATOR(pg_catalog.<>) 'refund' OR NOT EXISTS (SELECT FROM freshpay.payments s"
+								 "        WHERE s.id OPERATOR(pg_catalog.=) payments.parent_id"
+								 "          AND s.paytrace_transaction_id OPERATOR(pg_catalog.=) payments.paytrace_transaction_id))"
+								 "   AND batch_number IS DISTINCT FROM $3"
+								 " RETURNING id, kind OPERATOR(pg_catalog.<>) 'refund'",
+								 4, types, values, nulls, SPI_OK_UPDATE_RETURNING);
+			check = palloc(sizeof(int64) * (settled + 1));
+			for (int64 i = 0; i < settled; i++)
+			{
+				bool		isnull;
+				Datum		id = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+				Datum		sale = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+
+				if (!isnull && DatumGetBool(sale))
+					check[checks++] = DatumGetInt64(id);
+			}
+			/*
+			 * Settled: FreshPortal's registrations of it are looked up once
+			 * more, so that one made again by someone else shows
+			 * (reconciliation's registered_twice).
+			 */
+			for (int64 i = 0; i < checks; i++)
+				job_queue("check_registrations", check[i], 0);
+			if (settled > 0)
+				change = 'u';
+		}
 
 		/*
 		 * A void of it already recorded (one of ours, say) is not learned

@@ -89,6 +89,7 @@ kind_of_job(const Job *job)
 		return FLOW_RESOLVE;
 	if (strcmp(job->kind, "send_level3") == 0)
 		return FLOW_LEVEL3;
+	/* register_payment, reverse_payment, check_registrations */
 	return FLOW_WRITEBACK;
 }
 

@@ -49,6 +49,14 @@
  *	             FreshPortal's answer shows it, and the job done; COMMIT
  *	  REFRESH    only when the answer did not show the invoice: re-read it
  *
+ * Every registration a lookup sees (FIND, the sweep) is recorded in
+ * freshpay.freshportal_registrations, freshpay's own and any made by someone
+ * else: reconciliation's registered_twice is one transaction registered more
+ * than once on an invoice.  A check_registrations job (queued when PayTrace
+ * settles a transaction, payments.c) is the sweep alone: it looks up every
+ * provider id of the payment, a single sale's as a statement's, records
+ * what it finds, and adopts nothing.
+ *
  * An ERROR anywhere means "retry later with backoff"; the job never dies.
  * No transaction is open during the HTTP calls.
  *
@@ -180,6 +188,57 @@ mirror_invoice(const char *administration, int64 id, Datum amount_paid, Datum op
 			   8, types, values, NULL, SPI_OK_UPDATE);
 }
 
+/*
+ * What a lookup saw in FreshPortal: every registration with a provider id
+ * is recorded (or brought up to date) in freshpay.freshportal_registrations.
+ * Inside a transaction.
+ */
+static void
+record_seen(const char *administration, List *payments)
+{
+	ListCell   *lc;
+
+	foreach(lc, payments)
+	{
+		FpPayment  *p = lfirst(lc);
+		Oid			types[] = {TEXTOID, INT8OID, INT8OID, TEXTOID, NUMERICOID, TEXTOID};
+		Datum		values[6];
+		char		nulls[] = {' ', ' ', ' ', ' ', p->amount ? ' ' : 'n', ' '};
+
+		if (p->provider_transaction_id == NULL || p->status == NULL)
+			continue;
+		values[0] = CStringGetTextDatum(administration);
+		values[1] = Int64GetDatum(p->id);
+		values[2] = Int64GetDatum(p->invoice_id);
+		values[3] = CStringGetTextDatum(p->provider_transaction_id);
+		values[4] = p->amount ? money_numeric(p->amount) : (Datum) 0;
+		values[5] = CStringGetTextDatum(p->status);
+		fp_spi_run("INSERT INTO freshpay.freshportal_registrations"
+				   " (administration, freshportal_payment_id, freshportal_invoice_id, provider_transaction_id,"
+				   "  amount, status)"
+				   " VALUES ($1, $2, $3, $4, $5, $6)"
+				   " ON CONFLICT (administration, freshportal_payment_id) DO UPDATE"
+				   "   SET freshportal_invoice_id = EXCLUDED.freshportal_invoice_id,"
+				   "       provider_transaction_id = EXCLUDED.provider_transaction_id,"
+				   "       amount = COALESCE(EXCLUDED.amount, freshportal_registrations.amount),"
+				   "       status = EXCLUDED.status, seen_at = pg_catalog.now()",
+				   6, types, values, nulls, SPI_OK_INSERT);
+	}
+}
+
+/* A registration freshpay reversed: so recorded, if a lookup saw it. */
+static void
+record_seen_reversed(const char *administration, int64 freshportal_payment_id)
+{
+	Oid			types[] = {TEXTOID, INT8OID};
+	Datum		values[] = {CStringGetTextDatum(administration), Int64GetDatum(freshportal_payment_id)};
+
+	fp_spi_run("UPDATE freshpay.freshportal_registrations SET status = 'reversed', seen_at = pg_catalog.now()"
+			   " WHERE administration OPERATOR(pg_catalog.=) $1"
+			   "   AND freshportal_payment_id OPERATOR(pg_catalog.=) $2",
+			   2, types, values, NULL, SPI_OK_UPDATE);
+}
+
 typedef enum WriteState
 {
 	WRITE_START,
@@ -203,6 +262,7 @@ typedef struct Write
 	FpCall	   *call;
 	/* A statement's: one allocation (or reversal of one) after the other */
 	bool		statement;
+	bool		check;			/* a check_registrations job: the sweep, recorded */
 	int64		allocation;		/* register: the allocation's local invoice id */
 	char	   *allocated;		/* register: its amount */
 	int64		reversal;		/* reverse: allocation_reversals.id */
@@ -306,6 +366,7 @@ send_refresh(Flow *f, Write *x)
  * Otherwise the invoice is re-read (REFRESH) first.
  */
 static FlowStep next_of_statement(Flow *f, Write *x);
+static FlowStep check_done(Flow *f, Write *x);
 static FlowStep start_sweep(Flow *f, Write *x);
 static FlowStep sweep_answer(Flow *f, Write *x, const HttpResponse *response);
 
@@ -404,6 +465,19 @@ take_over_allocations(Write *x)
 			 psprintf(INT64_FORMAT " FreshPortal registration(s) of its allocations are being reversed", n));
 }
 
+/* A check_registrations job has recorded what it saw: done. */
+static FlowStep
+check_done(Flow *f, Write *x)
+{
+	MemoryContext caller = fp_txn_begin();
+
+	MemoryContextSwitchTo(f->context);
+	job_record(&f->job, true, 0, NULL, false, -1);
+	fp_txn_commit(caller);
+	MemoryContextSwitchTo(f->context);
+	return FLOW_DONE;
+}
+
 /*
  * A statement's write-back looks before it writes, once per run: it asks
  * FreshPortal for the registrations under every provider id freshpay used
@@ -441,7 +515,7 @@ start_sweep(Flow *f, Write *x)
 	MemoryContextSwitchTo(f->context);
 	x->swept = true;
 	if (ids == NIL)
-		return next_of_statement(f, x);
+		return x->check ? check_done(f, x) : next_of_statement(f, x);
 	foreach(lc, ids)
 	{
 		FpCall	   *call = freshportal_find_payments_call(x->admin, lfirst(lc));
@@ -483,6 +557,15 @@ sweep_answer(Flow *f, Write *x, const HttpResponse *response)
 
 	caller = fp_txn_begin();
 	MemoryContextSwitchTo(f->context);
+	record_seen(x->admin->name, x->found);
+	if (x->check)
+	{
+		/* A check adopts nothing: what it saw is recorded. */
+		job_record(&f->job, true, 0, NULL, false, -1);
+		fp_txn_commit(caller);
+		MemoryContextSwitchTo(f->context);
+		return FLOW_DONE;
+	}
 	foreach(lc, x->found)
 	{
 		FpPayment  *p = lfirst(lc);
@@ -645,6 +728,7 @@ record_reversal(Flow *f, Write *x, const FpInvoiceState *invoice)
 
 	note(x->w->payment_id, x->w->status, "reversed",
 		 psprintf("Reversed FreshPortal payment " INT64_FORMAT, x->reversing));
+	record_seen_reversed(x->admin->name, x->reversing);
 	if (x->statement)
 	{
 		Oid			types[] = {INT8OID};
@@ -690,6 +774,14 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 				x->w = written_load(f->job.payment_id, f->context);
 				x->sale = reverse && x->w->has_parent ? written_load(x->w->parent_id, f->context) : NULL;
 				x->admin = administration_load(x->w->administration, f->context);
+				if (strcmp(f->job.kind, "check_registrations") == 0)
+				{
+					/* Every provider id of the payment looked up, and recorded. */
+					x->check = true;
+					fp_txn_commit(caller);
+					MemoryContextSwitchTo(f->context);
+					return start_sweep(f, x);
+				}
 				x->statement = reverse ? x->sale != NULL && x->sale->statement : x->w->statement;
 				if (x->statement)
 				{
@@ -728,12 +820,21 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 		case WRITE_FIND:
 			{
 				ListCell   *lc;
+				List	   *seen = freshportal_payments_of(x->call, response);
+				MemoryContext caller;
+
+				/* What FreshPortal holds under the provider id, recorded. */
+				caller = fp_txn_begin();
+				MemoryContextSwitchTo(f->context);
+				record_seen(x->admin->name, seen);
+				fp_txn_commit(caller);
+				MemoryContextSwitchTo(f->context);
 
 				/*
 				 * Checked here, not only by FreshPortal's filter: a payment
 				 * counts as ours only with our provider id on our invoice.
 				 */
-				foreach(lc, freshportal_payments_of(x->call, response))
+				foreach(lc, seen)
 				{
 					FpPayment  *p = lfirst(lc);
 
@@ -802,8 +903,8 @@ advance_write(Flow *f, const HttpResponse *response)
 }
 
 /*
- * Step a register_payment or reverse_payment job's flow.  Errors retry the
- * job with backoff; it never dies.
+ * Step a register_payment, reverse_payment or check_registrations job's
+ * flow.  Errors retry the job with backoff; it never dies.
  */
 FlowStep
 writeback_step(Flow *f, const HttpResponse *response)

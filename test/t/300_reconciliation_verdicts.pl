@@ -12,15 +12,19 @@
 #   refund_without_sale            a refund made in the terminal of such a sale
 #   returned                       an ACH debit (API v3) settled, then sent back by the bank
 #   batch_unknown                  a batch freshpay has not pulled
+#   registered_twice               a registration made a second time in FreshPortal by someone else
 #
 # Batches: PayTrace's totals of a batch against the transactions freshpay
 # holds in it; a refund the pull cannot record (of a sale made without an
 # invoice number) and a local edit of a batch's totals each make a
-# batch_mismatch exception.  registered_twice is not made here: freshpay
-# keeps no record of FreshPortal's registrations beyond the one it adopts.
+# batch_mismatch exception.  A settled transaction's registrations are
+# looked up once more at settlement (a check_registrations job): one
+# registered again by hand is registered_twice; one registration per invoice
+# (a sale, a statement) is not.
 use strict;
 use warnings;
 
+use HTTP::Tiny;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -103,10 +107,11 @@ $fp->seed({
 		map { { id => $_->[0], number => "V-$_->[0]", customer_id => $_->[1], amount_excl_vat => $_->[2],
 				vat_amount => '0.00', amount_incl_vat => $_->[2] } }
 		  ([ 801, 1, '500.00' ], [ 802, 1, '300.00' ], [ 803, 1, '80.00' ], [ 804, 1, '10.00' ],
-		   [ 811, 2, '100.00' ], [ 812, 2, '50.00' ], [ 821, 3, '200.00' ])
+		   [ 805, 1, '100.00' ], [ 806, 1, '60.00' ],
+		   [ 811, 2, '100.00' ], [ 812, 2, '50.00' ], [ 813, 2, '70.00' ], [ 814, 2, '30.00' ], [ 821, 3, '200.00' ])
 	] });
 sync_main();
-is(sql("SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'"), '7', 'setup: seven invoices synced');
+is(sql("SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'"), '11', 'setup: eleven invoices synced');
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(1) . ", 'C-BLOOM')");
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(2) . ", 'C-STMT')");
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(3) . ", 'C-ACH', 'manual', 'ach')");
@@ -277,6 +282,55 @@ is(sql("SELECT amount_paid FROM freshpay.invoices WHERE id = " . inv(802)), '250
 is(verdict($s802), 'matched|batch, transaction, invoice and customer agree', 'V-802 is matched once the difference is refunded');
 is(exceptions_of($s802), '', 'and it is no exception any more');
 is(verdict($s804), 'matched|batch, transaction, invoice and customer agree', 'V-804 is matched once its batch is pulled');
+
+# --- Registered twice in FreshPortal -------------------------------------------------------------
+
+# V-805: 40.00 of 100.00 collected and registered; someone registers the same
+# PayTrace transaction again in FreshPortal (room enough on the invoice).
+# V-806 and a statement of V-813 and V-814: registered once each.
+my ($s805, $st805, $e805) = money('freshpay_capture(' . inv(805) . ', 40.00)');
+is($st805, 'captured', 'V-805: 40.00 of it collected') or diag($e805);
+my ($s806, $st806, $e806) = money('freshpay_capture(' . inv(806) . ')');
+is($st806, 'captured', 'V-806 is collected') or diag($e806);
+my ($stmt2, $ststmt2, $estmt2) = money('freshpay_capture_statement(' . cust(2) . ', ARRAY[' . inv(813) . ', ' . inv(814) . ']::bigint[])');
+is($ststmt2, 'captured', 'STMT: one charge for V-813 and V-814') or diag($estmt2);
+ok( poll_until("SELECT count(*) = 2 FROM freshpay.payments WHERE id IN ($s805, $s806) AND freshportal_payment_id IS NOT NULL"
+		  . " AND (SELECT count(*) = 2 FROM freshpay.payment_allocations WHERE payment_id = $stmt2 AND freshportal_payment_id IS NOT NULL)",
+		'V-805, V-806 and the statement registered'),
+	'V-805, V-806 and the statement are registered');
+my $own805 = sql("SELECT freshportal_payment_id FROM freshpay.payments WHERE id = $s805");
+my $tx805 = sql("SELECT paytrace_transaction_id FROM freshpay.payments WHERE id = $s805");
+
+my $http = HTTP::Tiny->new(timeout => 30, keep_alive => 0);
+my $fp_token = JSON::PP->new->decode($http->post($fp->url . '/v1/auth',
+	{ headers => { 'Content-Type' => 'application/json' },
+	  content => encode_json({ username => $FreshpayTest::FP_API_KEY, type => 'api' }) })->{content})->{token};
+my $again = $http->post($fp->url . '/v1/invoices/805/payments',
+	{ headers => { 'Content-Type' => 'application/json', Authorization => "Bearer $fp_token" },
+	  content => encode_json({ amount => '40.00', currency => 'USD', payment_date => '2026-09-25', method => 'card',
+							   provider => 'paytrace', provider_transaction_id => "$tx805",
+							   provider_status => 'captured' }) });
+is($again->{status}, 201, 'setup: someone registers PayTrace transaction ' . $tx805 . ' on V-805 again in FreshPortal');
+my $dup805 = eval { JSON::PP->new->decode($again->{content})->{payment}{id} } // 0;
+isnt($dup805, $own805, "setup: as FreshPortal payment $dup805 (freshpay's is $own805)");
+
+# PayTrace settles them; the sync learns of it and each is looked up once more.
+$pt->settle;
+sync_main();
+ok( poll_until("SELECT count(*) = 3 FROM freshpay.jobs WHERE kind = 'check_registrations' AND state = 'done'"
+		  . " AND payment_id IN ($s805, $s806, $stmt2)", 'the settled transactions checked'),
+	'at settlement, FreshPortal\'s registrations of each are looked up');
+is( sql("SELECT string_agg(freshportal_payment_id || ':' || status, ',' ORDER BY freshportal_payment_id)"
+		  . " FROM freshpay.freshportal_registrations WHERE provider_transaction_id = '$tx805'"),
+	"$own805:registered,$dup805:registered", 'freshpay.freshportal_registrations holds both registrations of V-805');
+
+check_case('registered twice', $s805, 'registered_twice',
+	qr/registered 2 times in FreshPortal on invoice V-805 \(FreshPortal payments $own805, $dup805, provider transaction id $tx805\)/,
+	'registered_twice', qr/Reverse FreshPortal payment $dup805 on invoice V-805 in FreshPortal.*keep FreshPortal payment $own805/);
+check_case('settled sale, registered once', $s806, 'matched', qr/batch, transaction, invoice and customer agree/, undef);
+check_case('settled statement, registered once per invoice', $stmt2, 'statement', qr/one charge for 2 invoices/, undef);
+is(sql("SELECT count(*) FROM freshpay.exceptions WHERE kind = 'registered_twice'"), '1',
+	'one registered_twice exception: V-805\'s');
 
 # Readers see the verdicts and the actions.
 sql('CREATE ROLE bi_fin LOGIN IN ROLE freshpay_reader');
