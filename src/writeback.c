@@ -270,6 +270,7 @@ typedef struct Write
 	List	   *sweep;			/* register: the lookups, FpCall * */
 	int			sweeping;		/* of them, unanswered */
 	List	   *found;			/* register: what they found, FpPayment * */
+	List	   *seen;			/* register: what FIND saw, recorded with the registration */
 } Write;
 
 /* START of register_payment: false when there is nothing to write. */
@@ -700,11 +701,14 @@ record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool create
 {
 	MemoryContext caller = fp_txn_begin();
 
+	/* What the lookup before it saw (a single sale's FIND). */
+	record_seen(x->admin->name, x->seen);
+	x->seen = NIL;
 	if (x->statement)
 	{
 		register_allocation(x, freshportal_payment_id);
 		note(x->w->payment_id, x->w->status, "registered",
-			 psprintf("%s in FreshPortal as payment " INT64_FORMAT " of invoice " INT64_FORMAT " (%s)",
+			 psprintf("%s in FreshPortal as payment " INT64_FORMAT " of FreshPortal invoice " INT64_FORMAT " (%s)",
 					  created ? "Registered" : "Found already registered", freshportal_payment_id,
 					  x->invoice, x->allocated));
 		return commit_write(f, x, invoice, caller);
@@ -821,14 +825,9 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 			{
 				ListCell   *lc;
 				List	   *seen = freshportal_payments_of(x->call, response);
-				MemoryContext caller;
 
-				/* What FreshPortal holds under the provider id, recorded. */
-				caller = fp_txn_begin();
-				MemoryContextSwitchTo(f->context);
-				record_seen(x->admin->name, seen);
-				fp_txn_commit(caller);
-				MemoryContextSwitchTo(f->context);
+				/* What FreshPortal holds under the provider id: recorded with the outcome. */
+				x->seen = seen;
 
 				/*
 				 * Checked here, not only by FreshPortal's filter: a payment
@@ -848,7 +847,12 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 				if (strcmp(x->w->status, "captured") != 0)
 				{
 					/* Voided or refunded before it was registered: nothing to write. */
-					job_update(&f->job, true, 0, NULL, false, -1);
+					MemoryContext caller = fp_txn_begin();
+
+					MemoryContextSwitchTo(f->context);
+					record_seen(x->admin->name, x->seen);
+					job_record(&f->job, true, 0, NULL, false, -1);
+					fp_txn_commit(caller);
 					return FLOW_DONE;
 				}
 				register_now(f, x);
