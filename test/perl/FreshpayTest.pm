@@ -419,8 +419,9 @@ sub wait_for
 =item poll_true($node, $query, $timeout, $what)
 
 Wait until $query (in database freshpay) returns C<t>.  A failed connection
-counts as "not yet", so polls survive a server restart.  Returns true, or
-undef (with a diagnostic) after $timeout seconds.
+counts as "not yet", so polls survive a server restart: also one where psql
+gave up before it read the query (IPC::Run then dies of the broken pipe).
+Returns true, or undef (with a diagnostic) after $timeout seconds.
 
 =cut
 
@@ -429,8 +430,8 @@ sub poll_true
 	my ($node, $query, $timeout, $what) = @_;
 	return wait_for(
 		sub {
-			my ($out, $err, $rc) = psql_result($node, 'freshpay', $query);
-			return $rc == 0 && $out eq 't';
+			my ($out, $err, $rc) = eval { psql_result($node, 'freshpay', $query) };
+			return defined $rc && $rc == 0 && $out eq 't';
 		},
 		$timeout, $what);
 }
@@ -939,9 +940,10 @@ sub worker_pid
 	my $pid;
 	wait_for(
 		sub {
-			my ($out, $err, $rc) = psql_result($node, 'freshpay',
-				q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'freshpay worker'});
-			$pid = $out if $rc == 0 && $out =~ /^\d+$/;
+			# (during a restart psql may give up before it reads the query; see poll_true)
+			my ($out, $err, $rc) = eval { psql_result($node, 'freshpay',
+				q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'freshpay worker'}) };
+			$pid = $out if defined $rc && $rc == 0 && $out =~ /^\d+$/;
 			return defined $pid;
 		},
 		$timeout // 10, 'a freshpay worker');
