@@ -765,21 +765,32 @@ COMMENT ON COLUMN freshpay.daily_cash.collections IS 'Number of collections';
 COMMENT ON COLUMN freshpay.daily_cash.refunds IS 'Number of refunds';
 COMMENT ON COLUMN freshpay.daily_cash.returns IS 'Number of ACH returns';
 
--- Per customer: billed, collected, outstanding, how fast it pays.  One pass
--- over the invoices and one over the payments (each joined to what it needs
--- of the other); the days to cash are counted per customer and number of
--- days, so that the 90th percentile needs no sort of every transaction.
-CREATE VIEW freshpay.customer_summary AS
-	SELECT c.id AS customer_id, c.administration, c.code, c.name, c.payment_method, c.collection,
-		   COALESCE(iv.invoices, 0) AS invoices,
-		   COALESCE(iv.billed, 0)::numeric(12,2) AS billed,
-		   COALESCE(pm.collected, 0)::numeric(12,2) AS collected,
-		   (COALESCE(iv.open_amount, 0) OPERATOR(pg_catalog.-) COALESCE(pm.unregistered, 0))::numeric(12,2) AS outstanding,
-		   pg_catalog.round(pm.avg_days, 1) AS avg_days_to_cash,
-		   pm.p90_days AS p90_days_to_cash,
-		   COALESCE(pm.declines, 0) AS declines,
-		   pm.last_payment_at
-	  FROM freshpay.customers c
+-- Per customer: billed, collected, outstanding, how fast it pays.
+--
+-- _customer_figures computes them for some customers over every invoice and
+-- payment of theirs.  Over a large ledger that is a second for all of them,
+-- so customer_figures keeps each customer's figures, and the view computes
+-- anew only those of the customers whose rows changed since they were kept
+-- (customer_figures_stale, marked by triggers in the transaction that makes
+-- the change) or that have none kept.  The sync worker keeps the figures of
+-- the changed customers every half minute (_refresh_customer_figures).  The
+-- view is exact either way: what is kept is used only while nothing it was
+-- computed from has changed.
+
+-- What one customer's figures are computed from: its invoices, its payments
+-- (each with its invoice), and the invoices its statements paid.  The days
+-- to cash are counted per customer and number of days, so that the 90th
+-- percentile needs no sort of every transaction.
+CREATE FUNCTION freshpay._customer_figures(customer_ids bigint[])
+RETURNS TABLE (customer_id bigint, invoices bigint, billed numeric, open_amount numeric, collected numeric,
+			   unregistered numeric, avg_days numeric, p90_days integer, declines bigint,
+			   last_payment_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+	SELECT c.id, COALESCE(iv.invoices, 0), COALESCE(iv.billed, 0), COALESCE(iv.open_amount, 0),
+		   COALESCE(pm.collected, 0), COALESCE(pm.unregistered, 0), pm.avg_days, pm.p90_days,
+		   COALESCE(pm.declines, 0), pm.last_payment_at
+	  FROM (SELECT DISTINCT u.id FROM pg_catalog.unnest(customer_ids) u(id) WHERE u.id IS NOT NULL) c
 	  LEFT JOIN (SELECT i.customer_id,
 						pg_catalog.count(*) FILTER (WHERE i.status OPERATOR(pg_catalog.<>) 'concept') AS invoices,
 						pg_catalog.sum(i.amount_incl_vat) FILTER (WHERE i.status OPERATOR(pg_catalog.<>) 'concept') AS billed,
@@ -787,6 +798,7 @@ CREATE VIEW freshpay.customer_summary AS
 							FILTER (WHERE i.type OPERATOR(pg_catalog.=) 'invoice'
 									AND i.status OPERATOR(pg_catalog.=) ANY (ARRAY['open', 'partially_paid'])) AS open_amount
 				   FROM freshpay.invoices i
+				  WHERE i.customer_id OPERATOR(pg_catalog.=) ANY (customer_ids)
 				  GROUP BY i.customer_id) iv ON iv.customer_id OPERATOR(pg_catalog.=) c.id
 	  LEFT JOIN (SELECT x.customer_id,
 						pg_catalog.sum(x.collected) AS collected,
@@ -832,6 +844,7 @@ CREATE VIEW freshpay.customer_summary AS
 													 THEN p.created_at END AS paid_at
 										   FROM freshpay.payments p
 										   LEFT JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) p.invoice_id
+										  WHERE p.customer_id OPERATOR(pg_catalog.=) ANY (customer_ids)
 										 UNION ALL
 										 -- each invoice a statement of the customer paid
 										 SELECT s.customer_id,
@@ -850,9 +863,255 @@ CREATE VIEW freshpay.customer_summary AS
 										   JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) a.payment_id
 										   JOIN freshpay.invoices i ON i.id OPERATOR(pg_catalog.=) a.invoice_id
 										  WHERE s.invoice_id IS NULL
+											AND s.customer_id OPERATOR(pg_catalog.=) ANY (customer_ids)
 											AND s.kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])) y
 								  GROUP BY y.customer_id, y.days) d) x
-				  GROUP BY x.customer_id) pm ON pm.customer_id OPERATOR(pg_catalog.=) c.id;
+				  GROUP BY x.customer_id) pm ON pm.customer_id OPERATOR(pg_catalog.=) c.id
+$$;
+COMMENT ON FUNCTION freshpay._customer_figures(bigint[]) IS 'Internal: customer_summary''s figures of these customers, computed over all their invoices and payments';
+
+CREATE TABLE freshpay.customer_figures (
+	customer_id bigint PRIMARY KEY REFERENCES freshpay.customers (id) ON DELETE CASCADE,
+	administration text NOT NULL,
+	invoices bigint NOT NULL,
+	billed numeric(12,2) NOT NULL,
+	open_amount numeric(12,2) NOT NULL,
+	collected numeric(12,2) NOT NULL,
+	unregistered numeric(12,2) NOT NULL,
+	avg_days numeric,
+	p90_days integer,
+	declines bigint NOT NULL,
+	last_payment_at timestamptz,
+	refreshed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE freshpay.customer_figures IS 'customer_summary''s figures of each customer as last computed (by the sync worker); used only while the customer is not in customer_figures_stale.  Derived data: not dumped, computed again after a restore';
+COMMENT ON COLUMN freshpay.customer_figures.customer_id IS 'freshpay.customers.id';
+COMMENT ON COLUMN freshpay.customer_figures.administration IS 'The customer''s administration';
+COMMENT ON COLUMN freshpay.customer_figures.invoices IS 'As customer_summary.invoices';
+COMMENT ON COLUMN freshpay.customer_figures.billed IS 'As customer_summary.billed';
+COMMENT ON COLUMN freshpay.customer_figures.open_amount IS 'Open amount of its open and partially paid invoices, as FreshPortal shows it';
+COMMENT ON COLUMN freshpay.customer_figures.collected IS 'As customer_summary.collected';
+COMMENT ON COLUMN freshpay.customer_figures.unregistered IS 'Collected by freshpay for its open invoices and not registered in FreshPortal yet (outstanding = open_amount - unregistered)';
+COMMENT ON COLUMN freshpay.customer_figures.avg_days IS 'Average days to cash, unrounded';
+COMMENT ON COLUMN freshpay.customer_figures.p90_days IS 'As customer_summary.p90_days_to_cash';
+COMMENT ON COLUMN freshpay.customer_figures.declines IS 'As customer_summary.declines';
+COMMENT ON COLUMN freshpay.customer_figures.last_payment_at IS 'As customer_summary.last_payment_at';
+COMMENT ON COLUMN freshpay.customer_figures.refreshed_at IS 'When they were computed';
+
+-- Customers whose figures changed since they were kept: a row per change
+-- (no key, so that a change never waits for another transaction's mark).
+CREATE TABLE freshpay.customer_figures_stale (
+	id bigserial PRIMARY KEY,
+	customer_id bigint NOT NULL,
+	administration text NOT NULL,
+	marked_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE freshpay.customer_figures_stale IS 'Customers whose invoices, payments or statement allocations changed since customer_figures was computed for them: customer_summary computes theirs anew';
+COMMENT ON COLUMN freshpay.customer_figures_stale.id IS 'Order of the marks: a refresh clears those it saw';
+COMMENT ON COLUMN freshpay.customer_figures_stale.customer_id IS 'freshpay.customers.id';
+COMMENT ON COLUMN freshpay.customer_figures_stale.administration IS 'The customer''s administration';
+COMMENT ON COLUMN freshpay.customer_figures_stale.marked_at IS 'When the change was made (its transaction''s start)';
+
+-- The marks, made in the transaction of the change.  Statement triggers with
+-- the changed rows (one insert per statement, not per row); ALWAYS, so that
+-- a load with session_replication_role = replica marks too.  They run as
+-- their owner: the roles that change the rows need no right on the marks.
+CREATE FUNCTION freshpay._customer_figures_mark_payments() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'INSERT' THEN
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		SELECT DISTINCT n.customer_id, n.administration FROM new_rows n WHERE n.customer_id IS NOT NULL;
+	ELSIF TG_OP = 'DELETE' THEN
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		SELECT DISTINCT o.customer_id, o.administration FROM old_rows o WHERE o.customer_id IS NOT NULL;
+	ELSE
+		-- Only what the figures read: not attempts, idempotency keys, times
+		-- of the money flow's steps.
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		SELECT DISTINCT x.customer_id, x.administration
+		  FROM old_rows o
+		  JOIN new_rows n ON n.id = o.id
+		 CROSS JOIN LATERAL (VALUES (o.customer_id, o.administration), (n.customer_id, n.administration))
+			   x (customer_id, administration)
+		 WHERE x.customer_id IS NOT NULL
+		   AND (o.customer_id, o.invoice_id, o.kind, o.status, o.amount, o.refunded_amount, o.settled_at,
+				o.created_at, o.freshportal_payment_id, o.response_code, o.paytrace_transaction_id)
+			   IS DISTINCT FROM
+			   (n.customer_id, n.invoice_id, n.kind, n.status, n.amount, n.refunded_amount, n.settled_at,
+				n.created_at, n.freshportal_payment_id, n.response_code, n.paytrace_transaction_id);
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+-- An invoice's figures are its customer's; its payments' (and the
+-- statements that paid it) are their customers', normally the same one.
+CREATE FUNCTION freshpay._customer_figures_mark_invoices() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'INSERT' THEN
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		SELECT DISTINCT n.customer_id, n.administration FROM new_rows n WHERE n.customer_id IS NOT NULL;
+	ELSIF TG_OP = 'DELETE' THEN
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		SELECT DISTINCT o.customer_id, o.administration FROM old_rows o WHERE o.customer_id IS NOT NULL;
+	ELSE
+		WITH changed AS (
+			SELECT o.id, o.customer_id AS old_customer, o.administration AS old_administration,
+				   n.customer_id AS new_customer, n.administration AS new_administration
+			  FROM old_rows o
+			  JOIN new_rows n ON n.id = o.id
+			 WHERE (o.customer_id, o.status, o.type, o.amount_incl_vat, o.open_amount, o.invoice_date)
+				   IS DISTINCT FROM (n.customer_id, n.status, n.type, n.amount_incl_vat, n.open_amount, n.invoice_date))
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		SELECT DISTINCT m.customer_id, m.administration
+		  FROM (SELECT c.old_customer, c.old_administration FROM changed c
+				UNION ALL
+				SELECT c.new_customer, c.new_administration FROM changed c
+				UNION ALL
+				SELECT p.customer_id, p.administration
+				  FROM freshpay.payments p WHERE p.invoice_id IN (SELECT c.id FROM changed c)
+				UNION ALL
+				SELECT s.customer_id, s.administration
+				  FROM freshpay.payment_allocations a
+				  JOIN freshpay.payments s ON s.id = a.payment_id
+				 WHERE a.invoice_id IN (SELECT c.id FROM changed c)) m (customer_id, administration)
+		 WHERE m.customer_id IS NOT NULL;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+-- An allocation's figures are its statement's customer's.
+CREATE FUNCTION freshpay._customer_figures_mark_allocations() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'INSERT' THEN
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		SELECT DISTINCT s.customer_id, s.administration
+		  FROM freshpay.payments s WHERE s.id IN (SELECT n.payment_id FROM new_rows n) AND s.customer_id IS NOT NULL;
+	ELSIF TG_OP = 'DELETE' THEN
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		SELECT DISTINCT s.customer_id, s.administration
+		  FROM freshpay.payments s WHERE s.id IN (SELECT o.payment_id FROM old_rows o) AND s.customer_id IS NOT NULL;
+	ELSE
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		SELECT DISTINCT s.customer_id, s.administration
+		  FROM freshpay.payments s
+		 WHERE s.id IN (SELECT o.payment_id FROM old_rows o UNION ALL SELECT n.payment_id FROM new_rows n)
+		   AND s.customer_id IS NOT NULL;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+-- A table emptied at once: every customer's figures are computed anew.
+CREATE FUNCTION freshpay._customer_figures_forget() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM freshpay.customer_figures;
+	RETURN NULL;
+END
+$$;
+
+DO $$
+DECLARE
+	t text;
+	op text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['payments', 'invoices', 'payment_allocations'] LOOP
+		FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+			EXECUTE pg_catalog.format(
+				'CREATE TRIGGER customer_figures_%s AFTER %s ON freshpay.%I REFERENCING %s TABLE AS %s'
+				' FOR EACH STATEMENT EXECUTE FUNCTION freshpay.%I()',
+				op, pg_catalog.upper(op), t,
+				CASE op WHEN 'insert' THEN 'NEW' WHEN 'delete' THEN 'OLD' ELSE 'OLD TABLE AS old_rows NEW' END,
+				CASE op WHEN 'delete' THEN 'old_rows' ELSE 'new_rows' END,
+				'_customer_figures_mark_' || CASE t WHEN 'payment_allocations' THEN 'allocations' ELSE t END);
+			EXECUTE pg_catalog.format('ALTER TABLE freshpay.%I ENABLE ALWAYS TRIGGER customer_figures_%s', t, op);
+		END LOOP;
+		EXECUTE pg_catalog.format(
+			'CREATE TRIGGER customer_figures_truncate AFTER TRUNCATE ON freshpay.%I'
+			' FOR EACH STATEMENT EXECUTE FUNCTION freshpay._customer_figures_forget()', t);
+		EXECUTE pg_catalog.format('ALTER TABLE freshpay.%I ENABLE ALWAYS TRIGGER customer_figures_truncate', t);
+	END LOOP;
+END
+$$;
+
+-- Keep the figures of the customers marked since (and of those with none
+-- kept), and clear the marks they were computed after: all in one statement,
+-- so that exactly the marks its snapshot saw are cleared; a change committed
+-- later keeps its mark.  One refresh at a time (the table lock, which only
+-- refreshes take), each after the one before has committed.  Returns the
+-- number of customers refreshed.
+CREATE FUNCTION freshpay._refresh_customer_figures() RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	refreshed integer;
+BEGIN
+	LOCK TABLE freshpay.customer_figures IN SHARE ROW EXCLUSIVE MODE;
+	WITH seen AS (
+		SELECT s.id, s.customer_id FROM freshpay.customer_figures_stale s
+	), todo AS (
+		SELECT c.id, c.administration
+		  FROM freshpay.customers c
+		 WHERE c.id IN (SELECT seen.customer_id FROM seen)
+			OR NOT EXISTS (SELECT FROM freshpay.customer_figures f WHERE f.customer_id = c.id)
+	), kept AS (
+		INSERT INTO freshpay.customer_figures AS f
+			(customer_id, administration, invoices, billed, open_amount, collected, unregistered, avg_days,
+			 p90_days, declines, last_payment_at, refreshed_at)
+		SELECT x.customer_id, t.administration, x.invoices, x.billed, x.open_amount, x.collected, x.unregistered,
+			   x.avg_days, x.p90_days, x.declines, x.last_payment_at, now()
+		  FROM freshpay._customer_figures(ARRAY(SELECT todo.id FROM todo)) x
+		  JOIN todo t ON t.id = x.customer_id
+		ON CONFLICT (customer_id) DO UPDATE
+		   SET administration = excluded.administration, invoices = excluded.invoices, billed = excluded.billed,
+			   open_amount = excluded.open_amount, collected = excluded.collected,
+			   unregistered = excluded.unregistered, avg_days = excluded.avg_days, p90_days = excluded.p90_days,
+			   declines = excluded.declines, last_payment_at = excluded.last_payment_at,
+			   refreshed_at = excluded.refreshed_at
+		RETURNING 1
+	), cleared AS (
+		DELETE FROM freshpay.customer_figures_stale s WHERE s.id IN (SELECT seen.id FROM seen)
+	)
+	SELECT count(*) INTO refreshed FROM kept;
+	RETURN refreshed;
+END
+$$;
+COMMENT ON FUNCTION freshpay._refresh_customer_figures() IS 'Internal: keep customer_figures of the customers changed since (the sync worker calls it every half minute); returns how many';
+
+CREATE VIEW freshpay.customer_summary AS
+	WITH stale AS MATERIALIZED (
+		SELECT s.customer_id FROM freshpay.customer_figures_stale s
+		UNION
+		SELECT c.id FROM freshpay.customers c
+		 WHERE NOT EXISTS (SELECT FROM freshpay.customer_figures f WHERE f.customer_id OPERATOR(pg_catalog.=) c.id))
+	SELECT c.id AS customer_id, c.administration, c.code, c.name, c.payment_method, c.collection,
+		   COALESCE(f.invoices, 0) AS invoices,
+		   COALESCE(f.billed, 0)::numeric(12,2) AS billed,
+		   COALESCE(f.collected, 0)::numeric(12,2) AS collected,
+		   (COALESCE(f.open_amount, 0) OPERATOR(pg_catalog.-) COALESCE(f.unregistered, 0))::numeric(12,2) AS outstanding,
+		   pg_catalog.round(f.avg_days, 1) AS avg_days_to_cash,
+		   f.p90_days AS p90_days_to_cash,
+		   COALESCE(f.declines, 0) AS declines,
+		   f.last_payment_at
+	  FROM freshpay.customers c
+	  LEFT JOIN (SELECT k.customer_id, k.invoices, k.billed, k.open_amount, k.collected, k.unregistered, k.avg_days,
+						k.p90_days, k.declines, k.last_payment_at
+				   FROM freshpay.customer_figures k
+				  WHERE NOT EXISTS (SELECT FROM stale s WHERE s.customer_id OPERATOR(pg_catalog.=) k.customer_id)
+				 UNION ALL
+				 SELECT l.customer_id, l.invoices, l.billed, l.open_amount, l.collected, l.unregistered, l.avg_days,
+						l.p90_days, l.declines, l.last_payment_at
+				   FROM freshpay._customer_figures(ARRAY(SELECT s.customer_id FROM stale s)) l) f
+		ON f.customer_id OPERATOR(pg_catalog.=) c.id;
 COMMENT ON VIEW freshpay.customer_summary IS 'Per customer: what was billed, collected through PayTrace and is outstanding, how many days the money takes (average and 90th percentile), declines, payment method';
 COMMENT ON COLUMN freshpay.customer_summary.customer_id IS 'freshpay.customers.id';
 COMMENT ON COLUMN freshpay.customer_summary.administration IS 'Administration';
@@ -1009,7 +1268,8 @@ DECLARE
 	c text;
 BEGIN
 	FOREACH t IN ARRAY ARRAY['administrations', 'customers', 'invoices', 'payments', 'settlements',
-							 'sync_state', 'payment_requests', 'freshportal_registrations'] LOOP
+							 'sync_state', 'payment_requests', 'freshportal_registrations', 'customer_figures',
+							 'customer_figures_stale'] LOOP
 		c := CASE t WHEN 'administrations' THEN 'name' ELSE 'administration' END;
 		EXECUTE pg_catalog.format('ALTER TABLE freshpay.%I ENABLE ROW LEVEL SECURITY', t);
 		EXECUTE pg_catalog.format(
@@ -1088,6 +1348,16 @@ REVOKE ALL ON FUNCTION freshpay._registered_twice(text, bigint) FROM PUBLIC;
 GRANT SELECT ON freshpay.freshportal_registrations TO freshpay_reader;
 GRANT EXECUTE ON FUNCTION freshpay._registered_twice(text, bigint) TO freshpay_reader;
 SELECT pg_catalog.pg_extension_config_dump('freshpay.freshportal_registrations', '');
+
+-- customer_summary's kept figures: read through the view (as its caller);
+-- written by the refresh and the marking triggers only.  Not dumped: a
+-- restored database computes them again.
+REVOKE ALL ON freshpay.customer_figures, freshpay.customer_figures_stale FROM PUBLIC;
+REVOKE ALL ON FUNCTION freshpay._customer_figures(bigint[]), freshpay._refresh_customer_figures(),
+	freshpay._customer_figures_mark_payments(), freshpay._customer_figures_mark_invoices(),
+	freshpay._customer_figures_mark_allocations(), freshpay._customer_figures_forget() FROM PUBLIC;
+GRANT SELECT ON freshpay.customer_figures, freshpay.customer_figures_stale TO freshpay_reader;
+GRANT EXECUTE ON FUNCTION freshpay._customer_figures(bigint[]) TO freshpay_reader;
 
 ------------------------------------------------------------------------------
 -- The queue checks FreshPortal's registrations of settled transactions

@@ -71,6 +71,13 @@
 /* Under load, how often the pipeline pauses for the due pass and pruning. */
 #define WORKER_TIMERS_MS (1000L)
 
+/*
+ * How often the sync worker keeps customer_summary's figures of the
+ * customers changed since (a second's work over a large ledger for all
+ * customers, milliseconds for the few changed in a few seconds).
+ */
+#define FIGURES_REFRESH_MS (5 * 1000L)
+
 void
 FreshpayWorkerRegister(void)
 {
@@ -204,6 +211,32 @@ scheduled_sync(void)
 	mailbox_wake_worker();
 }
 
+/*
+ * customer_summary's figures of the customers whose invoices or payments
+ * changed since they were kept (freshpay._refresh_customer_figures): in a
+ * transaction of its own; a failure is logged and tried again next time
+ * (the view stays exact meanwhile, only slower).
+ */
+static void
+refresh_customer_figures(MemoryContext context)
+{
+	PG_TRY();
+	{
+		MemoryContext caller = fp_txn_begin();
+
+		pgstat_report_activity(STATE_RUNNING, "refreshing customer figures");
+		fp_spi_run("SELECT freshpay._refresh_customer_figures()", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+		fp_txn_commit(caller);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata = fp_txn_catch(context);
+
+		elog(LOG, "freshpay sync worker: keeping customer_summary's figures failed: %s", edata->message);
+	}
+	PG_END_TRY();
+}
+
 static void
 reload_settings_if_asked(void)
 {
@@ -331,14 +364,17 @@ freshpay_worker_main(Datum main_arg)
 /*
  * The sync worker: the scheduled pull of every administration, every
  * freshpay.sync_interval, in a process of its own so that the money worker
- * goes on serving calls and jobs meanwhile.  It follows worker_spi like the
- * money worker; its row locks wait no longer than the money worker's.
+ * goes on serving calls and jobs meanwhile; and customer_summary's figures
+ * of the customers changed since, every FIGURES_REFRESH_MS.  It follows
+ * worker_spi like the money worker; its row locks wait no longer than the
+ * money worker's.
  */
 void
 freshpay_sync_worker_main(Datum main_arg)
 {
 	MemoryContext loop_context;
 	TimestampTz sync_base;		/* the last sync, or when this worker started */
+	TimestampTz figures_refreshed = 0;	/* customer_summary's figures last kept */
 
 	worker_start("freshpay sync worker");
 
@@ -353,19 +389,30 @@ freshpay_sync_worker_main(Datum main_arg)
 		CHECK_FOR_INTERRUPTS();
 		reload_settings_if_asked();
 
-		if (freshpay_worker_enabled && freshpay_sync_interval > 0 && extension_ready())
+		if (freshpay_worker_enabled && extension_ready())
 		{
-			TimestampTz next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
+			if (freshpay_sync_interval > 0)
+			{
+				TimestampTz next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
 
-			if (GetCurrentTimestamp() >= next_sync)
+				if (GetCurrentTimestamp() >= next_sync)
+				{
+					MemoryContextReset(loop_context);
+					MemoryContextSwitchTo(loop_context);
+					scheduled_sync();
+					sync_base = GetCurrentTimestamp();
+					next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
+				}
+				timeout = Max(Min(timeout, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_sync)), 10);
+			}
+			if (TimestampDifferenceExceeds(figures_refreshed, GetCurrentTimestamp(), FIGURES_REFRESH_MS))
 			{
 				MemoryContextReset(loop_context);
 				MemoryContextSwitchTo(loop_context);
-				scheduled_sync();
-				sync_base = GetCurrentTimestamp();
-				next_sync = sync_base + (TimestampTz) freshpay_sync_interval * USECS_PER_SEC;
+				refresh_customer_figures(loop_context);
+				figures_refreshed = GetCurrentTimestamp();
 			}
-			timeout = Max(Min(timeout, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_sync)), 10);
+			timeout = Min(timeout, FIGURES_REFRESH_MS);
 		}
 		MemoryContextSwitchTo(TopMemoryContext);
 

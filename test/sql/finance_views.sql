@@ -203,6 +203,75 @@ SELECT code, invoices, billed, collected, outstanding, avg_days_to_cash, p90_day
 SELECT (SELECT s FROM freshpay.customer_summary s WHERE customer_id = :alpha)
 	 = (SELECT s FROM freshpay.customer_summary s WHERE code = 'ALPHA' AND administration = 'fin') AS same_alone;
 
+-- The figures kept per customer (customer_figures: the sync worker keeps
+-- them every few seconds; here by hand) give the same rows.  A change made
+-- since marks its customer (customer_figures_stale), whose figures the view
+-- computes anew at once; what is kept of the others is used.
+CREATE TEMP VIEW fin_summary AS
+	SELECT code, invoices, billed, collected, outstanding, avg_days_to_cash, p90_days_to_cash, declines, last_payment_at
+	  FROM freshpay.customer_summary WHERE administration = 'fin';
+CREATE TEMP TABLE fin_summary_live AS SELECT * FROM fin_summary;
+SELECT count(DISTINCT customer_id) AS fin_customers_marked FROM freshpay.customer_figures_stale WHERE administration = 'fin';
+SELECT freshpay._refresh_customer_figures() >= 4 AS refreshed;
+SELECT count(*) AS marks_left FROM freshpay.customer_figures_stale WHERE administration = 'fin';
+SELECT c.code, f.invoices, f.billed, f.collected, f.open_amount - f.unregistered AS outstanding, round(f.avg_days, 1) AS avg_days,
+	   f.p90_days, f.declines
+  FROM freshpay.customer_figures f JOIN freshpay.customers c ON c.id = f.customer_id
+ WHERE f.administration = 'fin' ORDER BY c.code;
+(SELECT * FROM fin_summary EXCEPT SELECT * FROM fin_summary_live)
+UNION ALL
+(SELECT * FROM fin_summary_live EXCEPT SELECT * FROM fin_summary);
+-- What the figures do not read marks no one: a payment's updated_at, a
+-- customer's name.
+UPDATE freshpay.payments SET updated_at = updated_at + interval '1 second' WHERE customer_id = :alpha;
+UPDATE freshpay.customers SET name = 'Alpha Florists Inc.' WHERE id = :alpha;
+SELECT count(*) AS marks_after_unrelated_changes FROM freshpay.customer_figures_stale WHERE administration = 'fin';
+-- A refund of 10.00 more of P1 (even in a load with triggers off:
+-- session_replication_role = replica) is in ALPHA's row at once, and only
+-- ALPHA is marked; kept again, the same.
+SET session_replication_role = replica;
+UPDATE freshpay.payments SET refunded_amount = 30.00 WHERE id = :p1;
+RESET session_replication_role;
+SELECT c.code FROM freshpay.customer_figures_stale s JOIN freshpay.customers c ON c.id = s.customer_id
+ WHERE s.administration = 'fin' GROUP BY c.code;
+SELECT code, collected FROM fin_summary WHERE code = 'ALPHA';
+SELECT freshpay._refresh_customer_figures() > 0 AS refreshed;
+SELECT collected FROM freshpay.customer_figures WHERE customer_id = :alpha;
+SELECT code, collected FROM fin_summary WHERE code = 'ALPHA';
+-- FreshPortal lowers A-3's open amount (a sync): its customer and the
+-- customers of its payments are marked, and outstanding follows.
+UPDATE freshpay.invoices SET open_amount = 250.00 WHERE id = :a3;
+SELECT c.code FROM freshpay.customer_figures_stale s JOIN freshpay.customers c ON c.id = s.customer_id
+ WHERE s.administration = 'fin' GROUP BY c.code;
+SELECT code, outstanding FROM fin_summary WHERE code = 'ALPHA';
+-- A statement's allocation left unregistered again: its customer's
+-- figures follow (C-1 is paid, so nothing is outstanding for it).
+UPDATE freshpay.payment_allocations SET freshportal_payment_id = NULL, registered_amount = NULL
+ WHERE payment_id = :p8 AND invoice_id = :c1;
+SELECT c.code FROM freshpay.customer_figures_stale s JOIN freshpay.customers c ON c.id = s.customer_id
+ WHERE s.administration = 'fin' GROUP BY c.code ORDER BY 1;
+SELECT freshpay._refresh_customer_figures() > 0 AS refreshed;
+-- Kept or computed anew, each customer's row is the one computed over all
+-- its rows (no rows expected).
+SELECT v.code FROM fin_summary v
+  JOIN freshpay.customers c ON c.code = v.code AND c.administration = 'fin'
+  JOIN freshpay._customer_figures(ARRAY[c.id]) l ON true
+ WHERE (v.invoices, v.billed, v.collected, v.outstanding, v.avg_days_to_cash, v.p90_days_to_cash, v.declines,
+		v.last_payment_at)
+	   IS DISTINCT FROM (l.invoices, l.billed, l.collected, l.open_amount - l.unregistered, round(l.avg_days, 1),
+						 l.p90_days, l.declines, l.last_payment_at);
+-- A table emptied at once (TRUNCATE) forgets every kept figure.
+SAVEPOINT before_truncate;
+TRUNCATE freshpay.payment_allocations;
+SELECT count(*) AS kept_after_truncate FROM freshpay.customer_figures;
+ROLLBACK TO SAVEPOINT before_truncate;
+-- The hand figures again, and the changes undone.
+UPDATE freshpay.payments SET refunded_amount = 20.00 WHERE id = :p1;
+UPDATE freshpay.invoices SET open_amount = 300.00 WHERE id = :a3;
+UPDATE freshpay.payment_allocations SET freshportal_payment_id = 8001, registered_amount = 120.00
+ WHERE payment_id = :p8 AND invoice_id = :c1;
+SELECT * FROM fin_summary_live EXCEPT SELECT * FROM fin_summary;
+
 ------------------------------------------------------------------------------
 -- aging, by hand (days past the due date, today)
 ------------------------------------------------------------------------------

@@ -52,17 +52,27 @@ ok( FreshpayTest::poll_true($old,
 		'a failed registration'),
 	'setup: its registration failed and is queued for a retry');
 
-# The rows of every table of the extension, as text, in a fixed order.
+# The rows of every table of the extension, as text, in a fixed order; and
+# customer_summary's.  (customer_figures and its marks are derived data, not
+# dumped: the restored cluster computes them again.)
+my @derived = qw(customer_figures customer_figures_stale);
 my @tables = split /\n/, sql_on($old,
 	q{SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 	   WHERE n.nspname = 'freshpay' AND c.relkind = 'r' ORDER BY 1});
 ok(scalar(grep { $_ eq 'payments' } @tables), 'the extension\'s tables are listed (' . scalar(@tables) . ')');
+is(scalar(grep { my $t = $_; grep { $_ eq $t } @derived } @tables), scalar(@derived), 'the derived tables are among them');
+@tables = grep { my $t = $_; !grep { $_ eq $t } @derived } @tables;
 sub fingerprint
 {
 	my ($node) = @_;
 	return join("\n", map {
 		"$_: " . sql_on($node, "SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM freshpay.$_ t")
 	} @tables);
+}
+sub summary
+{
+	my ($node) = @_;
+	return sql_on($node, q{SELECT string_agg(s::text, E'\n' ORDER BY s.customer_id) FROM freshpay.customer_summary s});
 }
 
 # The worker is stopped first, so that nothing changes between the
@@ -73,6 +83,7 @@ ok(FreshpayTest::poll_true($old, "SELECT current_setting('freshpay.worker_enable
 	'the old cluster\'s worker is turned off');
 sleep 1;
 my $before = fingerprint($old);
+my $summary_before = summary($old);
 
 my $dir = PostgreSQL::Test::Utils::tempdir();
 command_ok([ 'pg_dump', '-Fc', '-f', "$dir/freshpay.dump", '-d', $old->connstr('freshpay') ], 'pg_dump -Fc of the database');
@@ -82,6 +93,7 @@ like($text, qr/\Q$FreshpayTest::FP_API_KEY_REF\E/, 'the dump holds the env: refe
 unlike($text, qr/\Q$FreshpayTest::FP_API_KEY\E(?!\w)/, 'the dump holds no FreshPortal key');
 unlike($text, qr/\Q$FreshpayTest::PT_PASSWORD\E(?!\w)/, 'the dump holds no PayTrace password');
 like($text, qr/COPY freshpay\.payments /, 'the dump holds freshpay.payments\' rows');
+unlike($text, qr/COPY freshpay\.customer_figures/, 'the dump holds no derived figures');
 $old->stop;
 
 # A fresh cluster with freshpay preloaded, an empty database, the dump
@@ -91,6 +103,7 @@ my $new = FreshpayTest::new_node('restored', extension => 0, conf => 'freshpay.w
 command_ok([ 'pg_restore', '--exit-on-error', '-d', $new->connstr('freshpay'), "$dir/freshpay.dump" ],
 	'pg_restore into a fresh cluster');
 is(fingerprint($new), $before, 'every table of the extension has the same rows');
+is(summary($new), $summary_before, 'customer_summary has the same rows (computed anew)');
 $new->append_conf('postgresql.conf', "freshpay.worker_enabled = on\n");
 $new->reload;
 is(sql_on($new, q{SELECT freshportal_api_key FROM freshpay.administration_secrets WHERE administration = 'main'}),
@@ -103,6 +116,20 @@ ok( FreshpayTest::poll_true($new, 'SELECT count(*) = 3 FROM freshpay.payments WH
 	'the restored worker runs the queued registration');
 is(scalar(grep { ($_->{invoice_id} // 0) == 103 && $_->{status} eq 'registered' } @{ $fp->state->{payments} }), 1,
 	'FreshPortal holds DR-103 registered once');
+
+# The sync worker keeps every customer's figures again, and they are what
+# is computed over all the rows.
+ok( FreshpayTest::poll_true($new,
+		'SELECT (SELECT count(*) FROM freshpay.customer_figures) = (SELECT count(*) FROM freshpay.customers)'
+		  . ' AND NOT EXISTS (SELECT FROM freshpay.customer_figures_stale)', 30, 'the figures'),
+	'the restored sync worker keeps every customer\'s figures');
+is(sql_on($new, q{SELECT count(*) FROM freshpay.customer_figures f
+				   JOIN freshpay._customer_figures(ARRAY(SELECT id FROM freshpay.customers)) l USING (customer_id)
+				  WHERE (f.invoices, f.billed, f.open_amount, f.collected, f.unregistered, f.avg_days, f.p90_days,
+						 f.declines, f.last_payment_at)
+						IS DISTINCT FROM (l.invoices, l.billed, l.open_amount, l.collected, l.unregistered, l.avg_days,
+										  l.p90_days, l.declines, l.last_payment_at)}),
+	'0', 'the kept figures are those computed over all the rows');
 my $max_before = sql_on($new, q{SELECT max(id) FROM freshpay.payments});
 is(sql_on($new, 'SELECT status FROM freshpay_capture((SELECT id FROM freshpay.invoices WHERE freshportal_id = 104))'),
 	'captured', 'a new capture in the restored cluster succeeds');
