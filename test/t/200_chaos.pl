@@ -1569,6 +1569,31 @@ is(sql("SELECT count(*) FROM freshpay.payments WHERE kind IN ('sale', 'ach_sale'
 is(sql("SELECT count(*) FROM freshpay.payment_history WHERE message ~ $FreshpayTest::TOKEN_PATTERN_SQL"),
 	'0', 'no history message contains a token');
 
+# customer_summary, through the crashes: the view is what is computed over
+# all the rows, and once the sync worker has kept the figures of the
+# customers marked, so is every kept figure.
+my $figures_differ = q{SELECT coalesce(string_agg(x.customer_id::text, ',' ORDER BY x.customer_id), '') FROM (
+	SELECT v.customer_id FROM freshpay.customer_summary v
+	  JOIN freshpay._customer_figures(ARRAY(SELECT id FROM freshpay.customers)) l USING (customer_id)
+	 WHERE (v.invoices, v.billed, v.collected, v.outstanding, v.avg_days_to_cash, v.p90_days_to_cash, v.declines,
+			v.last_payment_at)
+		   IS DISTINCT FROM (l.invoices, l.billed, l.collected, l.open_amount - l.unregistered, round(l.avg_days, 1),
+							 l.p90_days, l.declines, l.last_payment_at)
+	UNION
+	SELECT f.customer_id FROM freshpay.customer_figures f
+	  JOIN freshpay._customer_figures(ARRAY(SELECT id FROM freshpay.customers)) l USING (customer_id)
+	 WHERE NOT EXISTS (SELECT FROM freshpay.customer_figures_stale s WHERE s.customer_id = f.customer_id)
+	   AND (f.invoices, f.billed, f.open_amount, f.collected, f.unregistered, f.avg_days, f.p90_days, f.declines,
+			f.last_payment_at)
+		   IS DISTINCT FROM (l.invoices, l.billed, l.open_amount, l.collected, l.unregistered, l.avg_days, l.p90_days,
+							 l.declines, l.last_payment_at)) x};
+is(sql($figures_differ), '', 'customer_summary and every unmarked kept figure are what is computed over all the rows');
+ok(FreshpayTest::poll_true($node, q{SELECT NOT EXISTS (SELECT FROM freshpay.customer_figures_stale)
+				   AND (SELECT count(*) FROM freshpay.customer_figures) = (SELECT count(*) FROM freshpay.customers)},
+		60, 'the sync worker to keep every customer\'s figures'),
+	'the sync worker keeps every customer\'s figures');
+is(sql($figures_differ), '', 'and they are what is computed over all the rows');
+
 note('chaos test took ' . elapsed() . " (seed $SEED)");
 $node->stop;
 done_testing();
