@@ -55,6 +55,61 @@ UNION ALL
  EXCEPT
  SELECT * FROM updated_columns);
 
+-- From every released version, not only the first: each updated
+-- installation has the fresh one's objects, columns, privileges and
+-- trigger states (no rows expected but the count of versions).
+CREATE TEMP TABLE fresh_shape AS
+	SELECT 'object' AS what, pg_describe_object(classid, objid, objsubid) AS item FROM pg_depend
+	 WHERE refclassid = 'pg_extension'::regclass
+	   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'freshpay')
+	UNION ALL
+	SELECT 'column', format('%s.%s %s(%s,%s) %s default %s', table_name, column_name, data_type, numeric_precision,
+							numeric_scale, is_nullable, column_default)
+	  FROM information_schema.columns WHERE table_schema = 'freshpay'
+	UNION ALL
+	SELECT 'acl', format('%s %s', c.oid::regclass, c.relacl) FROM pg_class c
+	 WHERE c.relnamespace = 'freshpay'::regnamespace
+	UNION ALL
+	SELECT 'trigger', format('%s %s %s', t.tgrelid::regclass, t.tgname, t.tgenabled) FROM pg_trigger t
+	 WHERE NOT t.tgisinternal AND t.tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'freshpay'::regnamespace);
+CREATE TEMP TABLE updated_shape (version text, what text, item text);
+DO $$
+DECLARE
+	v text;
+BEGIN
+	FOR v IN SELECT version FROM pg_available_extension_versions
+			  WHERE name = 'freshpay' AND version <> (SELECT default_version FROM pg_available_extensions WHERE name = 'freshpay')
+	LOOP
+		DROP EXTENSION freshpay;
+		EXECUTE format('CREATE EXTENSION freshpay VERSION %L', v);
+		ALTER EXTENSION freshpay UPDATE;
+		INSERT INTO updated_shape
+		SELECT v, 'object', pg_describe_object(classid, objid, objsubid) FROM pg_depend
+		 WHERE refclassid = 'pg_extension'::regclass
+		   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'freshpay')
+		UNION ALL
+		SELECT v, 'column', format('%s.%s %s(%s,%s) %s default %s', table_name, column_name, data_type, numeric_precision,
+								   numeric_scale, is_nullable, column_default)
+		  FROM information_schema.columns WHERE table_schema = 'freshpay'
+		UNION ALL
+		SELECT v, 'acl', format('%s %s', c.oid::regclass, c.relacl) FROM pg_class c
+		 WHERE c.relnamespace = 'freshpay'::regnamespace
+		UNION ALL
+		SELECT v, 'trigger', format('%s %s %s', t.tgrelid::regclass, t.tgname, t.tgenabled) FROM pg_trigger t
+		 WHERE NOT t.tgisinternal AND t.tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'freshpay'::regnamespace);
+	END LOOP;
+	DROP EXTENSION freshpay;
+	CREATE EXTENSION freshpay;
+END
+$$;
+SELECT count(DISTINCT version) AS versions_updated FROM updated_shape;
+SELECT v.version, d.* FROM (SELECT DISTINCT version FROM updated_shape) v
+ CROSS JOIN LATERAL ((SELECT 'missing' AS diff, what, item FROM fresh_shape
+					  EXCEPT SELECT 'missing', what, item FROM updated_shape u WHERE u.version = v.version)
+					 UNION ALL
+					 (SELECT 'extra', what, item FROM updated_shape u WHERE u.version = v.version
+					  EXCEPT SELECT 'extra', what, item FROM fresh_shape)) d;
+
 -- The three roles exist, nested admin ⊃ operator ⊃ reader.
 SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'freshpay\_%' AND NOT rolsuper ORDER BY 1;
 SELECT pg_has_role('freshpay_admin', 'freshpay_reader', 'USAGE') AS admin_reads,
