@@ -913,9 +913,10 @@ COMMENT ON COLUMN freshpay.customer_figures_stale.administration IS 'The custome
 COMMENT ON COLUMN freshpay.customer_figures_stale.marked_at IS 'When the change was made (its transaction''s start)';
 
 -- The marks, made in the transaction of the change.  Statement triggers with
--- the changed rows (one insert per statement, not per row); ALWAYS, so that
--- a load with session_replication_role = replica marks too.  They run as
--- their owner: the roles that change the rows need no right on the marks.
+-- the changed rows (one insert per statement, not per row: a sync's or a
+-- load's thousands of rows), but for a payment's update (below); ALWAYS, so
+-- that a load with session_replication_role = replica marks too.  They run
+-- as their owner: the roles that change the rows need no right on the marks.
 CREATE FUNCTION freshpay._customer_figures_mark_payments() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -926,21 +927,26 @@ BEGIN
 	ELSIF TG_OP = 'DELETE' THEN
 		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
 		SELECT DISTINCT o.customer_id, o.administration FROM old_rows o WHERE o.customer_id IS NOT NULL;
-	ELSE
-		-- Only what the figures read: not attempts, idempotency keys, times
-		-- of the money flow's steps.
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+-- A payment updated (the money flow's steps, one row at a time): a row
+-- trigger whose WHEN (in the trigger, below) lets through only what the
+-- figures read, so that the steps that change nothing of it (attempts,
+-- times, Level 3) cost nothing.
+CREATE FUNCTION freshpay._customer_figures_mark_payment() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.customer_id IS NOT NULL THEN
 		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
-		SELECT DISTINCT x.customer_id, x.administration
-		  FROM old_rows o
-		  JOIN new_rows n ON n.id = o.id
-		 CROSS JOIN LATERAL (VALUES (o.customer_id, o.administration), (n.customer_id, n.administration))
-			   x (customer_id, administration)
-		 WHERE x.customer_id IS NOT NULL
-		   AND (o.customer_id, o.invoice_id, o.kind, o.status, o.amount, o.refunded_amount, o.settled_at,
-				o.created_at, o.freshportal_payment_id, o.response_code, o.paytrace_transaction_id)
-			   IS DISTINCT FROM
-			   (n.customer_id, n.invoice_id, n.kind, n.status, n.amount, n.refunded_amount, n.settled_at,
-				n.created_at, n.freshportal_payment_id, n.response_code, n.paytrace_transaction_id);
+		VALUES (NEW.customer_id, NEW.administration);
+	END IF;
+	IF OLD.customer_id IS DISTINCT FROM NEW.customer_id AND OLD.customer_id IS NOT NULL THEN
+		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+		VALUES (OLD.customer_id, OLD.administration);
 	END IF;
 	RETURN NULL;
 END
@@ -1026,6 +1032,7 @@ DECLARE
 BEGIN
 	FOREACH t IN ARRAY ARRAY['payments', 'invoices', 'payment_allocations'] LOOP
 		FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+			CONTINUE WHEN t = 'payments' AND op = 'update';
 			EXECUTE pg_catalog.format(
 				'CREATE TRIGGER customer_figures_%s AFTER %s ON freshpay.%I REFERENCING %s TABLE AS %s'
 				' FOR EACH STATEMENT EXECUTE FUNCTION freshpay.%I()',
@@ -1035,6 +1042,18 @@ BEGIN
 				'_customer_figures_mark_' || CASE t WHEN 'payment_allocations' THEN 'allocations' ELSE t END);
 			EXECUTE pg_catalog.format('ALTER TABLE freshpay.%I ENABLE ALWAYS TRIGGER customer_figures_%s', t, op);
 		END LOOP;
+		IF t = 'payments' THEN
+			CREATE TRIGGER customer_figures_update AFTER UPDATE ON freshpay.payments FOR EACH ROW
+				WHEN ((OLD.customer_id, OLD.invoice_id, OLD.kind, OLD.status, OLD.amount, OLD.refunded_amount,
+					   OLD.settled_at, OLD.created_at, OLD.freshportal_payment_id, OLD.response_code,
+					   OLD.paytrace_transaction_id, OLD.administration)
+					  IS DISTINCT FROM
+					  (NEW.customer_id, NEW.invoice_id, NEW.kind, NEW.status, NEW.amount, NEW.refunded_amount,
+					   NEW.settled_at, NEW.created_at, NEW.freshportal_payment_id, NEW.response_code,
+					   NEW.paytrace_transaction_id, NEW.administration))
+				EXECUTE FUNCTION freshpay._customer_figures_mark_payment();
+			ALTER TABLE freshpay.payments ENABLE ALWAYS TRIGGER customer_figures_update;
+		END IF;
 		EXECUTE pg_catalog.format(
 			'CREATE TRIGGER customer_figures_truncate AFTER TRUNCATE ON freshpay.%I'
 			' FOR EACH STATEMENT EXECUTE FUNCTION freshpay._customer_figures_forget()', t);
@@ -1354,7 +1373,8 @@ SELECT pg_catalog.pg_extension_config_dump('freshpay.freshportal_registrations',
 -- restored database computes them again.
 REVOKE ALL ON freshpay.customer_figures, freshpay.customer_figures_stale FROM PUBLIC;
 REVOKE ALL ON FUNCTION freshpay._customer_figures(bigint[]), freshpay._refresh_customer_figures(),
-	freshpay._customer_figures_mark_payments(), freshpay._customer_figures_mark_invoices(),
+	freshpay._customer_figures_mark_payments(), freshpay._customer_figures_mark_payment(),
+	freshpay._customer_figures_mark_invoices(),
 	freshpay._customer_figures_mark_allocations(), freshpay._customer_figures_forget() FROM PUBLIC;
 GRANT SELECT ON freshpay.customer_figures, freshpay.customer_figures_stale TO freshpay_reader;
 GRANT EXECUTE ON FUNCTION freshpay._customer_figures(bigint[]) TO freshpay_reader;
