@@ -51,8 +51,9 @@
  *
  * Every registration a lookup sees (FIND, the sweep) is recorded in
  * freshpay.freshportal_registrations, freshpay's own and any made by someone
- * else: reconciliation's registered_twice is one transaction registered
- * more than once on an invoice.  A registration recorded earlier that a complete answer under
+ * else, and so is each registration freshpay makes: reconciliation's
+ * registered_twice is one transaction registered more than once on an
+ * invoice.  A registration recorded earlier that a complete answer under
  * its provider id no longer shows is recorded 'gone' (deleted in
  * FreshPortal, or its provider id changed there).  A check_registrations job
  * (queued when PayTrace settles a transaction, payments.c) is the sweep alone: it looks up every provider
@@ -279,6 +280,21 @@ record_lookup(const char *administration, List *looked_up, List *found, Timestam
 			   "   AND seen_at OPERATOR(pg_catalog.<) $4"
 			   "   AND status OPERATOR(pg_catalog.<>) 'gone'",
 			   4, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/* A registration freshpay just made, as FreshPortal's answer showed it.  Inside a transaction. */
+static void
+record_written(const char *administration, int64 freshportal_payment_id, int64 invoice_id,
+			   const char *provider_id, const char *amount)
+{
+	FpPayment	p = {0};
+
+	p.id = freshportal_payment_id;
+	p.invoice_id = invoice_id;
+	p.status = "registered";
+	p.provider_transaction_id = (char *) provider_id;
+	p.amount = (char *) amount;
+	record_seen(administration, list_make1(&p));
 }
 
 /*
@@ -828,10 +844,14 @@ record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool create
 {
 	MemoryContext caller = fp_txn_begin();
 
-	/* What the lookup before it saw (a single sale's FIND). */
+	/* What the lookup before it saw (a single sale's FIND), and what it wrote. */
 	record_lookup(x->admin->name, x->looked_up, x->seen, x->looked_at);
 	x->seen = NIL;
 	x->looked_up = NIL;
+	if (created)
+		record_written(x->admin->name, freshportal_payment_id,
+					   x->statement ? x->invoice : x->w->freshportal_invoice_id,
+					   x->provider_id, x->statement ? x->allocated : x->w->remaining);
 	recheck_while_twice(x->w->payment_id);
 	if (x->statement)
 	{

@@ -399,6 +399,8 @@ ok(poll_until("SELECT freshportal_payment_id IS NOT NULL FROM freshpay.payments 
 	'V-807 is registered');
 my $own807 = sql("SELECT freshportal_payment_id FROM freshpay.payments WHERE id = $s807");
 my $tx807 = sql("SELECT paytrace_transaction_id FROM freshpay.payments WHERE id = $s807");
+is(registrations_of($tx807), "$own807:registered",
+	'freshpay.freshportal_registrations holds the registration freshpay made, as soon as it is made');
 my $dup807 = register_by_hand(807, '40.00', $tx807);
 ok($dup807, "setup: someone registers PayTrace transaction $tx807 on V-807 again, as FreshPortal payment $dup807");
 $pt->settle;
