@@ -66,8 +66,9 @@ CREATE INDEX payment_requests_created_idx ON freshpay.payment_requests (administ
 -- saw in FreshPortal: every registration under a provider id freshpay uses,
 -- its own and any made by someone else, and each registration freshpay
 -- makes.  One a look-up no longer finds is 'gone'.  A settled transaction is
--- looked up once more at settlement (a check_registrations job), and again
--- every hour while it shows registered twice (at once after freshpay_sync()).
+-- looked up once more at settlement, or when the pull first sees it settled
+-- (a check_registrations job), and again every hour while it shows
+-- registered twice (at once after freshpay_sync()).
 CREATE TABLE freshpay.freshportal_registrations (
 	administration text NOT NULL
 		REFERENCES freshpay.administrations (name) ON UPDATE CASCADE ON DELETE CASCADE,

@@ -56,7 +56,8 @@
  * invoice.  A registration recorded earlier that a complete answer under
  * its provider id no longer shows is recorded 'gone' (deleted in
  * FreshPortal, or its provider id changed there).  A check_registrations job
- * (queued when PayTrace settles a transaction, payments.c) is the sweep alone: it looks up every provider
+ * (queued when PayTrace settles a transaction, or when the pull first sees
+ * one settled, payments.c) is the sweep alone: it looks up every provider
  * id of the payment, a single sale's as a statement's, records what it
  * finds, and adopts nothing.  While a settled transaction shows registered
  * twice, every lookup of it that leaves it so queues the next check

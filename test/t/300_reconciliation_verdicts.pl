@@ -23,7 +23,8 @@
 # (a sale, a statement) is not.  While it shows registered twice, freshpay
 # looks again by itself (an hour after each look, shortened here) and at
 # once after freshpay_sync(), so the exception goes when the extra
-# registration is reversed or deleted in FreshPortal.
+# registration is reversed or deleted in FreshPortal.  A sale made in
+# PayTrace's terminal and first seen settled is looked up too.
 use strict;
 use warnings;
 
@@ -150,11 +151,11 @@ $fp->seed({
 		map { { id => $_->[0], number => "V-$_->[0]", customer_id => $_->[1], amount_excl_vat => $_->[2],
 				vat_amount => '0.00', amount_incl_vat => $_->[2] } }
 		  ([ 801, 1, '500.00' ], [ 802, 1, '300.00' ], [ 803, 1, '80.00' ], [ 804, 1, '10.00' ],
-		   [ 805, 1, '100.00' ], [ 806, 1, '60.00' ], [ 807, 1, '100.00' ],
+		   [ 805, 1, '100.00' ], [ 806, 1, '60.00' ], [ 807, 1, '100.00' ], [ 808, 1, '100.00' ], [ 809, 1, '200.00' ],
 		   [ 811, 2, '100.00' ], [ 812, 2, '50.00' ], [ 813, 2, '70.00' ], [ 814, 2, '30.00' ], [ 821, 3, '200.00' ])
 	] });
 sync_main();
-is(sql("SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'"), '12', 'setup: twelve invoices synced');
+is(sql("SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'"), '14', 'setup: fourteen invoices synced');
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(1) . ", 'C-BLOOM')");
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(2) . ", 'C-STMT')");
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(3) . ", 'C-ACH', 'manual', 'ach')");
@@ -416,6 +417,43 @@ ok(poll_until("SELECT count(*) = 0 FROM freshpay.exceptions WHERE kind = 'regist
 	'freshpay_sync() has freshpay look again at once: the registered_twice exception of V-807 goes');
 is(registrations_of($tx807), "$own807:registered,$dup807:gone",
 	'freshpay.freshportal_registrations records the deleted registration as gone');
+
+# --- Sales made in PayTrace's terminal, first seen settled ------------------------------------
+
+# V-808 and V-809: sales made in PayTrace's terminal, each registered twice
+# by hand in FreshPortal, settled before freshpay's pull sees them.  V-809
+# was partly refunded in the terminal too: what freshpay registers is the
+# rest, under <sale>-r<refund>.
+my $t808 = $pt->terminal('/v1/transactions/sale/by_customer', { customer_id => 'C-BLOOM', amount => 40.00, invoice_id => 'V-808' });
+my $t809 = $pt->terminal('/v1/transactions/sale/by_customer', { customer_id => 'C-BLOOM', amount => 40.00, invoice_id => 'V-809' });
+my @hand808 = map { register_by_hand(808, '40.00', $t808->{transaction_id}) } 1 .. 2;
+my @hand809 = map { register_by_hand(809, '40.00', $t809->{transaction_id}) } 1 .. 2;
+$pt->settle;
+my $r809 = $pt->terminal('/v1/transactions/refund/for_transaction', { transaction_id => 0 + $t809->{transaction_id}, amount => 10 });
+is(join(',', map { $_->{response_code} // 'none' } $t808, $t809, $r809), '101,101,106',
+	'setup: two sales made in the terminal and settled, one partly refunded');
+ok((grep { $_ } @hand808, @hand809) == 4, 'setup: each registered twice by hand in FreshPortal');
+sync_main();
+my $p808 = sql("SELECT id FROM freshpay.payments WHERE paytrace_transaction_id = $t808->{transaction_id} AND kind = 'sale'") || 0;
+my $p809 = sql("SELECT id FROM freshpay.payments WHERE paytrace_transaction_id = $t809->{transaction_id} AND kind = 'sale'") || 0;
+is( sql("SELECT count(*) FROM freshpay.payments WHERE id IN ($p808, $p809) AND batch_number IS NOT NULL"
+		  . " AND invoice_id IS NOT NULL AND requested_by = 'paytrace'"),
+	'2', 'the pull records both, already settled, on their invoices');
+ok( poll_until("SELECT count(*) = 2 FROM freshpay.jobs WHERE kind = 'check_registrations' AND state = 'done'"
+		  . " AND payment_id IN ($p808, $p809)", 'the terminal sales checked'),
+	'each is looked up once more as it is first seen settled');
+ok( poll_until("SELECT count(*) = 2 FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id IN ($p808, $p809)"
+		  . " AND (SELECT freshportal_payment_id IS NOT NULL FROM freshpay.payments WHERE id = $p809)",
+		'both registered twice'),
+	'both show registered twice');
+check_case('terminal sale registered twice by hand', $p808, 'registered_twice',
+	qr/registered 2 times in FreshPortal on invoice V-808 \(FreshPortal payments $hand808[0], $hand808[1],/,
+	'registered_twice', qr/Reverse FreshPortal payment $hand808[1] on invoice V-808 .*keep FreshPortal payment $hand808[0]/);
+my $own809 = sql("SELECT freshportal_payment_id FROM freshpay.payments WHERE id = $p809");
+check_case('terminal sale registered twice by hand, partly refunded', $p809, 'registered_twice',
+	qr/registered 3 times in FreshPortal on invoice V-809 \(FreshPortal payments $hand809[0], $hand809[1], $own809,/,
+	'registered_twice',
+	qr/Reverse FreshPortal payment $hand809[0], $hand809[1] on invoice V-809 .*keep FreshPortal payment $own809\./);
 
 # Readers see the verdicts and the actions.
 sql('CREATE ROLE bi_fin LOGIN IN ROLE freshpay_reader');
