@@ -24,7 +24,8 @@
 # looks again by itself (an hour after each look, shortened here) and at
 # once after freshpay_sync(), so the exception goes when the extra
 # registration is reversed or deleted in FreshPortal.  A sale made in
-# PayTrace's terminal and first seen settled is looked up too.
+# PayTrace's terminal and first seen settled is looked up too, and so is a
+# sale whose settlement freshpay learns from PayTrace refusing to void it.
 use strict;
 use warnings;
 
@@ -151,11 +152,11 @@ $fp->seed({
 		map { { id => $_->[0], number => "V-$_->[0]", customer_id => $_->[1], amount_excl_vat => $_->[2],
 				vat_amount => '0.00', amount_incl_vat => $_->[2] } }
 		  ([ 801, 1, '500.00' ], [ 802, 1, '300.00' ], [ 803, 1, '80.00' ], [ 804, 1, '10.00' ],
-		   [ 805, 1, '100.00' ], [ 806, 1, '60.00' ], [ 807, 1, '100.00' ], [ 808, 1, '100.00' ], [ 809, 1, '200.00' ],
+		   [ 805, 1, '100.00' ], [ 806, 1, '60.00' ], [ 807, 1, '100.00' ], [ 808, 1, '100.00' ], [ 809, 1, '200.00' ], [ 810, 1, '100.00' ],
 		   [ 811, 2, '100.00' ], [ 812, 2, '50.00' ], [ 813, 2, '70.00' ], [ 814, 2, '30.00' ], [ 821, 3, '200.00' ])
 	] });
 sync_main();
-is(sql("SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'"), '14', 'setup: fourteen invoices synced');
+is(sql("SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'"), '15', 'setup: fifteen invoices synced');
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(1) . ", 'C-BLOOM')");
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(2) . ", 'C-STMT')");
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(3) . ", 'C-ACH', 'manual', 'ach')");
@@ -454,6 +455,27 @@ check_case('terminal sale registered twice by hand, partly refunded', $p809, 're
 	qr/registered 3 times in FreshPortal on invoice V-809 \(FreshPortal payments $hand809[0], $hand809[1], $own809,/,
 	'registered_twice',
 	qr/Reverse FreshPortal payment $hand809[0], $hand809[1] on invoice V-809 .*keep FreshPortal payment $own809\./);
+
+# --- Settled, learned from a void PayTrace refuses --------------------------------------------
+
+# V-810: collected, registered, registered again by hand; PayTrace settles
+# it and a person tries to void it before freshpay's pull has seen that.
+my ($s810, $st810, $e810) = money('freshpay_capture(' . inv(810) . ', 40.00)');
+is($st810, 'captured', 'V-810: 40.00 of it collected') or diag($e810);
+ok(poll_until("SELECT freshportal_payment_id IS NOT NULL FROM freshpay.payments WHERE id = $s810", 'V-810 registered'),
+	'V-810 is registered');
+my $own810 = sql("SELECT freshportal_payment_id FROM freshpay.payments WHERE id = $s810");
+my $dup810 = register_by_hand(810, '40.00', sql("SELECT paytrace_transaction_id FROM freshpay.payments WHERE id = $s810"));
+ok($dup810, "setup: someone registers it on V-810 again, as FreshPortal payment $dup810");
+$pt->settle;
+my (undef, undef, $ev810) = money("freshpay_void($s810)");
+like($ev810, qr/payment $s810 is settled and cannot be voided/, 'setup: the void is refused: PayTrace shows it settled');
+ok( poll_until("SELECT count(*) = 1 FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id = $s810",
+		'V-810 registered twice'),
+	'its registrations are looked up once more as freshpay learns it settled, and it shows registered twice');
+like(sql("SELECT suggested_action FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id = $s810"),
+	qr/Reverse FreshPortal payment $dup810 on invoice V-810 .*keep FreshPortal payment $own810\./,
+	'naming the registration made by hand to reverse');
 
 # Readers see the verdicts and the actions.
 sql('CREATE ROLE bi_fin LOGIN IN ROLE freshpay_reader');
