@@ -64,8 +64,11 @@ CREATE INDEX payment_requests_created_idx ON freshpay.payment_requests (administ
 
 -- What the write-back's look-ups (GET /v1/payments?provider_transaction_id=)
 -- saw in FreshPortal: every registration under a provider id freshpay uses,
--- its own and any made by someone else.  A settled transaction is looked up
--- once more at settlement (a check_registrations job).
+-- its own and any made by someone else, and each registration freshpay
+-- makes.  One a look-up no longer finds is 'gone'.  A settled transaction is
+-- looked up once more at settlement, or when the pull first sees it settled
+-- (a check_registrations job), and again every hour while it shows
+-- registered twice (at once after freshpay_sync()).
 CREATE TABLE freshpay.freshportal_registrations (
 	administration text NOT NULL
 		REFERENCES freshpay.administrations (name) ON UPDATE CASCADE ON DELETE CASCADE,
@@ -79,14 +82,14 @@ CREATE TABLE freshpay.freshportal_registrations (
 );
 CREATE INDEX freshportal_registrations_provider_idx
 	ON freshpay.freshportal_registrations (administration, provider_transaction_id);
-COMMENT ON TABLE freshpay.freshportal_registrations IS 'FreshPortal''s payment registrations under the provider transaction ids freshpay uses, as its look-ups last saw them (freshpay''s own and any made by someone else); a registration seen more than once per invoice is reconciliation''s registered_twice';
+COMMENT ON TABLE freshpay.freshportal_registrations IS 'FreshPortal''s payment registrations under the provider transaction ids freshpay uses, as its look-ups (and its own writes) last saw them (freshpay''s own and any made by someone else); a transaction with more than one live registration on an invoice is reconciliation''s registered_twice';
 COMMENT ON COLUMN freshpay.freshportal_registrations.administration IS 'The administration (FreshPortal tenant) it is in';
 COMMENT ON COLUMN freshpay.freshportal_registrations.freshportal_payment_id IS 'FreshPortal''s id of the registration';
 COMMENT ON COLUMN freshpay.freshportal_registrations.freshportal_invoice_id IS 'FreshPortal''s id of the invoice it is registered on';
 COMMENT ON COLUMN freshpay.freshportal_registrations.provider_transaction_id IS 'Its provider transaction id: a PayTrace transaction id, or <id>-r<refund id> after a partial refund';
 COMMENT ON COLUMN freshpay.freshportal_registrations.amount IS 'The amount registered, when FreshPortal shows it';
-COMMENT ON COLUMN freshpay.freshportal_registrations.status IS 'registered or reversed, as FreshPortal last showed it';
-COMMENT ON COLUMN freshpay.freshportal_registrations.seen_at IS 'When a look-up last saw it';
+COMMENT ON COLUMN freshpay.freshportal_registrations.status IS 'registered or reversed, as FreshPortal last showed it; gone when a later look-up under its provider transaction id no longer found it (deleted in FreshPortal, or its provider transaction id changed there)';
+COMMENT ON COLUMN freshpay.freshportal_registrations.seen_at IS 'When a look-up (or freshpay''s own write) last saw it';
 
 -- The registrations of a transaction (its PayTrace id, or <id>-r<refund id>)
 -- live on one invoice more than once: for a sale, on its invoice; for a
@@ -1393,4 +1396,4 @@ ALTER TABLE freshpay.jobs
 			   AND (kind OPERATOR(pg_catalog.=) 'collect_statement')
 				   OPERATOR(pg_catalog.=) (customer_id IS NOT NULL AND payment_id IS NULL AND invoice_id IS NULL)
 			   AND (kind OPERATOR(pg_catalog.<>) 'check_registrations' OR payment_id IS NOT NULL));
-COMMENT ON COLUMN freshpay.jobs.kind IS 'collect_invoice, collect_statement, register_payment, reverse_payment, resolve_payment, send_level3 or check_registrations (FreshPortal''s registrations of a settled transaction looked up once)';
+COMMENT ON COLUMN freshpay.jobs.kind IS 'collect_invoice, collect_statement, register_payment, reverse_payment, resolve_payment, send_level3 or check_registrations (FreshPortal''s registrations of a settled transaction looked up once more: at settlement, and hourly while it shows registered twice)';

@@ -508,11 +508,19 @@ freshportal_get_invoice(const Administration *admin, int64 invoice_id)
 }
 
 
+/*
+ * A list of payments; *complete (arg) is false when its meta says there is
+ * more than this page (another page, or a total beyond what came), true
+ * otherwise: a list without meta is taken as whole, as a page is (page_from_json).
+ */
 static void *
 convert_payment_list(json_object *root, void *arg)
 {
+	bool	   *complete = arg;
 	json_object *data = jsonconv_member(root, "data");
+	json_object *meta = jsonconv_member(root, "meta");
 	List	   *payments = NIL;
+	int64		value;
 
 	if (data == NULL || !json_object_is_type(data, json_type_array))
 		ereport(ERROR,
@@ -520,6 +528,14 @@ convert_payment_list(json_object *root, void *arg)
 				 errmsg("FreshPortal's payment list has no \"data\" array")));
 	for (size_t i = 0; i < json_object_array_length(data); i++)
 		payments = lappend(payments, fpjson_payment(json_object_array_get_idx(data, i)));
+	*complete = true;
+	if (meta != NULL && json_object_is_type(meta, json_type_object))
+	{
+		if (jsonconv_int64_opt(meta, "last_page", &value) && value > 1)
+			*complete = false;
+		if (jsonconv_int64_opt(meta, "total", &value) && value > list_length(payments))
+			*complete = false;
+	}
 	return payments;
 }
 
@@ -571,11 +587,25 @@ freshportal_find_payments_call(const Administration *admin, const char *provider
 List *
 freshportal_payments_of(FpCall *c, const HttpResponse *response)
 {
+	bool		complete;
+
+	return freshportal_payments_found(c, response, &complete);
+}
+
+/*
+ * The payments of a lookup's answer, and whether that is all FreshPortal
+ * holds under the provider id (one page, or 204): only then does a
+ * registration missing from it say that FreshPortal no longer has it.
+ */
+List *
+freshportal_payments_found(FpCall *c, const HttpResponse *response, bool *complete)
+{
+	*complete = true;
 	if (response->status == 204)
 		return NIL;
 	if (response->status != 200)
 		report_unexpected_status(c->admin, c->call, response);
-	return with_json(c->admin, c->call, response, convert_payment_list, NULL);
+	return with_json(c->admin, c->call, response, convert_payment_list, complete);
 }
 
 /* GET /v1/payments/{id} */

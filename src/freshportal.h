@@ -137,6 +137,8 @@ extern bool freshportal_answered(FpCall *call, const HttpResponse *response, voi
 								 int priority);
 extern FpInvoice *freshportal_invoice_of(FpCall *call, const HttpResponse *response);
 extern List *freshportal_payments_of(FpCall *call, const HttpResponse *response);
+extern List *freshportal_payments_found(FpCall *call, const HttpResponse *response,
+										bool *complete);
 extern FpPayment *freshportal_payment_of(FpCall *call, const HttpResponse *response);
 extern int64 freshportal_registered_of(FpCall *call, const HttpResponse *response,
 									   FpInvoiceState **invoice);

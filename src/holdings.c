@@ -18,6 +18,7 @@
 #include "utils/timestamp.h"
 
 #include "holdings.h"
+#include "jobs.h"
 #include "payments.h"
 #include "spi_txn.h"
 
@@ -71,7 +72,10 @@ holdings_check_charge(const Administration *admin, const CallPlan *plan, List *f
 
 /*
  * For a void: PayTrace's word on whether the target is settled, which the
- * local row may not know yet.  Records the settlement if it is.
+ * local row may not know yet.  Records the settlement if it is, and, as the
+ * pull does when it sees a transaction settle (payments.c), has FreshPortal's
+ * registrations of it looked up once more: the pull will find it settled
+ * already.
  */
 bool
 holdings_target_settled(const Administration *admin, const CallPlan *plan, List *found)
@@ -90,10 +94,17 @@ holdings_target_settled(const Administration *admin, const CallPlan *plan, List 
 		Datum		values[] = {Int64GetDatum(plan->parent_id), Int32GetDatum(t->batch_number),
 		TimestampTzGetDatum(t->settled_at)};
 		char		nulls[] = {' ', ' ', t->has_settled_at ? ' ' : 'n'};
+		bool		settles;
 
+		settles = fp_spi_run("SELECT 1 FROM freshpay.payments WHERE id OPERATOR(pg_catalog.=) $1"
+							 "   AND batch_number IS DISTINCT FROM $2"
+							 "   AND kind OPERATOR(pg_catalog.=) ANY (ARRAY['sale', 'ach_sale', 'capture'])",
+							 2, types, values, nulls, SPI_OK_SELECT) == 1;
 		fp_spi_run("UPDATE freshpay.payments SET batch_number = $2, settled_at = $3,"
 				" updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
 				3, types, values, nulls, SPI_OK_UPDATE);
+		if (settles)
+			job_queue("check_registrations", plan->parent_id, 0);
 		fp_txn_commit(caller);
 	}
 	return true;

@@ -729,6 +729,14 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 		}
 		payments_history(new_id, "pending", success_status(kind), 0, "learned", NULL);
 		apply_success(a);
+
+		/*
+		 * First seen settled (made in PayTrace's terminal before a pull saw
+		 * it, say): FreshPortal's registrations of it are looked up as at
+		 * settlement, under every provider id freshpay uses for it.
+		 */
+		if (t->state == PT_STATE_SETTLED && strcmp(kind, "authorization") != 0)
+			job_queue("check_registrations", new_id, 0);
 		if (request_id != 0)
 			request_settle(request_id, new_id, t);
 		return 'i';

@@ -42,6 +42,7 @@
 #include "sync.h"
 #include "sync_paytrace.h"
 #include "sync_state.h"
+#include "writeback.h"
 
 /* 1970-01-01 00:00:00 UTC: "since the beginning" for a first, full pull. */
 #define SYNC_EPOCH ((TimestampTz) -INT64CONST(946684800000000))
@@ -452,6 +453,8 @@ freshpay_sync(PG_FUNCTION_ARGS)
 																	 sync_ach_due(admin->name))));
 		sync_result(rsinfo, admin->name, "settlements",
 					sync_settlements_apply(admin, sync_settlements_fetch(admin)));
+		/* A person who put a registration right in FreshPortal has freshpay look again now. */
+		(void) writeback_recheck_registered_twice(admin->name);
 	}
 	return (Datum) 0;
 }

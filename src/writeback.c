@@ -51,11 +51,19 @@
  *
  * Every registration a lookup sees (FIND, the sweep) is recorded in
  * freshpay.freshportal_registrations, freshpay's own and any made by someone
- * else: reconciliation's registered_twice is one transaction registered more
- * than once on an invoice.  A check_registrations job (queued when PayTrace
- * settles a transaction, payments.c) is the sweep alone: it looks up every
- * provider id of the payment, a single sale's as a statement's, records
- * what it finds, and adopts nothing.
+ * else, and so is each registration freshpay makes: reconciliation's
+ * registered_twice is one transaction registered more than once on an
+ * invoice.  A registration recorded earlier that a complete answer under
+ * its provider id no longer shows is recorded 'gone' (deleted in
+ * FreshPortal, or its provider id changed there).  A check_registrations job
+ * (queued when PayTrace settles a transaction, or when the pull first sees
+ * one settled, payments.c) is the sweep alone: it looks up every provider
+ * id of the payment, a single sale's as a statement's, records what it
+ * finds, and adopts nothing.  While a settled transaction shows registered
+ * twice, every lookup of it that leaves it so queues the next check
+ * REGISTRATIONS_RECHECK_MS later, so that an extra registration reversed or
+ * deleted in FreshPortal stops showing by itself; freshpay_sync() makes
+ * those checks due at once (writeback_recheck_registered_twice).
  *
  * An ERROR anywhere means "retry later with backoff"; the job never dies.
  * No transaction is open during the HTTP calls.
@@ -66,6 +74,7 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/memutils.h"
@@ -78,6 +87,14 @@
 #include "money.h"
 #include "spi_txn.h"
 #include "writeback.h"
+
+/*
+ * How long after a look that left a settled transaction registered twice
+ * its registrations are looked up again: a person is asked to reverse the
+ * extra one in FreshPortal, which takes hours rather than seconds, and each
+ * look costs a FreshPortal call per provider id.
+ */
+#define REGISTRATIONS_RECHECK_MS (3600 * 1000L)
 
 /* A payment and what writing it back needs. */
 typedef struct Written
@@ -226,6 +243,120 @@ record_seen(const char *administration, List *payments)
 	}
 }
 
+/*
+ * What one lookup, or the lookups of a sweep, saw: every registration it
+ * showed (record_seen); and each registration recorded under a provider id
+ * in looked_up (those whose answer was complete) that the answer no longer
+ * shows is 'gone' — unless a lookup or write since this one's start (since)
+ * saw it, whose word is newer.  Inside a transaction.
+ */
+static void
+record_lookup(const char *administration, List *looked_up, List *found, TimestampTz since)
+{
+	Oid			types[] = {TEXTOID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID};
+	Datum		values[4];
+	Datum	   *ids;
+	Datum	   *seen;
+	int			n = 0;
+	int			nseen = 0;
+	ListCell   *lc;
+
+	record_seen(administration, found);
+	if (looked_up == NIL)
+		return;
+	ids = palloc(sizeof(Datum) * list_length(looked_up));
+	seen = palloc(sizeof(Datum) * (list_length(found) + 1));
+	foreach(lc, looked_up)
+		ids[n++] = CStringGetTextDatum(lfirst(lc));
+	foreach(lc, found)
+		seen[nseen++] = Int64GetDatum(((FpPayment *) lfirst(lc))->id);
+	values[0] = CStringGetTextDatum(administration);
+	values[1] = PointerGetDatum(construct_array(ids, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(seen, nseen, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	values[3] = TimestampTzGetDatum(since);
+	fp_spi_run("UPDATE freshpay.freshportal_registrations SET status = 'gone'"
+			   " WHERE administration OPERATOR(pg_catalog.=) $1"
+			   "   AND provider_transaction_id OPERATOR(pg_catalog.=) ANY ($2)"
+			   "   AND freshportal_payment_id OPERATOR(pg_catalog.<>) ALL ($3)"
+			   "   AND seen_at OPERATOR(pg_catalog.<) $4"
+			   "   AND status OPERATOR(pg_catalog.<>) 'gone'",
+			   4, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/* A registration freshpay just made, as FreshPortal's answer showed it.  Inside a transaction. */
+static void
+record_written(const char *administration, int64 freshportal_payment_id, int64 invoice_id,
+			   const char *provider_id, const char *amount)
+{
+	FpPayment	p = {0};
+
+	p.id = freshportal_payment_id;
+	p.invoice_id = invoice_id;
+	p.status = "registered";
+	p.provider_transaction_id = (char *) provider_id;
+	p.amount = (char *) amount;
+	record_seen(administration, list_make1(&p));
+}
+
+/*
+ * A settled transaction that what freshpay recorded still shows registered
+ * twice (reconciliation's registered_twice) is looked up again later, and
+ * so on while it does: once the extra registration is reversed or deleted
+ * in FreshPortal, the next look records it and the verdict goes.  Inside
+ * the transaction that recorded the look; a check_registrations job must
+ * have recorded itself done first (a queued one is kept, not added).
+ */
+static void
+recheck_while_twice(int64 payment_id)
+{
+	Oid			types[] = {INT8OID};
+	Datum		values[] = {Int64GetDatum(payment_id)};
+
+	if (fp_spi_run("SELECT 1 FROM freshpay.payments p"
+				   " WHERE p.id OPERATOR(pg_catalog.=) $1"
+				   "   AND (p.batch_number IS NOT NULL OR p.settled_at IS NOT NULL)"
+				   "   AND p.kind OPERATOR(pg_catalog.<>) 'refund'"
+				   "   AND p.status OPERATOR(pg_catalog.<>) 'returned'"
+				   "   AND EXISTS (SELECT FROM freshpay._registered_twice(p.administration, p.id))",
+				   1, types, values, NULL, SPI_OK_SELECT) == 0)
+		return;
+	job_queue("check_registrations", payment_id,
+			  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REGISTRATIONS_RECHECK_MS));
+}
+
+/*
+ * freshpay_sync(): each settled transaction of the administration that
+ * freshpay.exceptions shows registered twice is looked up again at once, not
+ * when its next check is due; a person who has just reversed or deleted the
+ * extra registration sees the exception go.  In the caller's transaction;
+ * the worker is woken at its commit.  Returns how many.
+ */
+int64
+writeback_recheck_registered_twice(const char *administration)
+{
+	Oid			types[] = {TEXTOID};
+	Datum		values[] = {CStringGetTextDatum(administration)};
+	int64		n;
+	int64	   *ids;
+
+	SPI_connect();
+	n = fp_spi_run("SELECT DISTINCT e.payment_id FROM freshpay.exceptions e"
+				   " WHERE e.kind OPERATOR(pg_catalog.=) 'registered_twice'"
+				   "   AND e.administration OPERATOR(pg_catalog.=) $1",
+				   1, types, values, NULL, SPI_OK_SELECT);
+	ids = palloc(sizeof(int64) * (n + 1));
+	for (int64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	for (int64 i = 0; i < n; i++)
+		job_queue("check_registrations", ids[i], 0);
+	SPI_finish();
+	return n;
+}
+
 /* A registration freshpay reversed: so recorded, if a lookup saw it. */
 static void
 record_seen_reversed(const char *administration, int64 freshportal_payment_id)
@@ -268,9 +399,12 @@ typedef struct Write
 	int64		reversal;		/* reverse: allocation_reversals.id */
 	bool		swept;			/* register: FreshPortal's registrations looked at */
 	List	   *sweep;			/* register: the lookups, FpCall * */
+	List	   *sweep_ids;		/* their provider ids, in the same order */
 	int			sweeping;		/* of them, unanswered */
 	List	   *found;			/* register: what they found, FpPayment * */
 	List	   *seen;			/* register: what FIND saw, recorded with the registration */
+	List	   *looked_up;		/* the provider ids FIND or the sweep saw all of */
+	TimestampTz looked_at;		/* when FIND or the sweep was sent */
 } Write;
 
 /* START of register_payment: false when there is nothing to write. */
@@ -290,6 +424,7 @@ start_register(Flow *f, Write *x)
 	x->invoice = w->freshportal_invoice_id;
 	/* A write whose answer was lost is found here instead of being made twice. */
 	x->call = freshportal_find_payments_call(x->admin, x->provider_id);
+	x->looked_at = GetCurrentTimestamp();
 	x->state = WRITE_FIND;
 	freshportal_send(x->call, f, f->priority);
 	return true;
@@ -517,6 +652,8 @@ start_sweep(Flow *f, Write *x)
 	x->swept = true;
 	if (ids == NIL)
 		return x->check ? check_done(f, x) : next_of_statement(f, x);
+	x->looked_at = GetCurrentTimestamp();
+	x->sweep_ids = ids;
 	foreach(lc, ids)
 	{
 		FpCall	   *call = freshportal_find_payments_call(x->admin, lfirst(lc));
@@ -540,16 +677,20 @@ sweep_answer(Flow *f, Write *x, const HttpResponse *response)
 {
 	MemoryContext caller;
 	ListCell   *lc;
+	ListCell   *id;
 
-	foreach(lc, x->sweep)
+	forboth(lc, x->sweep, id, x->sweep_ids)
 	{
 		FpCall	   *call = lfirst(lc);
+		bool		complete;
 
 		if (!freshportal_answers(call, response))
 			continue;
 		if (!freshportal_answered(call, response, f, f->priority))
 			return FLOW_WAITING;
-		x->found = list_concat(x->found, freshportal_payments_of(call, response));
+		x->found = list_concat(x->found, freshportal_payments_found(call, response, &complete));
+		if (complete)
+			x->looked_up = lappend(x->looked_up, lfirst(id));
 		x->sweeping--;
 		break;
 	}
@@ -558,15 +699,17 @@ sweep_answer(Flow *f, Write *x, const HttpResponse *response)
 
 	caller = fp_txn_begin();
 	MemoryContextSwitchTo(f->context);
-	record_seen(x->admin->name, x->found);
 	if (x->check)
 	{
-		/* A check adopts nothing: what it saw is recorded. */
+		/* A check adopts nothing: what it saw is recorded (and, if it is still twice, looked at again later). */
 		job_record(&f->job, true, 0, NULL, false, -1);
+		record_lookup(x->admin->name, x->looked_up, x->found, x->looked_at);
+		recheck_while_twice(x->w->payment_id);
 		fp_txn_commit(caller);
 		MemoryContextSwitchTo(f->context);
 		return FLOW_DONE;
 	}
+	record_lookup(x->admin->name, x->looked_up, x->found, x->looked_at);
 	foreach(lc, x->found)
 	{
 		FpPayment  *p = lfirst(lc);
@@ -597,6 +740,7 @@ sweep_answer(Flow *f, Write *x, const HttpResponse *response)
 					  p->id, p->invoice_id));
 		reverse_again_if_stale(x->w->payment_id, invoice_id, registered);
 	}
+	recheck_while_twice(x->w->payment_id);
 	fp_txn_commit(caller);
 	MemoryContextSwitchTo(f->context);
 	return next_of_statement(f, x);
@@ -701,9 +845,15 @@ record_registration(Flow *f, Write *x, int64 freshportal_payment_id, bool create
 {
 	MemoryContext caller = fp_txn_begin();
 
-	/* What the lookup before it saw (a single sale's FIND). */
-	record_seen(x->admin->name, x->seen);
+	/* What the lookup before it saw (a single sale's FIND), and what it wrote. */
+	record_lookup(x->admin->name, x->looked_up, x->seen, x->looked_at);
 	x->seen = NIL;
+	x->looked_up = NIL;
+	if (created)
+		record_written(x->admin->name, freshportal_payment_id,
+					   x->statement ? x->invoice : x->w->freshportal_invoice_id,
+					   x->provider_id, x->statement ? x->allocated : x->w->remaining);
+	recheck_while_twice(x->w->payment_id);
 	if (x->statement)
 	{
 		register_allocation(x, freshportal_payment_id);
@@ -824,10 +974,12 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 		case WRITE_FIND:
 			{
 				ListCell   *lc;
-				List	   *seen = freshportal_payments_of(x->call, response);
+				bool		complete;
+				List	   *seen = freshportal_payments_found(x->call, response, &complete);
 
 				/* What FreshPortal holds under the provider id: recorded with the outcome. */
 				x->seen = seen;
+				x->looked_up = complete ? list_make1(pstrdup(x->provider_id)) : NIL;
 
 				/*
 				 * Checked here, not only by FreshPortal's filter: a payment
@@ -850,7 +1002,8 @@ advance(Flow *f, Write *x, const HttpResponse *response)
 					MemoryContext caller = fp_txn_begin();
 
 					MemoryContextSwitchTo(f->context);
-					record_seen(x->admin->name, x->seen);
+					record_lookup(x->admin->name, x->looked_up, x->seen, x->looked_at);
+					recheck_while_twice(x->w->payment_id);
 					job_record(&f->job, true, 0, NULL, false, -1);
 					fp_txn_commit(caller);
 					return FLOW_DONE;

@@ -253,6 +253,7 @@ class FreshPortalApp(StandinApp):
         router.add("POST", "/_standin/seed", self.admin_seed)
         router.add("POST", "/_standin/customers/{id}", self.admin_modify_customer)
         router.add("POST", "/_standin/invoices/{id}", self.admin_modify_invoice)
+        router.add("POST", "/_standin/payments/{id}/delete", self.admin_delete_payment)
         router.add("POST", "/_standin/generate", self.admin_generate)
 
     # -- auth [C] --------------------------------------------------------------
@@ -605,6 +606,18 @@ class FreshPortalApp(StandinApp):
         merged.update(patch, id=current["id"], raw=raw)
         invoice, raw = self.build_invoice(merged)
         return self._store("invoice", invoice, raw)
+
+    def admin_delete_payment(self, request, body, id):
+        """A registration deleted in FreshPortal by a person: gone from every
+        list; a live one no longer counts on its invoice."""
+        payment = self._lookup(self.payments, id)
+        if payment is None:
+            return self.not_found()
+        del self.payments[payment["id"]]
+        if payment["status"] == "registered":
+            self._book_on_invoice(self.invoices[payment["invoice_id"]],
+                                  -parse_decimal(payment["amount"]))
+        return {"deleted": payment}
 
     @staticmethod
     def _patch(body):

@@ -324,6 +324,13 @@ def freshportal_payments(c):
     first = c.post("/v1/invoices/303/payments", {**PAYMENT, "currency": "EUR", "amount": "10"})
     second = c.post("/v1/invoices/303/payments", {**PAYMENT, "currency": "EUR", "amount": "10"})
     T.eq((first.status, second.status), (201, 201), "fp: duplicates accepted by default")
+    deleted = admin(c, "payments/%d/delete" % second.json["payment"]["id"], {})
+    T.eq((deleted["deleted"]["id"], c.get("/v1/invoices/303").json["amount_paid"],
+          [p["id"] for p in c.get("/v1/payments?provider_transaction_id=125391271").json["data"]]),
+         (second.json["payment"]["id"], "10.00", [7001, first.json["payment"]["id"]]),
+         "fp: /_standin/payments/{id}/delete removes a registration and its amount")
+    T.eq(c.call("POST", "/_standin/payments/9999/delete", {}, token="").status, 404,
+         "fp: deleting an unknown payment -> 404")
     admin(c, "config", {"dedupe_payments": True})
     third = c.post("/v1/invoices/303/payments", {**PAYMENT, "currency": "EUR", "amount": "10"})
     T.ok(third.status == 409 and third.json["payment"]["id"] == first.json["payment"]["id"],

@@ -20,7 +20,12 @@
 # batch_mismatch exception.  A settled transaction's registrations are
 # looked up once more at settlement (a check_registrations job): one
 # registered again by hand is registered_twice; one registration per invoice
-# (a sale, a statement) is not.
+# (a sale, a statement) is not.  While it shows registered twice, freshpay
+# looks again by itself (an hour after each look, shortened here) and at
+# once after freshpay_sync(), so the exception goes when the extra
+# registration is reversed or deleted in FreshPortal.  A sale made in
+# PayTrace's terminal and first seen settled is looked up too, and so is a
+# sale whose settlement freshpay learns from PayTrace refusing to void it.
 use strict;
 use warnings;
 
@@ -93,6 +98,46 @@ sub check_case
 	return;
 }
 
+# A call of FreshPortal's API, as a person's tools make it: (HTTP status, decoded answer).
+my $http = HTTP::Tiny->new(timeout => 30, keep_alive => 0);
+my $fp_token;
+sub fp_api
+{
+	my ($method, $path, $body) = @_;
+	$fp_token //= JSON::PP->new->decode($http->post($fp->url . '/v1/auth',
+		{ headers => { 'Content-Type' => 'application/json' },
+		  content => encode_json({ username => $FreshpayTest::FP_API_KEY, type => 'api' }) })->{content})->{token};
+	my $res = $http->request($method, $fp->url . $path,
+		{ headers => { 'Content-Type' => 'application/json', Authorization => "Bearer $fp_token" },
+		  content => encode_json($body) });
+	return ($res->{status}, eval { JSON::PP->new->decode($res->{content}) } // {});
+}
+
+# A registration of PayTrace transaction $tx made by hand on FreshPortal
+# invoice $invoice: its FreshPortal payment id (0 if refused).
+sub register_by_hand
+{
+	my ($invoice, $amount, $tx) = @_;
+	my ($status, $answer) = fp_api('POST', "/v1/invoices/$invoice/payments",
+		{ amount => $amount, currency => 'USD', payment_date => '2026-09-25', method => 'card',
+		  provider => 'paytrace', provider_transaction_id => "$tx", provider_status => 'captured' });
+	return $status == 201 ? $answer->{payment}{id} : 0;
+}
+
+# FreshPortal's registrations of a provider transaction id as freshpay
+# recorded them: "id:status,..." by id.
+sub registrations_of
+{
+	my ($provider_id) = @_;
+	return sql("SELECT string_agg(freshportal_payment_id || ':' || status, ',' ORDER BY freshportal_payment_id)"
+		  . " FROM freshpay.freshportal_registrations WHERE provider_transaction_id = '$provider_id'");
+}
+
+sub twice_exceptions
+{
+	return sql("SELECT count(*) FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id = $_[0]");
+}
+
 # --- Setup -------------------------------------------------------------------------------
 
 $pt->customers([ { customer_id => 'C-BLOOM', method => 'card' }, { customer_id => 'C-STMT', method => 'card' },
@@ -107,11 +152,11 @@ $fp->seed({
 		map { { id => $_->[0], number => "V-$_->[0]", customer_id => $_->[1], amount_excl_vat => $_->[2],
 				vat_amount => '0.00', amount_incl_vat => $_->[2] } }
 		  ([ 801, 1, '500.00' ], [ 802, 1, '300.00' ], [ 803, 1, '80.00' ], [ 804, 1, '10.00' ],
-		   [ 805, 1, '100.00' ], [ 806, 1, '60.00' ],
+		   [ 805, 1, '100.00' ], [ 806, 1, '60.00' ], [ 807, 1, '100.00' ], [ 808, 1, '100.00' ], [ 809, 1, '200.00' ], [ 810, 1, '100.00' ],
 		   [ 811, 2, '100.00' ], [ 812, 2, '50.00' ], [ 813, 2, '70.00' ], [ 814, 2, '30.00' ], [ 821, 3, '200.00' ])
 	] });
 sync_main();
-is(sql("SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'"), '11', 'setup: eleven invoices synced');
+is(sql("SELECT count(*) FROM freshpay.invoices WHERE administration = 'main'"), '15', 'setup: fifteen invoices synced');
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(1) . ", 'C-BLOOM')");
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(2) . ", 'C-STMT')");
 sql("SELECT 1 FROM freshpay_link_customer(" . cust(3) . ", 'C-ACH', 'manual', 'ach')");
@@ -301,17 +346,8 @@ ok( poll_until("SELECT count(*) = 2 FROM freshpay.payments WHERE id IN ($s805, $
 my $own805 = sql("SELECT freshportal_payment_id FROM freshpay.payments WHERE id = $s805");
 my $tx805 = sql("SELECT paytrace_transaction_id FROM freshpay.payments WHERE id = $s805");
 
-my $http = HTTP::Tiny->new(timeout => 30, keep_alive => 0);
-my $fp_token = JSON::PP->new->decode($http->post($fp->url . '/v1/auth',
-	{ headers => { 'Content-Type' => 'application/json' },
-	  content => encode_json({ username => $FreshpayTest::FP_API_KEY, type => 'api' }) })->{content})->{token};
-my $again = $http->post($fp->url . '/v1/invoices/805/payments',
-	{ headers => { 'Content-Type' => 'application/json', Authorization => "Bearer $fp_token" },
-	  content => encode_json({ amount => '40.00', currency => 'USD', payment_date => '2026-09-25', method => 'card',
-							   provider => 'paytrace', provider_transaction_id => "$tx805",
-							   provider_status => 'captured' }) });
-is($again->{status}, 201, 'setup: someone registers PayTrace transaction ' . $tx805 . ' on V-805 again in FreshPortal');
-my $dup805 = eval { JSON::PP->new->decode($again->{content})->{payment}{id} } // 0;
+my $dup805 = register_by_hand(805, '40.00', $tx805);
+ok($dup805, 'setup: someone registers PayTrace transaction ' . $tx805 . ' on V-805 again in FreshPortal');
 isnt($dup805, $own805, "setup: as FreshPortal payment $dup805 (freshpay's is $own805)");
 
 # PayTrace settles them; the sync learns of it and each is looked up once more.
@@ -320,9 +356,8 @@ sync_main();
 ok( poll_until("SELECT count(*) = 3 FROM freshpay.jobs WHERE kind = 'check_registrations' AND state = 'done'"
 		  . " AND payment_id IN ($s805, $s806, $stmt2)", 'the settled transactions checked'),
 	'at settlement, FreshPortal\'s registrations of each are looked up');
-is( sql("SELECT string_agg(freshportal_payment_id || ':' || status, ',' ORDER BY freshportal_payment_id)"
-		  . " FROM freshpay.freshportal_registrations WHERE provider_transaction_id = '$tx805'"),
-	"$own805:registered,$dup805:registered", 'freshpay.freshportal_registrations holds both registrations of V-805');
+is(registrations_of($tx805), "$own805:registered,$dup805:registered",
+	'freshpay.freshportal_registrations holds both registrations of V-805');
 
 check_case('registered twice', $s805, 'registered_twice',
 	qr/registered 2 times in FreshPortal on invoice V-805 \(FreshPortal payments $own805, $dup805, provider transaction id $tx805\)/,
@@ -331,6 +366,116 @@ check_case('settled sale, registered once', $s806, 'matched', qr/batch, transact
 check_case('settled statement, registered once per invoice', $stmt2, 'statement', qr/one charge for 2 invoices/, undef);
 is(sql("SELECT count(*) FROM freshpay.exceptions WHERE kind = 'registered_twice'"), '1',
 	'one registered_twice exception: V-805\'s');
+
+# --- Registered twice, then reversed in FreshPortal: freshpay looks again by itself ------------
+
+is( sql("SELECT count(*) FROM freshpay.jobs WHERE kind = 'check_registrations' AND state = 'queued'"
+		  . " AND payment_id = $s805"
+		  . " AND next_run_at BETWEEN now() + interval '50 minutes' AND now() + interval '70 minutes'"),
+	'1', 'while V-805 shows registered twice, its next look is queued, an hour after the last');
+is( sql("SELECT count(*) FROM freshpay.jobs WHERE kind = 'check_registrations' AND state = 'queued'"
+		  . " AND payment_id IN ($s806, $stmt2)"),
+	'0', 'none for the transactions registered once');
+my ($rev_status) = fp_api('POST', "/v1/payments/$dup805/reverse",
+	{ reason => 'refunded', provider_transaction_id => "$tx805", date => '2026-09-26' });
+is($rev_status, 200, "setup: someone reverses FreshPortal payment $dup805 in FreshPortal");
+is(twice_exceptions($s805), '1', 'until freshpay looks again, V-805 still shows registered twice');
+# The hour, shortened: the look queued is due now.
+sql("BEGIN; UPDATE freshpay.jobs SET next_run_at = now()"
+	  . " WHERE kind = 'check_registrations' AND state = 'queued' AND payment_id = $s805;"
+	  . " SELECT freshpay._wake_worker_at_commit(); COMMIT;");
+ok(poll_until("SELECT count(*) = 0 FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id = $s805",
+		'V-805 looked at again'),
+	'freshpay looks again by itself, and the registered_twice exception of V-805 goes');
+is(registrations_of($tx805), "$own805:registered,$dup805:reversed",
+	'freshpay.freshportal_registrations shows the extra registration reversed');
+is(verdict($s805), 'matched|batch, transaction, invoice and customer agree', 'V-805 is matched again');
+is(sql("SELECT count(*) FROM freshpay.jobs WHERE kind = 'check_registrations' AND state = 'queued' AND payment_id = $s805"),
+	'0', 'registered once again, V-805 is not looked up again');
+
+# --- Registered twice, then deleted in FreshPortal: freshpay_sync() looks at once --------------
+
+my ($s807, $st807, $e807) = money('freshpay_capture(' . inv(807) . ', 40.00)');
+is($st807, 'captured', 'V-807: 40.00 of it collected') or diag($e807);
+ok(poll_until("SELECT freshportal_payment_id IS NOT NULL FROM freshpay.payments WHERE id = $s807", 'V-807 registered'),
+	'V-807 is registered');
+my $own807 = sql("SELECT freshportal_payment_id FROM freshpay.payments WHERE id = $s807");
+my $tx807 = sql("SELECT paytrace_transaction_id FROM freshpay.payments WHERE id = $s807");
+is(registrations_of($tx807), "$own807:registered",
+	'freshpay.freshportal_registrations holds the registration freshpay made, as soon as it is made');
+my $dup807 = register_by_hand(807, '40.00', $tx807);
+ok($dup807, "setup: someone registers PayTrace transaction $tx807 on V-807 again, as FreshPortal payment $dup807");
+$pt->settle;
+sync_main();
+ok(poll_until("SELECT count(*) = 1 FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id = $s807",
+		'V-807 registered twice'),
+	'V-807 settles, and shows registered twice');
+$fp->admin_post("/_standin/payments/$dup807/delete", {});
+is(twice_exceptions($s807), '1', "setup: someone deletes FreshPortal payment $dup807; freshpay has not looked yet");
+sync_main();
+ok(poll_until("SELECT count(*) = 0 FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id = $s807",
+		'V-807 looked at again', 30),
+	'freshpay_sync() has freshpay look again at once: the registered_twice exception of V-807 goes');
+is(registrations_of($tx807), "$own807:registered,$dup807:gone",
+	'freshpay.freshportal_registrations records the deleted registration as gone');
+
+# --- Sales made in PayTrace's terminal, first seen settled ------------------------------------
+
+# V-808 and V-809: sales made in PayTrace's terminal, each registered twice
+# by hand in FreshPortal, settled before freshpay's pull sees them.  V-809
+# was partly refunded in the terminal too: what freshpay registers is the
+# rest, under <sale>-r<refund>.
+my $t808 = $pt->terminal('/v1/transactions/sale/by_customer', { customer_id => 'C-BLOOM', amount => 40.00, invoice_id => 'V-808' });
+my $t809 = $pt->terminal('/v1/transactions/sale/by_customer', { customer_id => 'C-BLOOM', amount => 40.00, invoice_id => 'V-809' });
+my @hand808 = map { register_by_hand(808, '40.00', $t808->{transaction_id}) } 1 .. 2;
+my @hand809 = map { register_by_hand(809, '40.00', $t809->{transaction_id}) } 1 .. 2;
+$pt->settle;
+my $r809 = $pt->terminal('/v1/transactions/refund/for_transaction', { transaction_id => 0 + $t809->{transaction_id}, amount => 10 });
+is(join(',', map { $_->{response_code} // 'none' } $t808, $t809, $r809), '101,101,106',
+	'setup: two sales made in the terminal and settled, one partly refunded');
+ok((grep { $_ } @hand808, @hand809) == 4, 'setup: each registered twice by hand in FreshPortal');
+sync_main();
+my $p808 = sql("SELECT id FROM freshpay.payments WHERE paytrace_transaction_id = $t808->{transaction_id} AND kind = 'sale'") || 0;
+my $p809 = sql("SELECT id FROM freshpay.payments WHERE paytrace_transaction_id = $t809->{transaction_id} AND kind = 'sale'") || 0;
+is( sql("SELECT count(*) FROM freshpay.payments WHERE id IN ($p808, $p809) AND batch_number IS NOT NULL"
+		  . " AND invoice_id IS NOT NULL AND requested_by = 'paytrace'"),
+	'2', 'the pull records both, already settled, on their invoices');
+ok( poll_until("SELECT count(*) = 2 FROM freshpay.jobs WHERE kind = 'check_registrations' AND state = 'done'"
+		  . " AND payment_id IN ($p808, $p809)", 'the terminal sales checked'),
+	'each is looked up once more as it is first seen settled');
+ok( poll_until("SELECT count(*) = 2 FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id IN ($p808, $p809)"
+		  . " AND (SELECT freshportal_payment_id IS NOT NULL FROM freshpay.payments WHERE id = $p809)",
+		'both registered twice'),
+	'both show registered twice');
+check_case('terminal sale registered twice by hand', $p808, 'registered_twice',
+	qr/registered 2 times in FreshPortal on invoice V-808 \(FreshPortal payments $hand808[0], $hand808[1],/,
+	'registered_twice', qr/Reverse FreshPortal payment $hand808[1] on invoice V-808 .*keep FreshPortal payment $hand808[0]/);
+my $own809 = sql("SELECT freshportal_payment_id FROM freshpay.payments WHERE id = $p809");
+check_case('terminal sale registered twice by hand, partly refunded', $p809, 'registered_twice',
+	qr/registered 3 times in FreshPortal on invoice V-809 \(FreshPortal payments $hand809[0], $hand809[1], $own809,/,
+	'registered_twice',
+	qr/Reverse FreshPortal payment $hand809[0], $hand809[1] on invoice V-809 .*keep FreshPortal payment $own809\./);
+
+# --- Settled, learned from a void PayTrace refuses --------------------------------------------
+
+# V-810: collected, registered, registered again by hand; PayTrace settles
+# it and a person tries to void it before freshpay's pull has seen that.
+my ($s810, $st810, $e810) = money('freshpay_capture(' . inv(810) . ', 40.00)');
+is($st810, 'captured', 'V-810: 40.00 of it collected') or diag($e810);
+ok(poll_until("SELECT freshportal_payment_id IS NOT NULL FROM freshpay.payments WHERE id = $s810", 'V-810 registered'),
+	'V-810 is registered');
+my $own810 = sql("SELECT freshportal_payment_id FROM freshpay.payments WHERE id = $s810");
+my $dup810 = register_by_hand(810, '40.00', sql("SELECT paytrace_transaction_id FROM freshpay.payments WHERE id = $s810"));
+ok($dup810, "setup: someone registers it on V-810 again, as FreshPortal payment $dup810");
+$pt->settle;
+my (undef, undef, $ev810) = money("freshpay_void($s810)");
+like($ev810, qr/payment $s810 is settled and cannot be voided/, 'setup: the void is refused: PayTrace shows it settled');
+ok( poll_until("SELECT count(*) = 1 FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id = $s810",
+		'V-810 registered twice'),
+	'its registrations are looked up once more as freshpay learns it settled, and it shows registered twice');
+like(sql("SELECT suggested_action FROM freshpay.exceptions WHERE kind = 'registered_twice' AND payment_id = $s810"),
+	qr/Reverse FreshPortal payment $dup810 on invoice V-810 .*keep FreshPortal payment $own810\./,
+	'naming the registration made by hand to reverse');
 
 # Readers see the verdicts and the actions.
 sql('CREATE ROLE bi_fin LOGIN IN ROLE freshpay_reader');
