@@ -385,6 +385,18 @@ fp_relative_args() {
 	done
 }
 
+# fp_cleanup_guard — called first by every EXIT trap that stops what a
+# script started: from there on nothing may cut the cleanup short.  A second
+# ^C or TERM, a second hangup and a closed pipe are ignored, and errors no
+# longer end the script (set +e): when the terminal is gone (its window
+# closed, the ssh connection lost), every message the cleanup prints fails
+# with EIO, and under set -e the first one ended the EXIT trap on the spot,
+# leaving the stand-ins running.
+fp_cleanup_guard() {
+	set +e
+	trap '' INT TERM HUP PIPE
+}
+
 # fp_outer_cleanup — EXIT trap of test/run and test/demo: stop the inner
 # script if it still runs, stop any server left in the work copy, then
 # remove the work copies — or keep them (and say where) on failure or when
@@ -395,7 +407,7 @@ fp_relative_args() {
 fp_outer_cleanup() {
 	local rc=$? dir kept=0
 	trap - EXIT
-	trap '' INT TERM # a second ^C must not cut the cleanup short
+	fp_cleanup_guard
 	fp_stop_inner
 	cd / || true
 	for dir in "${FP_WORK_DIRS[@]}"; do
@@ -638,7 +650,7 @@ fp_start_standins() {
 fp_inner_cleanup() {
 	local rc=$?
 	trap - EXIT
-	trap '' INT TERM # a second ^C must not cut the cleanup short
+	fp_cleanup_guard
 	fp_stop_started
 	fp_stop_clusters_under "$FP_INNER_DIR"
 	exit "$rc"
