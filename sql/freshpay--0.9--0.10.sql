@@ -1001,6 +1001,26 @@ CREATE POLICY reader_scopes_own ON freshpay.reader_scopes FOR SELECT
 CREATE POLICY reader_scopes_admin ON freshpay.reader_scopes FOR ALL TO freshpay_admin
 	USING (true) WITH CHECK (true);
 
+-- A statement's allocations, and the reversals of their registrations, carry
+-- the administration of their payment (set when they are recorded), so that
+-- their policy is a check of a column of the row like the others'.  (A
+-- look-up of the payment for every row made the plan of a limited reader's
+-- reconciliation, which aggregates the allocations whole, look costly
+-- enough to be JIT-compiled: twice as slow.)  Rows recorded by 0.9 get it
+-- from their payment.
+ALTER TABLE freshpay.payment_allocations
+	ADD COLUMN administration text REFERENCES freshpay.administrations (name) ON UPDATE CASCADE;
+UPDATE freshpay.payment_allocations a SET administration = p.administration
+  FROM freshpay.payments p WHERE p.id OPERATOR(pg_catalog.=) a.payment_id;
+ALTER TABLE freshpay.payment_allocations ALTER COLUMN administration SET NOT NULL;
+COMMENT ON COLUMN freshpay.payment_allocations.administration IS 'Administration of the statement (its payment''s), for row-level security';
+ALTER TABLE freshpay.allocation_reversals
+	ADD COLUMN administration text REFERENCES freshpay.administrations (name) ON UPDATE CASCADE;
+UPDATE freshpay.allocation_reversals r SET administration = p.administration
+  FROM freshpay.payments p WHERE p.id OPERATOR(pg_catalog.=) r.payment_id;
+ALTER TABLE freshpay.allocation_reversals ALTER COLUMN administration SET NOT NULL;
+COMMENT ON COLUMN freshpay.allocation_reversals.administration IS 'Administration of the void or refund and of the statement it reverses, for row-level security';
+
 -- The data tables: a row of another administration is invisible to a
 -- limited role.  (The sub-SELECTs run once per statement.)
 DO $$
@@ -1009,7 +1029,8 @@ DECLARE
 	c text;
 BEGIN
 	FOREACH t IN ARRAY ARRAY['administrations', 'customers', 'invoices', 'payments', 'settlements',
-							 'sync_state', 'payment_requests', 'freshportal_registrations'] LOOP
+							 'sync_state', 'payment_requests', 'freshportal_registrations',
+							 'payment_allocations', 'allocation_reversals'] LOOP
 		c := CASE t WHEN 'administrations' THEN 'name' ELSE 'administration' END;
 		EXECUTE pg_catalog.format('ALTER TABLE freshpay.%I ENABLE ROW LEVEL SECURITY', t);
 		EXECUTE pg_catalog.format(
@@ -1027,18 +1048,6 @@ CREATE POLICY reader_scope ON freshpay.payment_history FOR ALL
 	USING ((SELECT freshpay._reader_scope()) IS NULL
 		   OR (SELECT p.administration FROM freshpay.payments p
 				WHERE p.id OPERATOR(pg_catalog.=) payment_history.payment_id)
-			  OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[]));
-ALTER TABLE freshpay.payment_allocations ENABLE ROW LEVEL SECURITY;
-CREATE POLICY reader_scope ON freshpay.payment_allocations FOR ALL
-	USING ((SELECT freshpay._reader_scope()) IS NULL
-		   OR (SELECT p.administration FROM freshpay.payments p
-				WHERE p.id OPERATOR(pg_catalog.=) payment_allocations.payment_id)
-			  OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[]));
-ALTER TABLE freshpay.allocation_reversals ENABLE ROW LEVEL SECURITY;
-CREATE POLICY reader_scope ON freshpay.allocation_reversals FOR ALL
-	USING ((SELECT freshpay._reader_scope()) IS NULL
-		   OR (SELECT p.administration FROM freshpay.payments p
-				WHERE p.id OPERATOR(pg_catalog.=) allocation_reversals.payment_id)
 			  OPERATOR(pg_catalog.=) ANY ((SELECT freshpay._reader_scope())::text[]));
 ALTER TABLE freshpay.jobs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY reader_scope ON freshpay.jobs FOR ALL
