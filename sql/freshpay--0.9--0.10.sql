@@ -171,7 +171,13 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 		   t.id AS payment_id, t.kind, t.paytrace_transaction_id, t.amount, t.refunded_amount,
 		   t.invoice_id, i.number AS invoice_number, c.id AS customer_id, c.code AS customer_code,
 		   v.match,
+		   -- (matched first: nearly every row is, and is then compared once)
 		   CASE v.match
+			 WHEN 'matched' THEN
+				  CASE WHEN t.batch_number IS NULL
+					   THEN 'settled without a batch (ACH through PayTrace API v3); transaction, invoice and customer agree'
+					   ELSE 'batch, transaction, invoice and customer agree'
+				  END
 			 WHEN 'returned' THEN
 				  pg_catalog.format('the bank sent the ACH debit of %s back (%s, reason %s): the money was not collected',
 									t.amount, COALESCE(t.ach_status, 'RETURNED'), COALESCE(t.return_reason, 'not given'))
@@ -215,11 +221,6 @@ CREATE OR REPLACE VIEW freshpay.reconciliation AS
 											  st.invoices, COALESCE(t.invoice_number, '(none)'))
 					   ELSE pg_catalog.format('%s of the one charge for %s invoices (statement %s); see freshpay.allocation_reversals',
 											  t.kind, st.invoices, COALESCE(t.parent_invoice_number, t.invoice_number, '(none)'))
-				  END
-			 ELSE
-				  CASE WHEN t.batch_number IS NULL
-					   THEN 'settled without a batch (ACH through PayTrace API v3); transaction, invoice and customer agree'
-					   ELSE 'batch, transaction, invoice and customer agree'
 				  END
 		   END AS match_reason,
 		   t.status,
