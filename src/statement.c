@@ -451,7 +451,9 @@ statement_allocate(const CallPlan *plan, int64 payment_id)
 			appendStringInfo(&out, "%s%s", out.len ? ", " : "", item->number);
 			continue;
 		}
-		fp_spi_run("INSERT INTO freshpay.payment_allocations (payment_id, invoice_id, amount) VALUES ($1, $2, $3)",
+		fp_spi_run("INSERT INTO freshpay.payment_allocations (administration, payment_id, invoice_id, amount)"
+				   " VALUES ((SELECT p.administration FROM freshpay.payments p WHERE p.id OPERATOR(pg_catalog.=) $1),"
+				   "         $1, $2, $3)",
 				   3, types, values, NULL, SPI_OK_INSERT);
 		appendStringInfo(&in, "%s%s %s", in.len ? ", " : "", item->number, item->amount);
 	}

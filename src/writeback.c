@@ -584,8 +584,8 @@ take_over_allocations(Write *x)
 	Datum		values[] = {Int64GetDatum(x->sale->payment_id), Int64GetDatum(x->w->payment_id)};
 	int64		n;
 
-	n = fp_spi_run("INSERT INTO freshpay.allocation_reversals (payment_id, invoice_id, freshportal_payment_id, amount)"
-				   " SELECT $2, a.invoice_id, a.freshportal_payment_id, a.registered_amount"
+	n = fp_spi_run("INSERT INTO freshpay.allocation_reversals (administration, payment_id, invoice_id, freshportal_payment_id, amount)"
+				   " SELECT s.administration, $2, a.invoice_id, a.freshportal_payment_id, a.registered_amount"
 				   "   FROM freshpay.payment_allocations a JOIN freshpay.payments s ON s.id OPERATOR(pg_catalog.=) a.payment_id"
 				   "  WHERE a.payment_id OPERATOR(pg_catalog.=) $1 AND a.freshportal_payment_id IS NOT NULL"
 				   "    AND (s.status OPERATOR(pg_catalog.<>) 'captured' OR a.amount OPERATOR(pg_catalog.<) a.registered_amount)"

@@ -117,8 +117,8 @@ INSERT INTO freshpay.payments (administration, invoice_id, customer_id, kind, am
 	invoice_number, paytrace_transaction_id, batch_number, settled_at, created_at, updated_at)
 VALUES ('fin', NULL, :charlie, 'sale', 200.00, 'captured', 101, 'ST-9', 7008, 13, pg_temp.t(8), pg_temp.t(9, 10), pg_temp.t(8));
 SELECT id AS p8 FROM freshpay.payments WHERE paytrace_transaction_id = 7008 \gset
-INSERT INTO freshpay.payment_allocations (payment_id, invoice_id, amount, freshportal_payment_id, registered_amount)
-VALUES (:p8, :c1, 120.00, 8001, 120.00), (:p8, :c2, 80.00, 8002, 80.00);
+INSERT INTO freshpay.payment_allocations (administration, payment_id, invoice_id, amount, freshportal_payment_id, registered_amount)
+VALUES ('fin', :p8, :c1, 120.00, 8001, 120.00), ('fin', :p8, :c2, 80.00, 8002, 80.00);
 -- fin2: a part of E-1, settled T-3 in batch 31.
 INSERT INTO freshpay.payments (administration, invoice_id, customer_id, kind, amount, status, response_code,
 	invoice_number, paytrace_transaction_id, batch_number, settled_at, freshportal_payment_id, created_at, updated_at)
@@ -325,8 +325,8 @@ INSERT INTO freshpay.payments (administration, invoice_id, customer_id, kind, pa
 	invoice_number, paytrace_transaction_id, batch_number, settled_at, created_at, updated_at)
 VALUES ('finx', NULL, NULL, 'refund', :q4, 10.00, 'refunded', 106, 'ZZ-9', 8105, 22, pg_temp.t(40), pg_temp.t(41), pg_temp.t(40));
 UPDATE freshpay.payments SET refunded_amount = 10.00, status = 'refunded' WHERE id = :q4;
-INSERT INTO freshpay.payment_allocations (payment_id, invoice_id, amount, freshportal_payment_id, registered_amount)
-VALUES (:q6, :x1, 10.00, 6201, 10.00), (:q6, :x2, 15.00, 6202, 15.00);
+INSERT INTO freshpay.payment_allocations (administration, payment_id, invoice_id, amount, freshportal_payment_id, registered_amount)
+VALUES ('finx', :q6, :x1, 10.00, 6201, 10.00), ('finx', :q6, :x2, 15.00, 6202, 15.00);
 -- Batch 21 adds up; batch 22 does not: PayTrace counts a sale of 15.00
 -- more than freshpay holds.
 INSERT INTO freshpay.settlements (administration, batch_number, settled_at, transaction_count, sales_amount, refund_amount, net_amount)
@@ -414,11 +414,12 @@ CREATE ROLE regress_fin_member IN ROLE regress_fin_scoped;
 CREATE ROLE regress_fin_group;
 CREATE ROLE regress_fin_grouped IN ROLE freshpay_reader, regress_fin_group;
 CREATE ROLE regress_fin_operator IN ROLE freshpay_operator;
+CREATE ROLE regress_fin_x IN ROLE freshpay_reader;
 -- freshpay_admin manages the scopes; a role that does not exist is refused.
 SET ROLE regress_fin_admin;
 INSERT INTO freshpay.reader_scopes (role, administration) VALUES
 	('regress_fin_scoped', 'fin2'), ('regress_fin_group', 'finx'), ('regress_fin_group', 'fin2'),
-	('regress_fin_operator', 'fin2');
+	('regress_fin_operator', 'fin2'), ('regress_fin_x', 'finx');
 SELECT * FROM pg_temp.error_of($$INSERT INTO freshpay.reader_scopes (role, administration) VALUES ('regress_fin_nobody', 'fin')$$);
 SELECT * FROM pg_temp.error_of($$INSERT INTO freshpay.reader_scopes (role, administration) VALUES ('regress_fin_scoped', 'nowhere')$$);
 SELECT role, administration FROM freshpay.reader_scopes WHERE role::text LIKE 'regress_fin%' ORDER BY 1, 2;
@@ -440,8 +441,8 @@ $$;
 CREATE TEMP VIEW seen_by WITH (security_invoker = true) AS
 	SELECT r AS relation, pg_temp.seen(r) AS rows
 	  FROM unnest(ARRAY['administrations', 'customers', 'invoices', 'payments', 'settlements', 'payment_requests',
-						'invoice_status', 'reconciliation', 'exceptions', 'customer_status', 'daily_cash',
-						'customer_summary', 'aging', 'payment_request_funnel']) r;
+						'payment_allocations', 'invoice_status', 'reconciliation', 'exceptions', 'customer_status',
+						'daily_cash', 'customer_summary', 'aging', 'payment_request_funnel']) r;
 GRANT SELECT ON seen_by TO PUBLIC;
 -- A reader not listed sees all three.
 SET ROLE regress_fin_reader;
@@ -463,6 +464,16 @@ RESET ROLE;
 SET ROLE regress_fin_grouped;
 SELECT * FROM seen_by WHERE relation IN ('invoices', 'payments', 'reconciliation', 'exceptions');
 SELECT count(*) AS allocations_of_finx FROM freshpay.payment_allocations;
+RESET ROLE;
+-- Limited to finx alone: the allocations of finx's statement (Q6), not those
+-- of fin's (P8), and each is of a payment it sees.
+SET ROLE regress_fin_x;
+SELECT * FROM seen_by WHERE relation IN ('payments', 'payment_allocations', 'reconciliation');
+SELECT p.invoice_number AS statement, i.number AS invoice, a.amount
+  FROM freshpay.payment_allocations a
+  LEFT JOIN freshpay.payments p ON p.id = a.payment_id
+  LEFT JOIN freshpay.invoices i ON i.id = a.invoice_id
+ ORDER BY 1, 2;
 RESET ROLE;
 -- Operators (and admins) see everything, listed or not: the money
 -- functions read back what the worker recorded as their caller.

@@ -15,6 +15,41 @@ SELECT count(*) AS freshpay_schemas FROM pg_namespace WHERE nspname = 'freshpay'
 \c contrib_regression
 DROP DATABASE freshpay_elsewhere;
 
+-- Rows recorded by 0.9 survive the update to 0.10: a statement's
+-- allocations and the reversal of one get the administration of their
+-- payment.  (In a transaction rolled back: the worker never sees them.)
+BEGIN;
+CREATE EXTENSION freshpay VERSION '0.9';
+SELECT name FROM freshpay_add_administration('upd', 'http://127.0.0.1:9', 'k', 'http://127.0.0.1:9', 'u', 'p', 'i');
+SELECT name FROM freshpay_add_administration('upd2', 'http://127.0.0.1:9', 'k', 'http://127.0.0.1:9', 'u', 'p', 'i');
+INSERT INTO freshpay.customers (administration, freshportal_id, code, name, currency)
+VALUES ('upd', 1, 'UPD', 'Update Umbellifers', 'USD'), ('upd2', 1, 'UPD2', 'Update Ursinias', 'USD');
+INSERT INTO freshpay.invoices (administration, freshportal_id, number, customer_id, freshportal_customer_id, invoice_date,
+	due_date, currency, amount_excl_vat, vat_amount, amount_incl_vat, amount_paid, open_amount, status)
+SELECT c.administration, n, c.code || '-' || n, c.id, 1, CURRENT_DATE, CURRENT_DATE, 'USD', 10, 0, 10, 10, 0, 'paid'
+  FROM freshpay.customers c CROSS JOIN generate_series(1, 2) n;
+INSERT INTO freshpay.payments (administration, invoice_id, customer_id, kind, parent_id, amount, status, invoice_number)
+SELECT c.administration, NULL, c.id, 'sale', NULL, 20.00, 'voided', 'ST-' || c.code FROM freshpay.customers c;
+INSERT INTO freshpay.payments (administration, invoice_id, customer_id, kind, parent_id, amount, status, invoice_number)
+SELECT s.administration, NULL, s.customer_id, 'void', s.id, 20.00, 'voided', s.invoice_number
+  FROM freshpay.payments s WHERE s.kind = 'sale';
+INSERT INTO freshpay.payment_allocations (payment_id, invoice_id, amount)
+SELECT p.id, i.id, 10.00 FROM freshpay.payments p JOIN freshpay.invoices i ON i.customer_id = p.customer_id
+ WHERE p.kind = 'sale';
+INSERT INTO freshpay.allocation_reversals (payment_id, invoice_id, freshportal_payment_id, amount)
+SELECT v.id, i.id, 100 + i.id, 10.00 FROM freshpay.payments v JOIN freshpay.invoices i ON i.customer_id = v.customer_id
+ WHERE v.kind = 'void';
+ALTER EXTENSION freshpay UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'freshpay';
+SELECT 'allocation' AS "row", p.kind AS of_payment, a.administration, count(*) AS rows,
+	   count(*) FILTER (WHERE a.administration = p.administration) AS as_their_payment
+  FROM freshpay.payment_allocations a JOIN freshpay.payments p ON p.id = a.payment_id GROUP BY 1, 2, 3
+UNION ALL
+SELECT 'reversal', p.kind, r.administration, count(*), count(*) FILTER (WHERE r.administration = p.administration)
+  FROM freshpay.allocation_reversals r JOIN freshpay.payments p ON p.id = r.payment_id GROUP BY 1, 2, 3
+ ORDER BY 1, 3;
+ROLLBACK;
+
 -- The update path: install the first version, update to the current one.
 CREATE EXTENSION freshpay VERSION '0.1';
 SELECT extversion FROM pg_extension WHERE extname = 'freshpay';

@@ -164,12 +164,12 @@ SELECT id AS st4 FROM freshpay.payments WHERE administration = 'stmt' AND invoic
 INSERT INTO freshpay.payments (administration, invoice_id, customer_id, kind, parent_id, amount, status, invoice_number,
 	batch_number, paytrace_transaction_id)
 VALUES ('stmt', NULL, :weekly, 'refund', :st1, 10.00, 'refunded', 'ST-1', 78, 880006);
-INSERT INTO freshpay.payment_allocations (payment_id, invoice_id, amount, freshportal_payment_id, registered_amount)
-SELECT :st1, id, 100.00, 7001, 100.00 FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-1'
-UNION ALL SELECT :st1, id, 50.00, NULL, NULL FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-2'
-UNION ALL SELECT :st2, id, 25.00, NULL, NULL FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-3'
-UNION ALL SELECT :st3, id, 20.00, NULL, NULL FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-4'
-UNION ALL SELECT :st4, id, 20.00, NULL, NULL FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-4';
+INSERT INTO freshpay.payment_allocations (administration, payment_id, invoice_id, amount, freshportal_payment_id, registered_amount)
+SELECT 'stmt', :st1, id, 100.00, 7001, 100.00 FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-1'
+UNION ALL SELECT 'stmt', :st1, id, 50.00, NULL, NULL FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-2'
+UNION ALL SELECT 'stmt', :st2, id, 25.00, NULL, NULL FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-3'
+UNION ALL SELECT 'stmt', :st3, id, 20.00, NULL, NULL FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-4'
+UNION ALL SELECT 'stmt', :st4, id, 20.00, NULL, NULL FROM freshpay.invoices WHERE administration = 'stmt' AND number = 'S-4';
 
 -- Registered and unregistered allocations, with the latest statement.
 SELECT number, status, billed, captured, refunded, outstanding, latest_payment_status, latest_payment_kind,

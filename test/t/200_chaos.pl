@@ -1318,7 +1318,8 @@ for my $r (@{ rows("SELECT p.id, coalesce(c.freshportal_id::text, ''), coalesce(
 }
 my (%alloc_of, @alloc_orphan);    # FreshPortal invoice id -> [allocations]
 for my $r (@{ rows("SELECT a.payment_id, i.freshportal_id, a.amount, coalesce(a.freshportal_payment_id::text, ''),"
-		  . " coalesce(i.customer_id = s.customer_id, false) FROM freshpay.payment_allocations a JOIN freshpay.invoices i ON i.id = a.invoice_id"
+		  . " coalesce(i.customer_id = s.customer_id AND a.administration = s.administration, false)"
+		  . " FROM freshpay.payment_allocations a JOIN freshpay.invoices i ON i.id = a.invoice_id"
 		  . " LEFT JOIN freshpay.payments s ON s.id = a.payment_id ORDER BY a.payment_id, i.freshportal_id") })
 {
 	my ($payment, $fp_id, $amount, $reg, $same_customer) = @$r;
@@ -1351,7 +1352,8 @@ none_of(\@st_strange, "every payment without an invoice is a statement of custom
 	'payment(s)')
   or explain_statements('not a statement of ours', @st_strange);
 none_of([ sort { $a <=> $b } keys %{ { map { $_ => 1 } @alloc_orphan } } ],
-	"every allocation belongs to a statement, and allocates an invoice of the statement's customer", 'payment(s)')
+	"every allocation belongs to a statement, has its administration, and allocates an invoice of the statement's customer",
+	'payment(s)')
   or explain_statements('allocation of another customer', @alloc_orphan);
 
 # No invoice charged twice: at most one captured statement takes it, for

@@ -927,6 +927,14 @@ is_deeply([ sort { $a <=> $b } grep { $live{$_} > 1 } keys %live ], [], 'in the 
 my %sales;
 $sales{ $_->{invoice_id} }++ for grep { $_->{kind} eq 'SALE' && $_->{state} ne 'declined' } @{ $pt->state->{transactions} };
 is_deeply([ sort grep { $sales{$_} > 1 } keys %sales ], [], 'in the end: no invoice or statement number was charged twice');
+# Row-level security reads an allocation's and a reversal's administration
+# from the row: each carries that of its payment.
+is( sql(q{SELECT (SELECT count(*) FROM freshpay.payment_allocations a JOIN freshpay.payments p ON p.id = a.payment_id
+					WHERE a.administration IS DISTINCT FROM p.administration)
+			  || '|' || (SELECT count(*) FROM freshpay.allocation_reversals r JOIN freshpay.payments p ON p.id = r.payment_id
+						  WHERE r.administration IS DISTINCT FROM p.administration)
+			  || '|' || (SELECT count(*) > 0 FROM freshpay.allocation_reversals)}),
+	'0|0|true', 'in the end: every allocation and reversal (there are some) has the administration of its payment');
 
 $node->stop;
 done_testing();
