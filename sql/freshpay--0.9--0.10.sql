@@ -1071,14 +1071,19 @@ $$;
 -- so that exactly the marks its snapshot saw are cleared; a change committed
 -- later keeps its mark.  One refresh at a time (the table lock, which only
 -- refreshes take), each after the one before has committed.  Returns the
--- number of customers refreshed.
+-- number of customers refreshed, or NULL when a table it reads was held
+-- for longer than 100 ms (by DROP or ALTER EXTENSION, VACUUM FULL, ...): it
+-- lets go of everything at once rather than wait with the figures locked,
+-- which could deadlock with the one holding that table; the next refresh
+-- does the work.
 CREATE FUNCTION freshpay._refresh_customer_figures() RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '10s'
 AS $$
 DECLARE
 	refreshed integer;
 BEGIN
 	LOCK TABLE freshpay.customer_figures IN SHARE ROW EXCLUSIVE MODE;
+	PERFORM pg_catalog.set_config('lock_timeout', '100ms', true);
 	WITH seen AS (
 		SELECT s.id, s.customer_id FROM freshpay.customer_figures_stale s
 	), todo AS (
@@ -1106,9 +1111,11 @@ BEGIN
 	)
 	SELECT count(*) INTO refreshed FROM kept;
 	RETURN refreshed;
+EXCEPTION WHEN lock_not_available THEN
+	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION freshpay._refresh_customer_figures() IS 'Internal: keep customer_figures of the customers changed since (the sync worker calls it every half minute); returns how many';
+COMMENT ON FUNCTION freshpay._refresh_customer_figures() IS 'Internal: keep customer_figures of the customers changed since (the sync worker calls it every 5 seconds); returns how many, NULL when a table was held and it let go';
 
 CREATE VIEW freshpay.customer_summary AS
 	WITH stale AS MATERIALIZED (

@@ -111,10 +111,16 @@ CREATE TEMP TABLE updated_shape (version text, what text, item text);
 DO $$
 DECLARE
 	v text;
+	done boolean;
 BEGIN
 	FOR v IN SELECT version FROM pg_available_extension_versions
 			  WHERE name = 'freshpay' AND version <> (SELECT default_version FROM pg_available_extensions WHERE name = 'freshpay')
 	LOOP
+	  -- (the worker may be reading the tables DROP EXTENSION takes: on a
+	  -- deadlock, the version is tried again)
+	  done := false;
+	  WHILE NOT done LOOP
+	  BEGIN
 		DROP EXTENSION freshpay;
 		EXECUTE format('CREATE EXTENSION freshpay VERSION %L', v);
 		ALTER EXTENSION freshpay UPDATE;
@@ -132,9 +138,23 @@ BEGIN
 		UNION ALL
 		SELECT v, 'trigger', format('%s %s %s', t.tgrelid::regclass, t.tgname, t.tgenabled) FROM pg_trigger t
 		 WHERE NOT t.tgisinternal AND t.tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'freshpay'::regnamespace);
+		done := true;
+	  EXCEPTION WHEN deadlock_detected THEN
+		NULL;
+	  END;
+	  END LOOP;
+	  COMMIT;  -- each version in a transaction of its own (locks)
 	END LOOP;
-	DROP EXTENSION freshpay;
-	CREATE EXTENSION freshpay;
+	done := false;
+	WHILE NOT done LOOP
+	BEGIN
+		DROP EXTENSION freshpay;
+		CREATE EXTENSION freshpay;
+		done := true;
+	EXCEPTION WHEN deadlock_detected THEN
+		NULL;
+	END;
+	END LOOP;
 END
 $$;
 SELECT count(DISTINCT version) AS versions_updated FROM updated_shape;
