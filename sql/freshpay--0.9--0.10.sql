@@ -777,7 +777,7 @@ COMMENT ON COLUMN freshpay.daily_cash.returns IS 'Number of ACH returns';
 -- anew only those of the customers whose rows changed since they were kept
 -- (customer_figures_stale, marked by triggers in the transaction that makes
 -- the change) or that have none kept.  The sync worker keeps the figures of
--- the changed customers every half minute (_refresh_customer_figures).  The
+-- the changed customers every 5 seconds (_refresh_customer_figures).  The
 -- view is exact either way: what is kept is used only while nothing it was
 -- computed from has changed.
 
