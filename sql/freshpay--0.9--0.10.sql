@@ -921,7 +921,9 @@ COMMENT ON COLUMN freshpay.customer_figures_stale.marked_at IS 'When the change 
 -- load's thousands of rows), but for a payment's update (below); ALWAYS, so
 -- that a load with session_replication_role = replica marks too.  They run
 -- as their owner: the roles that change the rows need no right on the marks.
-CREATE FUNCTION freshpay._customer_figures_mark_payments() RETURNS trigger
+
+-- Rows of payments or invoices inserted or deleted: their customers.
+CREATE FUNCTION freshpay._customer_figures_mark_rows() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -956,41 +958,33 @@ BEGIN
 END
 $$;
 
--- An invoice's figures are its customer's; its payments' (and the
--- statements that paid it) are their customers', normally the same one.
+-- An invoice updated: its figures are its customer's; its payments' (and
+-- the statements that paid it) are their customers', normally the same one.
 CREATE FUNCTION freshpay._customer_figures_mark_invoices() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF TG_OP = 'INSERT' THEN
-		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
-		SELECT DISTINCT n.customer_id, n.administration FROM new_rows n WHERE n.customer_id IS NOT NULL;
-	ELSIF TG_OP = 'DELETE' THEN
-		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
-		SELECT DISTINCT o.customer_id, o.administration FROM old_rows o WHERE o.customer_id IS NOT NULL;
-	ELSE
-		WITH changed AS (
-			SELECT o.id, o.customer_id AS old_customer, o.administration AS old_administration,
-				   n.customer_id AS new_customer, n.administration AS new_administration
-			  FROM old_rows o
-			  JOIN new_rows n ON n.id = o.id
-			 WHERE (o.customer_id, o.status, o.type, o.amount_incl_vat, o.open_amount, o.invoice_date)
-				   IS DISTINCT FROM (n.customer_id, n.status, n.type, n.amount_incl_vat, n.open_amount, n.invoice_date))
-		INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
-		SELECT DISTINCT m.customer_id, m.administration
-		  FROM (SELECT c.old_customer, c.old_administration FROM changed c
-				UNION ALL
-				SELECT c.new_customer, c.new_administration FROM changed c
-				UNION ALL
-				SELECT p.customer_id, p.administration
-				  FROM freshpay.payments p WHERE p.invoice_id IN (SELECT c.id FROM changed c)
-				UNION ALL
-				SELECT s.customer_id, s.administration
-				  FROM freshpay.payment_allocations a
-				  JOIN freshpay.payments s ON s.id = a.payment_id
-				 WHERE a.invoice_id IN (SELECT c.id FROM changed c)) m (customer_id, administration)
-		 WHERE m.customer_id IS NOT NULL;
-	END IF;
+	WITH changed AS (
+		SELECT o.id, o.customer_id AS old_customer, o.administration AS old_administration,
+			   n.customer_id AS new_customer, n.administration AS new_administration
+		  FROM old_rows o
+		  JOIN new_rows n ON n.id = o.id
+		 WHERE (o.customer_id, o.status, o.type, o.amount_incl_vat, o.open_amount, o.invoice_date)
+			   IS DISTINCT FROM (n.customer_id, n.status, n.type, n.amount_incl_vat, n.open_amount, n.invoice_date))
+	INSERT INTO freshpay.customer_figures_stale (customer_id, administration)
+	SELECT DISTINCT m.customer_id, m.administration
+	  FROM (SELECT c.old_customer, c.old_administration FROM changed c
+			UNION ALL
+			SELECT c.new_customer, c.new_administration FROM changed c
+			UNION ALL
+			SELECT p.customer_id, p.administration
+			  FROM freshpay.payments p WHERE p.invoice_id IN (SELECT c.id FROM changed c)
+			UNION ALL
+			SELECT s.customer_id, s.administration
+			  FROM freshpay.payment_allocations a
+			  JOIN freshpay.payments s ON s.id = a.payment_id
+			 WHERE a.invoice_id IN (SELECT c.id FROM changed c)) m (customer_id, administration)
+	 WHERE m.customer_id IS NOT NULL;
 	RETURN NULL;
 END
 $$;
@@ -1043,7 +1037,8 @@ BEGIN
 				op, pg_catalog.upper(op), t,
 				CASE op WHEN 'insert' THEN 'NEW' WHEN 'delete' THEN 'OLD' ELSE 'OLD TABLE AS old_rows NEW' END,
 				CASE op WHEN 'delete' THEN 'old_rows' ELSE 'new_rows' END,
-				'_customer_figures_mark_' || CASE t WHEN 'payment_allocations' THEN 'allocations' ELSE t END);
+				'_customer_figures_mark_' || CASE WHEN t = 'payment_allocations' THEN 'allocations'
+												  WHEN op = 'update' THEN t ELSE 'rows' END);
 			EXECUTE pg_catalog.format('ALTER TABLE freshpay.%I ENABLE ALWAYS TRIGGER customer_figures_%s', t, op);
 		END LOOP;
 		IF t = 'payments' THEN
@@ -1393,7 +1388,7 @@ SELECT pg_catalog.pg_extension_config_dump('freshpay.freshportal_registrations',
 -- restored database computes them again.
 REVOKE ALL ON freshpay.customer_figures, freshpay.customer_figures_stale FROM PUBLIC;
 REVOKE ALL ON FUNCTION freshpay._customer_figures(bigint[]), freshpay._refresh_customer_figures(),
-	freshpay._customer_figures_mark_payments(), freshpay._customer_figures_mark_payment(),
+	freshpay._customer_figures_mark_rows(), freshpay._customer_figures_mark_payment(),
 	freshpay._customer_figures_mark_invoices(),
 	freshpay._customer_figures_mark_allocations(), freshpay._customer_figures_forget() FROM PUBLIC;
 GRANT SELECT ON freshpay.customer_figures, freshpay.customer_figures_stale TO freshpay_reader;
