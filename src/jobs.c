@@ -48,6 +48,32 @@ job_queue(const char *kind, int64 payment_id, TimestampTz run_at)
 	mailbox_wake_worker_at_commit();
 }
 
+/*
+ * Queue a job of kind, due now, for the payment id in column col of each row
+ * the last SPI query returned (none for a NULL id); returns how many.  The
+ * ids are taken first: each job_queue is a query of its own.
+ */
+int64
+job_queue_each(const char *kind, int col)
+{
+	int64		n = SPI_processed;
+	int64	   *ids = palloc(sizeof(int64) * (n + 1));
+	int64		queued = 0;
+
+	for (int64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, col, &isnull);
+
+		if (!isnull)
+			ids[queued++] = DatumGetInt64(id);
+	}
+	for (int64 i = 0; i < queued; i++)
+		job_queue(kind, ids[i], 0);
+	pfree(ids);
+	return queued;
+}
+
 void
 job_finish(const char *kind, int64 payment_id)
 {

@@ -23,6 +23,7 @@ typedef struct Job
 
 /* In the caller's transaction. */
 extern void job_queue(const char *kind, int64 payment_id, TimestampTz run_at);
+extern int64 job_queue_each(const char *kind, int col);
 extern void job_finish(const char *kind, int64 payment_id);
 extern bool job_claim_for(const char *kind, int64 payment_id, Job *job);
 extern void job_record(const Job *job, bool done, TimestampTz next_run_at, const char *error,

@@ -585,8 +585,6 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 		if (t->state == PT_STATE_SETTLED)
 		{
 			int64		settled;
-			int64	   *check;
-			int64		checks = 0;
 
 			settled = fp_spi_run("UPDATE freshpay.payments SET batch_number = $3, settled_at = $4,"
 								 "       updated_at = pg_catalog.now()"
@@ -599,25 +597,14 @@ payments_apply_paytrace(const char *administration, const PtTransaction *t)
 								 "        WHERE s.id OPERATOR(pg_catalog.=) payments.parent_id"
 								 "          AND s.paytrace_transaction_id OPERATOR(pg_catalog.=) payments.paytrace_transaction_id))"
 								 "   AND batch_number IS DISTINCT FROM $3"
-								 " RETURNING id, kind OPERATOR(pg_catalog.<>) 'refund'",
+								 " RETURNING CASE WHEN kind OPERATOR(pg_catalog.<>) 'refund' THEN id END",
 								 4, types, values, nulls, SPI_OK_UPDATE_RETURNING);
-			check = palloc(sizeof(int64) * (settled + 1));
-			for (int64 i = 0; i < settled; i++)
-			{
-				bool		isnull;
-				Datum		id = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-				Datum		sale = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
-
-				if (!isnull && DatumGetBool(sale))
-					check[checks++] = DatumGetInt64(id);
-			}
 			/*
 			 * Settled: FreshPortal's registrations of it are looked up once
 			 * more, so that one made again by someone else shows
-			 * (reconciliation's registered_twice).
+			 * (reconciliation's registered_twice); not a refund's.
 			 */
-			for (int64 i = 0; i < checks; i++)
-				job_queue("check_registrations", check[i], 0);
+			(void) job_queue_each("check_registrations", 1);
 			if (settled > 0)
 				change = 'u';
 		}

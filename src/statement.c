@@ -433,7 +433,7 @@ statement_lock(CallPlan *plan, MemoryContext context)
 void
 statement_allocate(const CallPlan *plan, int64 payment_id)
 {
-	Oid			types[] = {INT8OID, INT8OID, NUMERICOID};
+	Oid			types[] = {INT8OID, INT8OID, NUMERICOID, TEXTOID};
 	StringInfoData in;
 	StringInfoData out;
 	ListCell   *lc;
@@ -444,7 +444,7 @@ statement_allocate(const CallPlan *plan, int64 payment_id)
 	{
 		StatementItem *item = lfirst(lc);
 		Datum		values[] = {Int64GetDatum(payment_id), Int64GetDatum(item->invoice_id),
-		money_numeric(item->amount)};
+		money_numeric(item->amount), CStringGetTextDatum(plan->administration)};
 
 		if (item->left_out)
 		{
@@ -452,9 +452,8 @@ statement_allocate(const CallPlan *plan, int64 payment_id)
 			continue;
 		}
 		fp_spi_run("INSERT INTO freshpay.payment_allocations (administration, payment_id, invoice_id, amount)"
-				   " VALUES ((SELECT p.administration FROM freshpay.payments p WHERE p.id OPERATOR(pg_catalog.=) $1),"
-				   "         $1, $2, $3)",
-				   3, types, values, NULL, SPI_OK_INSERT);
+				   " VALUES ($4, $1, $2, $3)",
+				   4, types, values, NULL, SPI_OK_INSERT);
 		appendStringInfo(&in, "%s%s %s", in.len ? ", " : "", item->number, item->amount);
 	}
 	payments_history(payment_id, "pending", "pending", 0, "allocated",

@@ -337,22 +337,13 @@ writeback_recheck_registered_twice(const char *administration)
 	Oid			types[] = {TEXTOID};
 	Datum		values[] = {CStringGetTextDatum(administration)};
 	int64		n;
-	int64	   *ids;
 
 	SPI_connect();
-	n = fp_spi_run("SELECT DISTINCT e.payment_id FROM freshpay.exceptions e"
-				   " WHERE e.kind OPERATOR(pg_catalog.=) 'registered_twice'"
-				   "   AND e.administration OPERATOR(pg_catalog.=) $1",
-				   1, types, values, NULL, SPI_OK_SELECT);
-	ids = palloc(sizeof(int64) * (n + 1));
-	for (int64 i = 0; i < n; i++)
-	{
-		bool		isnull;
-
-		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	for (int64 i = 0; i < n; i++)
-		job_queue("check_registrations", ids[i], 0);
+	fp_spi_run("SELECT DISTINCT e.payment_id FROM freshpay.exceptions e"
+			   " WHERE e.kind OPERATOR(pg_catalog.=) 'registered_twice'"
+			   "   AND e.administration OPERATOR(pg_catalog.=) $1",
+			   1, types, values, NULL, SPI_OK_SELECT);
+	n = job_queue_each("check_registrations", 1);
 	SPI_finish();
 	return n;
 }
@@ -699,18 +690,14 @@ sweep_answer(Flow *f, Write *x, const HttpResponse *response)
 
 	caller = fp_txn_begin();
 	MemoryContextSwitchTo(f->context);
+	/*
+	 * A check adopts nothing: it records what it saw (and, if it is still
+	 * twice, is looked at again later: done first, so that is a new job).
+	 */
 	if (x->check)
-	{
-		/* A check adopts nothing: what it saw is recorded (and, if it is still twice, looked at again later). */
 		job_record(&f->job, true, 0, NULL, false, -1);
-		record_lookup(x->admin->name, x->looked_up, x->found, x->looked_at);
-		recheck_while_twice(x->w->payment_id);
-		fp_txn_commit(caller);
-		MemoryContextSwitchTo(f->context);
-		return FLOW_DONE;
-	}
 	record_lookup(x->admin->name, x->looked_up, x->found, x->looked_at);
-	foreach(lc, x->found)
+	foreach(lc, x->check ? NIL : x->found)
 	{
 		FpPayment  *p = lfirst(lc);
 		Oid			types[] = {INT8OID, INT8OID, INT8OID, NUMERICOID};
@@ -743,7 +730,7 @@ sweep_answer(Flow *f, Write *x, const HttpResponse *response)
 	recheck_while_twice(x->w->payment_id);
 	fp_txn_commit(caller);
 	MemoryContextSwitchTo(f->context);
-	return next_of_statement(f, x);
+	return x->check ? FLOW_DONE : next_of_statement(f, x);
 }
 
 /*
